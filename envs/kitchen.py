@@ -206,3 +206,207 @@ def make_env(seed=None, render_mode=None, tasks=DOWNSTREAM_TASKS, strict_order=T
     ``noise_ratio``: D4RL's observation-noise ratio (0.1 = D4RL, 0.01 = v1's robot default, 0 = none)."""
     return KitchenD4RL(tasks=tasks, strict_order=strict_order, noise_ratio=noise_ratio,
                        max_episode_steps=max_episode_steps, render_mode=render_mode, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Offline data: D4RL kitchen HDF5 / Minari directory -> download kitchen-mixed-v0 -> scripted demonstrations
+# ---------------------------------------------------------------------------------------------------------
+
+
+class DatasetError(ValueError):
+    """A kitchen dataset is missing or does not have the expected layout (the message names the fix)."""
+
+
+class DownloadError(RuntimeError):
+    """kitchen-mixed-v0 could not be downloaded (no network, server down, truncated file)."""
+
+
+def _d4rl_cache_dir() -> Path:
+    return Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets"))
+
+
+def _local_candidates():
+    names = (D4RL_MIXED_FILE, "kitchen-mixed-v0.hdf5")
+    return [d / n for d in (REPO_ROOT / "data", _d4rl_cache_dir()) for n in names]
+
+
+def _check(path, states, actions, traj_ends):
+    if states.ndim != 2 or states.shape[1] != STATE_DIM:
+        raise DatasetError(f"{path}: observations have shape {states.shape}, expected (N, {STATE_DIM}) in D4RL's "
+                           f"kitchen layout (9 robot + 21 object positions + 30 goal); pass a D4RL kitchen file")
+    if actions.shape != (len(states), ACTION_DIM):
+        raise DatasetError(f"{path}: actions have shape {actions.shape}, expected ({len(states)}, {ACTION_DIM}); "
+                           f"pass a D4RL kitchen file (9-dim joint-velocity actions)")
+    if len(states) == 0:
+        raise DatasetError(f"{path}: the dataset is empty")
+    if not (np.isfinite(states).all() and np.isfinite(actions).all()):
+        raise DatasetError(f"{path}: observations or actions contain NaN/inf; re-download or regenerate the file")
+    return {"states": states, "actions": actions, "traj_ends": traj_ends}
+
+
+def _read_d4rl(path, f) -> dict:
+    """D4RL layout: flat observations/actions, trajectories ending where terminals or timeouts is set."""
+    missing = [k for k in ("observations", "actions") if k not in f]
+    if missing or not ("terminals" in f or "timeouts" in f):
+        raise DatasetError(f"{path}: not a D4RL kitchen file (needs observations, actions and terminals/timeouts; "
+                           f"has {sorted(f.keys())})")
+    states = np.asarray(f["observations"][()], dtype=np.float32)
+    actions = np.asarray(f["actions"][()], dtype=np.float32)
+    ends_mask = np.zeros(len(states), dtype=bool)
+    for key in ("terminals", "timeouts"):
+        if key in f:
+            flags = np.asarray(f[key][()]).reshape(-1).astype(bool)
+            if len(flags) != len(states):
+                raise DatasetError(f"{path}: {key} has {len(flags)} entries but observations {len(states)}")
+            ends_mask |= flags
+    traj_ends = np.flatnonzero(ends_mask).astype(np.int64) + 1
+    if len(traj_ends) == 0 or traj_ends[-1] != len(states):
+        traj_ends = np.append(traj_ends, len(states)).astype(np.int64)  # an unfinished last trajectory
+    return _check(path, states, actions, traj_ends)
+
+
+def _read_minari(path, f) -> dict:
+    """Minari layout (e.g. D4RL/kitchen/mixed-v2): one group per episode with FrankaKitchen-v1 dict observations
+    (T + 1 of them) and T actions; converted to D4RL's 60-dim observation, the goal from the episode's tasks."""
+    episodes = sorted((k for k in f.keys() if k.startswith("episode_")), key=lambda k: int(k.split("_")[1]))
+    if not episodes:
+        raise DatasetError(f"{path}: neither a D4RL kitchen file nor a Minari main_data.hdf5 (keys {sorted(f.keys())})")
+    states, actions, traj_ends = [], [], []
+    for name in episodes:
+        ep = f[name]
+        try:
+            obs = np.asarray(ep["observations"]["observation"][()], dtype=np.float64)  # (T+1, 59)
+            tasks = [t for t in SUBTASKS if t in ep["observations"].get("desired_goal", {})] or DOWNSTREAM_TASKS
+            act = np.asarray(ep["actions"][()], dtype=np.float32)
+        except (KeyError, TypeError, AttributeError):
+            raise DatasetError(f"{path}: Minari {name} lacks observations/observation or actions; "
+                               f"expected a FrankaKitchen-v1 dataset such as D4RL/kitchen/mixed-v2") from None
+        if obs.ndim != 2 or obs.shape[1] != 59 or len(obs) != len(act) + 1:
+            raise DatasetError(f"{path}: Minari {name} has observation {obs.shape} and actions {act.shape}; "
+                               f"expected (T+1, 59) FrankaKitchen-v1 observations and (T, 9) actions")
+        # v1's 59-dim observation: robot qpos 0:9, robot qvel 9:18, object qpos 18:39, object qvel 39:59.
+        qpos = np.concatenate([obs[:-1, :9], obs[:-1, 18:39]], axis=1)
+        states.append(np.concatenate([qpos, np.tile(goal_vector(tasks), (len(qpos), 1))], axis=1))
+        actions.append(act)
+        traj_ends.append(sum(len(a) for a in actions))
+    return _check(path, np.concatenate(states).astype(np.float32), np.concatenate(actions),
+                  np.asarray(traj_ends, dtype=np.int64))
+
+
+def read_dataset_file(path) -> dict:
+    """Load a D4RL kitchen HDF5 file, a Minari main_data.hdf5 or a Minari dataset directory (no fallbacks)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        found = [p for p in (path / "data" / "main_data.hdf5", path / "main_data.hdf5") if p.is_file()]
+        if not found:
+            raise DatasetError(f"{path}: a directory without data/main_data.hdf5; pass a D4RL kitchen .hdf5 file "
+                               f"or a Minari dataset directory")
+        path = found[0]
+    if not path.is_file():
+        raise DatasetError(f"kitchen dataset not found: {path}; pass a D4RL kitchen file (e.g. {D4RL_MIXED_FILE}), "
+                           f"a Minari dataset directory, or 'auto'")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({e}); pass a D4RL kitchen .hdf5 file") from None
+    with f:
+        return _read_d4rl(path, f) if "observations" in f else _read_minari(path, f)
+
+
+def _resolve_host(host, timeout):
+    """getaddrinfo ignores socket timeouts; a thread bounds it so a dead resolver costs seconds, not minutes."""
+    import socket
+    result = {}
+
+    def resolve():
+        try:
+            result["addr"] = socket.getaddrinfo(host, None)
+        except OSError as e:
+            result["error"] = e
+
+    thread = threading.Thread(target=resolve, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "addr" not in result:
+        raise DownloadError(f"cannot resolve {host}: {result.get('error', f'no answer in {timeout:.0f} s')}")
+
+
+def download_d4rl_mixed(url=D4RL_MIXED_URL, cache_dir=None, timeout=5.0) -> Path:
+    """Download kitchen-mixed-v0 into D4RL's cache (~/.d4rl/datasets), with a progress bar; the file only takes
+    its final name once its size matches Content-Length and it passes the layout check. Network errors raise
+    DownloadError within about ``timeout`` seconds (socket timeout on connect and on every read)."""
+    from tqdm import tqdm
+
+    dest = Path(cache_dir or _d4rl_cache_dir()) / D4RL_MIXED_FILE
+    part = dest.with_name(dest.name + ".part")
+    host = urllib.parse.urlparse(url).hostname
+    try:
+        if host:
+            _resolve_host(host, timeout)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            expected = int(response.headers.get("Content-Length") or 0)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            sha256, size = hashlib.sha256(), 0
+            with open(part, "wb") as out, tqdm(total=expected or None, unit="B", unit_scale=True,
+                                               desc=f"downloading {D4RL_MIXED_FILE}") as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    sha256.update(chunk)
+                    size += len(chunk)
+                    bar.update(len(chunk))
+        if expected and size != expected:
+            raise DownloadError(f"truncated download: {size} of {expected} bytes")
+        read_dataset_file(part)  # layout / NaN check before the file is trusted
+        os.replace(part, dest)
+        print(f"[kitchen] downloaded {dest} ({size} bytes, sha256 {sha256.hexdigest()})", file=sys.stderr)
+        return dest
+    except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError, DownloadError) as e:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"download of {url} failed: {type(e).__name__}: {e}") from None
+
+
+def _scripted_dataset(num_sequences, seed) -> Path:
+    """The offline fallback: scripted demonstrations (envs/kitchen_demo.py), generated once and then reused."""
+    from . import kitchen_demo  # imported lazily: only needed when neither D4RL file nor network is available
+
+    if num_sequences is None:
+        path = SCRIPTED_PATH
+        num_sequences = kitchen_demo.DEFAULT_NUM_SEQUENCES
+    else:
+        path = SCRIPTED_PATH.with_name(f"kitchen_scripted_{num_sequences}.hdf5")
+    if not path.is_file():
+        print(f"[kitchen] generating {num_sequences} scripted kitchen sequences into {path} ...", file=sys.stderr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kitchen_demo.generate_dataset(str(path), num_sequences, seed=seed)
+    return path
+
+
+def load_dataset(path="auto", download=True, url=D4RL_MIXED_URL, timeout=5.0, num_sequences=None, seed=0) -> dict:
+    """The kitchen skill data (keys: states, actions, traj_ends, source; see envs/__init__.py).
+
+    ``path``: a D4RL kitchen HDF5 file, a Minari dataset directory, or "auto": a local kitchen-mixed-v0 in data/
+    or ~/.d4rl/datasets, else a download of it (``download``, ``url``, ``timeout`` seconds), else the scripted
+    dataset (data/kitchen_scripted.hdf5, ``num_sequences`` sequences, made on first use)."""
+    if str(path) != "auto":
+        data = read_dataset_file(path)
+        data["source"] = f"kitchen data from {Path(path).expanduser()}"
+        return data
+    for candidate in _local_candidates():
+        if candidate.is_file():
+            data = read_dataset_file(candidate)
+            data["source"] = f"D4RL kitchen-mixed-v0 (the paper's data), local file {candidate}"
+            return data
+    if download:
+        try:
+            file = download_d4rl_mixed(url, timeout=timeout)
+            data = read_dataset_file(file)
+            data["source"] = f"D4RL kitchen-mixed-v0 (the paper's data), downloaded from {url} to {file}"
+            return data
+        except DownloadError as e:
+            print(f"[kitchen] {e}", file=sys.stderr)
+    file = _scripted_dataset(num_sequences, seed)
+    data = read_dataset_file(file)
+    data["source"] = (f"SCRIPTED kitchen demonstrations ({len(data['traj_ends'])} trajectories from "
+                      f"envs/kitchen_demo.py, {file}), NOT the paper's D4RL kitchen-mixed-v0: no local copy and no download")
+    print("=" * 100 + f"\n[kitchen] USING {data['source']}\n" + "=" * 100, file=sys.stderr)
+    return data
