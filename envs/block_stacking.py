@@ -1,0 +1,549 @@
+"""Planar block stacking on MuJoCo (SPiRL section 4.1, appendix C "Block Stacking", Fig. 7).
+
+A gripper carriage moves in the vertical x-z plane above a table with barriers and grips 6 cm cubes
+with two parallel fingers; blocks are limited to the same plane (slide x, slide z, hinge y). The
+MJCF is generated in code; the observation image is drawn with numpy from the state (no OpenGL).
+
+* Training env (the data): 5 blocks on a 0.8 m table, initialised randomly stacked or placed in
+  between (``layout="random_stacks"``).
+* Downstream env (``make_env`` default): 11 blocks on a 1.6 m table, all on the ground, stack as many
+  as possible; 1000 steps per episode (the authors' ``max_rollout_len``).
+
+Action, Box(low=(-1, -1, 0), high=(1, 1, 1)): (dx, dz) moves the carriage target to the current
+position + a * 0.025 m (0.5 m/s at most), and g in [0, 1] opens the gripper (0 closed, 1 open).
+Control step 0.05 s = 20 physics steps of 0.0025 s.
+
+Observation dict:
+* ``"state"`` float32 (3 + 3 * num_blocks,): gripper x, z (m; z of the grasp point, the finger
+  centres), opening in [0, 1] on the action's scale, then per block x, z (m, block centre) and angle
+  about y wrapped to [-pi/4, pi/4) (a cube looks the same every 90 degrees). No velocities: the
+  stacked image frames carry the motion.
+* ``"image"`` uint8 (6, 32, 32): the last two 32x32 RGB front views, oldest first, each a 0.48 m x
+  0.48 m window centred on the gripper (x in gx +- 0.24, z in gz - 0.30 .. gz + 0.18).
+
+Reward per step (appendix C): 1[a block is lifted from the ground: held between the closed fingers
+with its bottom >= 2 cm above the table] + 1[some block rests on top of another block] +
+blocks_stacked, where ``info["blocks_stacked"]`` = (height in blocks of the highest supported tower)
+- 1, i.e. the number of blocks stacked on a ground block (a lone block: 0; a 3-block tower: 2), the
+authors' "final height" and the paper's "# blocks stacked".
+
+Data: ``python -m envs.block_stacking --num-trajectories N --out PATH [--random-fraction F]`` runs the
+noisy scripted stacking policy (pick, lift, carry, lower, release; 1-3 stacks per trajectory,
+pseudo-random subgoals between and within stacks) in the training env and writes D4RL-style HDF5.
+"""
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import h5py
+import mujoco
+import numpy as np
+from tqdm import tqdm
+
+METRIC = "blocks_stacked"
+DEFAULT_PRIOR_INPUT = "image"  # appendix C: the prior sees two stacked 32x32 front views
+DEFAULT_DATASET = Path(__file__).resolve().parent.parent / "data" / "block_stacking.hdf5"
+DEFAULT_NUM_TRAJECTORIES = 500
+
+HALF = 0.03  # block half size: 6 cm cubes
+STEP_SCALE = 0.025  # metres of carriage target displacement per unit action
+SUBSTEPS = 20  # physics steps of 0.0025 s per 0.05 s control step (facts: timestep <= 0.0025 s)
+FINGER_CLOSED, FINGER_OPEN = 0.012, 0.05  # finger inner-face offset from the centre (m) at g = 0 / 1
+FINGER_HALF_T = 0.005  # finger half thickness (x)
+FINGER_BOTTOM, FINGER_TOP = 0.025, 0.045  # fingers span z - 0.025 .. z + 0.045 (palm above, 2 cm)
+GRIP_Z_MIN, GRIP_Z_MAX = 0.03, 0.75  # grasp point height range (m)
+VIEW_W, VIEW_BELOW, VIEW_ABOVE = 0.48, 0.30, 0.18  # the agent-centred 32x32 window (m)
+COLORS = np.array([[66, 133, 244], [219, 68, 55], [244, 160, 0], [15, 157, 88], [171, 71, 188],
+                   [0, 172, 193], [255, 112, 67], [158, 157, 36], [92, 107, 192], [240, 98, 146],
+                   [121, 85, 72]], dtype=np.float32)
+SKY, TABLE, WALL, GRIPPER = (np.array(c, dtype=np.float32) for c in
+                             ([225, 230, 235], [150, 110, 70], [70, 70, 70], [30, 30, 30]))
+
+
+def build_mjcf(num_blocks: int, half_width: float) -> str:
+    """MJCF of the table (half width ``half_width``), its barriers, the gripper and the blocks."""
+    h = HALF
+    cube = " ".join(f"{sx * h} {sy * h} {sz * h}" for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1))
+    blocks = "\n".join(
+        f"""    <body name="block{i}">
+      <joint name="block{i}_x" type="slide" axis="1 0 0"/>
+      <joint name="block{i}_z" type="slide" axis="0 0 1"/>
+      <joint name="block{i}_a" type="hinge" axis="0 1 0"/>
+      <geom name="block{i}" type="mesh" mesh="cube" density="500" rgba="{' '.join(f'{c / 255:.2f}' for c in COLORS[i % len(COLORS)])} 1"/>
+    </body>""" for i in range(num_blocks))
+    x_lim = half_width - FINGER_OPEN - 2 * FINGER_HALF_T
+    finger_z, finger_h = (FINGER_TOP - FINGER_BOTTOM) / 2, (FINGER_TOP + FINGER_BOTTOM) / 2
+    return f"""<mujoco model="block_stacking">
+  <!-- facts file: implicitfast + elliptic cones + Newton, dt 0.0025; multiccd for mesh-mesh faces -->
+  <option timestep="0.0025" integrator="implicitfast" cone="elliptic" solver="Newton">
+    <flag multiccd="enable"/>
+  </option>
+  <asset>
+    <!-- a convex mesh cube, not type="box": mujoco 3.11's box-box collider explodes aligned towers -->
+    <mesh name="cube" vertex="{cube}"/>
+  </asset>
+  <default>
+    <geom condim="4" friction="1 0.005 0.0001" solref="0.005 1" solimp="0.95 0.99 0.001"/>
+  </default>
+  <worldbody>
+    <geom name="table" type="plane" size="{half_width} 0.1 0.01" rgba="0.59 0.43 0.27 1"/>
+    <geom name="wall_left" type="plane" pos="{-half_width} 0 0" zaxis="1 0 0" size="1 0.1 0.01"/>
+    <geom name="wall_right" type="plane" pos="{half_width} 0 0" zaxis="-1 0 0" size="1 0.1 0.01"/>
+    <body name="carriage" gravcomp="1">
+      <joint name="grip_x" type="slide" axis="1 0 0" range="{-x_lim} {x_lim}" limited="true"/>
+      <joint name="grip_z" type="slide" axis="0 0 1" range="{GRIP_Z_MIN - 0.01} {GRIP_Z_MAX}" limited="true"/>
+      <inertial pos="0 0 0.05" mass="1" diaginertia="0.01 0.01 0.01"/>
+      <geom name="palm" type="box" pos="0 0 {FINGER_TOP + 0.01}" size="{FINGER_OPEN + 2 * FINGER_HALF_T} {HALF} 0.01" mass="0"/>
+      <body name="finger_left" gravcomp="1">
+        <joint name="finger_left" type="slide" axis="-1 0 0" range="0 {FINGER_OPEN}" limited="true"/>
+        <geom name="finger_left" type="box" pos="{-FINGER_HALF_T} 0 {finger_z}" size="{FINGER_HALF_T} {HALF} {finger_h}" mass="0.05"/>
+      </body>
+      <body name="finger_right" gravcomp="1">
+        <joint name="finger_right" type="slide" axis="1 0 0" range="0 {FINGER_OPEN}" limited="true"/>
+        <geom name="finger_right" type="box" pos="{FINGER_HALF_T} 0 {finger_z}" size="{FINGER_HALF_T} {HALF} {finger_h}" mass="0.05"/>
+      </body>
+    </body>
+{blocks}
+  </worldbody>
+  <contact>
+    <exclude body1="carriage" body2="finger_left"/>
+    <exclude body1="carriage" body2="finger_right"/>
+    <exclude body1="finger_left" body2="finger_right"/>
+  </contact>
+  <actuator>
+    <position name="grip_x" joint="grip_x" kp="2000" kv="70" ctrlrange="{-x_lim} {x_lim}"/>
+    <position name="grip_z" joint="grip_z" kp="2000" kv="70" ctrlrange="{GRIP_Z_MIN - 0.01} {GRIP_Z_MAX}"/>
+    <position name="finger_left" joint="finger_left" kp="1000" kv="14" forcerange="-40 40" ctrlrange="0 {FINGER_OPEN}"/>
+    <position name="finger_right" joint="finger_right" kp="1000" kv="14" forcerange="-40 40" ctrlrange="0 {FINGER_OPEN}"/>
+  </actuator>
+</mujoco>"""
+
+
+def wrap_angle(angle):
+    """Block angle modulo the cube's 90-degree symmetry, in [-pi/4, pi/4)."""
+    return (angle + np.pi / 4) % (np.pi / 2) - np.pi / 4
+
+
+def tower_heights(blocks: np.ndarray) -> np.ndarray:
+    """Height in blocks of the supported column under (and including) each block; 0 if unsupported.
+
+    blocks: (N, 3) x, z, angle. A block on the table has height 1; a block resting on a block of
+    height k (centres within 0.75 block widths in x, one block height apart in z, +-1.2 cm) has k + 1.
+    """
+    heights = np.zeros(len(blocks), dtype=np.int64)
+    for j in np.argsort(blocks[:, 1]):  # bottom-up, so supporters are resolved first
+        x, z = blocks[j, :2]
+        if abs(z - HALF) < 0.012:
+            heights[j] = 1
+            continue
+        below = (np.abs(blocks[:, 0] - x) < 1.5 * HALF) & (np.abs(z - blocks[:, 1] - 2 * HALF) < 0.012)
+        if below.any():
+            heights[j] = heights[below].max() + (heights[below].max() > 0)
+    return heights
+
+
+def draw_front_view(state: np.ndarray, x_range, z_range, width: int, height: int, half_width: float,
+                    supersample: int = 2) -> np.ndarray:
+    """(height, width, 3) uint8 front view of the x-z window ``x_range`` x ``z_range``, drawn from
+    ``state`` (the env's state vector) by point-sampling ``supersample``^2 points per pixel."""
+    w, h = width * supersample, height * supersample
+    xs = x_range[0] + (np.arange(w) + 0.5) * (x_range[1] - x_range[0]) / w  # (w,)
+    zs = z_range[1] - (np.arange(h) + 0.5) * (z_range[1] - z_range[0]) / h  # (h,), top row first
+    X, Z = np.meshgrid(xs, zs)  # (h, w)
+    img = np.broadcast_to(SKY, (h, w, 3)).copy()
+    img[np.abs(X) > half_width] = WALL
+    img[Z < 0] = TABLE
+    blocks = state[3:].reshape(-1, 3)
+    reach = 1.5 * HALF  # a rotated cube stays within 1.42 half sizes of its centre
+    visible = np.flatnonzero((blocks[:, 0] > x_range[0] - reach) & (blocks[:, 0] < x_range[1] + reach)
+                             & (blocks[:, 1] > z_range[0] - reach) & (blocks[:, 1] < z_range[1] + reach))
+    for i in visible:
+        x, z, angle = blocks[i]
+        dx, dz = X - x, Z - z
+        c, s = np.cos(angle), np.sin(angle)
+        img[(np.abs(c * dx - s * dz) < HALF) & (np.abs(s * dx + c * dz) < HALF)] = COLORS[i % len(COLORS)]
+    gx, gz, opening = state[:3]
+    inner = FINGER_CLOSED + opening * (FINGER_OPEN - FINGER_CLOSED)
+    fingers = ((np.abs(np.abs(X - gx) - inner - FINGER_HALF_T) < FINGER_HALF_T)
+               & (Z > gz - FINGER_BOTTOM) & (Z < gz + FINGER_TOP))
+    palm = (np.abs(X - gx) < FINGER_OPEN + 2 * FINGER_HALF_T) & (np.abs(Z - gz - FINGER_TOP - 0.01) < 0.01)
+    img[fingers | palm] = GRIPPER
+    img = img.reshape(height, supersample, width, supersample, 3).mean(axis=(1, 3))
+    return img.round().astype(np.uint8)
+
+
+class BlockStackingEnv(gym.Env):
+    """Planar block stacking; see the module docstring for spaces, reward and layouts."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(self, num_blocks: int = 11, layout: str = "ground", half_width: float | None = None,
+                 max_episode_steps: int = 1000, image_obs: bool = True, layout_seed: int | None = 0,
+                 render_mode: str | None = None):
+        if not 1 <= num_blocks <= 20:
+            raise ValueError(f"num_blocks must be in 1..20, got {num_blocks}")
+        if layout not in ("ground", "random_stacks"):
+            raise ValueError(f"layout must be 'ground' or 'random_stacks', got {layout!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.num_blocks, self.layout, self.image_obs = num_blocks, layout, image_obs
+        self.half_width = half_width if half_width is not None else (0.4 if num_blocks <= 5 else 0.8)
+        if 2 * self.half_width < 0.11 * num_blocks + 0.1:
+            raise ValueError(f"table half width {self.half_width} m is too small for {num_blocks} blocks")
+        self.max_episode_steps, self.layout_seed, self.render_mode = max_episode_steps, layout_seed, render_mode
+        self.model = mujoco.MjModel.from_xml_string(build_mjcf(num_blocks, self.half_width))
+        self.data = mujoco.MjData(self.model)
+        self.x_limit = float(self.model.jnt_range[0, 1])
+        self.action_space = gym.spaces.Box(np.array([-1, -1, 0], np.float32), np.ones(3, np.float32))
+        spaces = {"state": gym.spaces.Box(-np.inf, np.inf, (3 + 3 * num_blocks,), np.float32)}
+        if image_obs:
+            spaces["image"] = gym.spaces.Box(0, 255, (6, 32, 32), np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self._frames, self._t = None, 0
+
+    # --- state, image, reward -------------------------------------------------------------------
+    def state(self) -> np.ndarray:
+        q = self.data.qpos
+        opening = (q[2] + q[3]) / 2
+        blocks = q[4:].reshape(-1, 3).copy()
+        blocks[:, 2] = wrap_angle(blocks[:, 2])
+        grip = [q[0], q[1], (opening - FINGER_CLOSED) / (FINGER_OPEN - FINGER_CLOSED)]
+        return np.concatenate([grip, blocks.ravel()]).astype(np.float32)
+
+    def _frame(self, state):
+        gx, gz = state[0], state[1]
+        view = draw_front_view(state, (gx - VIEW_W / 2, gx + VIEW_W / 2), (gz - VIEW_BELOW, gz + VIEW_ABOVE),
+                               32, 32, self.half_width)
+        return view.transpose(2, 0, 1)  # (3, 32, 32)
+
+    def _obs(self, state):
+        obs = {"state": state}
+        if self.image_obs:
+            obs["image"] = np.concatenate(self._frames)  # (6, 32, 32), oldest first
+        return obs
+
+    def task_info(self, state) -> dict:
+        """blocks_stacked, lifted and stacked flags of ``state`` (the reward's terms)."""
+        gx, gz, opening = state[:3]
+        blocks = state[3:].reshape(-1, 3)
+        heights = tower_heights(blocks)
+        held = ((np.abs(blocks[:, 0] - gx) < 0.5 * HALF) & (np.abs(blocks[:, 1] - gz) < HALF)
+                & (opening < 0.6) & (heights == 0))
+        lifted = bool((held & (blocks[:, 1] - HALF > 0.02)).any())
+        blocks_stacked = int(max(heights.max() - 1, 0))
+        return {"blocks_stacked": blocks_stacked, "lifted": lifted, "stacked": blocks_stacked > 0}
+
+    # --- gym API ----------------------------------------------------------------------------------
+    def _sample_layout(self, rng) -> np.ndarray:
+        """(N, 3) block x, z, angle: on the ground at random spots, or randomly stacked in between."""
+        num_columns = self.num_blocks
+        if self.layout == "random_stacks":  # 1-3 blocks per column, in random order
+            heights = [1] * self.num_blocks
+            while len(heights) > 1 and rng.random() < 0.6:
+                i, j = rng.choice(len(heights), 2, replace=False)
+                if heights[i] + heights[j] <= 3:
+                    heights[i] += heights[j]
+                    del heights[j]
+            num_columns = len(heights)
+        else:
+            heights = [1] * num_columns
+        # columns >= 0.11 m apart (room for an open finger in between), uniform over such layouts
+        lo, hi, gap = -self.half_width + 0.06, self.half_width - 0.06, 0.11
+        xs = np.sort(rng.uniform(lo, hi - (num_columns - 1) * gap, num_columns)) + gap * np.arange(num_columns)
+        blocks = [[x, HALF + k * (2 * HALF + 1e-4), 0.0] for x, h in zip(xs, heights) for k in range(h)]
+        return np.array(blocks)[rng.permutation(self.num_blocks)]
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        mujoco.mj_resetData(self.model, self.data)
+        layout_rng = self.np_random if self.layout_seed is None else np.random.default_rng(self.layout_seed)
+        blocks = self._sample_layout(layout_rng)
+        q = self.data.qpos
+        q[0], q[1] = self.np_random.uniform(-0.1, 0.1), 0.3
+        q[2] = q[3] = FINGER_OPEN
+        q[4:] = blocks.ravel()
+        self.data.ctrl[:] = [q[0], q[1], FINGER_OPEN, FINGER_OPEN]
+        mujoco.mj_step(self.model, self.data, nstep=SUBSTEPS)  # let the blocks settle (<0.1 mm gaps)
+        self._t = 0
+        state = self.state()
+        if self.image_obs:
+            frame = self._frame(state)
+            self._frames = [frame, frame]
+        return self._obs(state), self.task_info(state)
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (3,):
+            raise ValueError(f"action must have shape (3,): (dx, dz) in [-1, 1] and grip in [0, 1]; got {action.shape}")
+        action = np.clip(action, self.action_space.low, self.action_space.high)
+        q = self.data.qpos
+        # facts: target = current position + a * 0.025 m, so the target never winds up ahead
+        self.data.ctrl[0] = np.clip(q[0] + action[0] * STEP_SCALE, -self.x_limit, self.x_limit)
+        self.data.ctrl[1] = np.clip(q[1] + action[1] * STEP_SCALE, GRIP_Z_MIN - 0.01, GRIP_Z_MAX)
+        self.data.ctrl[2:] = FINGER_CLOSED + action[2] * (FINGER_OPEN - FINGER_CLOSED)
+        mujoco.mj_step(self.model, self.data, nstep=SUBSTEPS)
+        self._t += 1
+        state = self.state()
+        if self.image_obs:
+            self._frames = [self._frames[1], self._frame(state)]
+        info = self.task_info(state)
+        # appendix C: binary lift and stack rewards plus a reward proportional to the tower height
+        reward = float(info["lifted"]) + float(info["stacked"]) + info["blocks_stacked"]
+        truncated = self._t >= self.max_episode_steps
+        return self._obs(state), reward, False, truncated, info
+
+    def render(self):
+        """(240, W, 3) uint8 front view of the whole table (render_mode="rgb_array")."""
+        if self.render_mode != "rgb_array":
+            raise ValueError('render() needs make_env(render_mode="rgb_array")')
+        top = 0.78
+        width = int(round(240 * (2 * self.half_width + 0.1) / (top + 0.05)))
+        return draw_front_view(self.state(), (-self.half_width - 0.05, self.half_width + 0.05), (-0.05, top),
+                               width, 240, self.half_width, supersample=1)
+
+
+def make_env(seed=None, render_mode=None, num_blocks: int = 11, **kwargs) -> BlockStackingEnv:
+    """The downstream task (appendix C): stack as many of ``num_blocks`` blocks as possible, 1000 steps.
+
+    kwargs go to BlockStackingEnv (layout, half_width, max_episode_steps, image_obs, layout_seed).
+    """
+    env = BlockStackingEnv(num_blocks=num_blocks, render_mode=render_mode, **kwargs)
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    return env
+
+
+class ScriptedStacker:
+    """Noisy hand-coded stacking policy (appendix C) acting on the env's state vector.
+
+    A stack is a queue of waypoints (x, z, grip, tolerance, hold steps): rise, move over a free
+    block, descend, close, lift above every tower, carry over another free block or tower, lower,
+    open, rise. Pseudo-random subgoals are inserted between and within stacks (probability
+    ``subgoal_prob`` at each insertion point), and Gaussian noise is added to every action.
+    """
+
+    def __init__(self, env: BlockStackingEnv, rng: np.random.Generator, num_stacks: int,
+                 action_noise: float = 0.1, subgoal_prob: float = 0.3):
+        self.env, self.rng, self.stacks_left = env, rng, num_stacks
+        self.action_noise, self.subgoal_prob = action_noise, subgoal_prob
+        self.gain = rng.uniform(0.5, 1.0)  # per-trajectory speed, for diverse skills
+        self.waypoints, self.hold, self.attempts = [], 0, []  # attempts: (source, target) per stack
+
+    def _subgoal(self, z_min, grip):
+        lim = self.env.x_limit
+        return (self.rng.uniform(-lim, lim), self.rng.uniform(z_min, min(z_min + 0.2, GRIP_Z_MAX)), grip, 0.03, 0)
+
+    def _plan(self, state) -> bool:
+        """Queue the waypoints of one stack; False if no (source, target) pair exists."""
+        blocks = state[3:].reshape(-1, 3)
+        heights = tower_heights(blocks)
+        on_top = np.array([not ((np.abs(blocks[:, 0] - b[0]) < 1.5 * HALF)
+                                & (np.abs(blocks[:, 1] - b[1] - 2 * HALF) < 0.012)).any() for b in blocks])
+        free = np.flatnonzero(on_top & (heights > 0) & (np.abs(blocks[:, 2]) < 0.15))
+        pairs = [(s, t) for s in free for t in free
+                 if abs(blocks[s, 0] - blocks[t, 0]) > 0.08 and blocks[t, 1] + 4 * HALF + 0.1 < GRIP_Z_MAX]
+        if not pairs:
+            return False
+        s, t = pairs[self.rng.integers(len(pairs))]
+        self.attempts.append((int(s), int(t)))
+        top = blocks[:, 1].max() + HALF  # highest block top
+        empty_z = min(top + FINGER_BOTTOM + 0.03, GRIP_Z_MAX)  # open fingers clear every block
+        carry_z = min(top + 2 * HALF + 0.03, GRIP_Z_MAX)  # a held block clears every block
+        sx, sz, tx, tz = blocks[s, 0], blocks[s, 1], blocks[t, 0], blocks[t, 1]
+        gx = state[0]
+        plan = [(gx, empty_z, 1.0, 0.02, 0)]
+        if self.rng.random() < self.subgoal_prob:  # between stacks
+            plan.append(self._subgoal(empty_z, self.rng.uniform(0, 1)))
+        plan += [(sx, empty_z, 1.0, 0.01, 0), (sx, sz, 1.0, 0.004, 0), (sx, sz, 0.0, 0.004, 6),
+                 (sx, carry_z, 0.0, 0.02, 0)]
+        if self.rng.random() < self.subgoal_prob:  # within the stack, while carrying
+            plan.append(self._subgoal(carry_z, 0.0))
+        plan += [(tx, carry_z, 0.0, 0.01, 0), (tx, tz + 2 * HALF + 0.004, 0.0, 0.004, 2),
+                 (tx, tz + 2 * HALF + 0.004, 1.0, 0.01, 6), (tx, empty_z, 1.0, 0.02, 0)]
+        self.waypoints = plan
+        return True
+
+    def done(self) -> bool:
+        return not self.waypoints and self.stacks_left == 0
+
+    def act(self, state) -> np.ndarray:
+        if not self.waypoints:
+            if self.stacks_left == 0 or not self._plan(state):
+                self.stacks_left = 0
+                return np.array([0.0, 0.0, 1.0], np.float32)
+            self.stacks_left -= 1
+        x, z, grip, tol, hold = self.waypoints[0]
+        err = np.array([x - state[0], z - state[1]])
+        if np.abs(err).max() < tol:
+            self.hold += 1
+            if self.hold > hold:
+                self.waypoints.pop(0)
+                self.hold = 0
+        move = np.clip(err / STEP_SCALE * self.gain, -1, 1)
+        if tol > 0.005:  # no noise on the precise descents, so grasps and placements line up
+            move = move + self.rng.normal(0, self.action_noise, 2)
+        return np.clip(np.array([move[0], move[1], grip], np.float32), self.env.action_space.low,
+                       self.env.action_space.high)
+
+
+def stack_succeeded(state, source: int, target: int) -> bool:
+    """Whether block ``source`` rests on block ``target`` in ``state``."""
+    blocks = state[3:].reshape(-1, 3)
+    return bool(abs(blocks[source, 0] - blocks[target, 0]) < 1.5 * HALF
+                and abs(blocks[source, 1] - blocks[target, 1] - 2 * HALF) < 0.012)
+
+
+def collect_trajectory(env: BlockStackingEnv, rng: np.random.Generator, random_actions: bool = False,
+                       max_steps: int = 400) -> dict:
+    """One data trajectory in ``env``: the noisy scripted policy doing 1-3 stacks, or, with
+    ``random_actions``, 100-250 uniformly random actions (appendix G's low-quality data).
+
+    Returns states (T, S), actions (T, A), frames (T, 3, 32, 32) (the newest frame of each
+    observation), stack_outcomes (one bool per stack attempt) and the final info.
+    """
+    obs, info = env.reset(seed=int(rng.integers(2**31)))
+    states, actions, frames, outcomes = [], [], [], []
+    policy = None if random_actions else ScriptedStacker(env, rng, num_stacks=int(rng.integers(1, 4)))
+    length = int(rng.integers(100, 251)) if random_actions else max_steps
+    for _ in range(length):
+        if random_actions:
+            action = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
+        else:
+            attempts_before = len(policy.attempts)
+            action = policy.act(obs["state"])
+            if attempts_before and (len(policy.attempts) > attempts_before or policy.done()):
+                outcomes.append(stack_succeeded(obs["state"], *policy.attempts[attempts_before - 1]))
+            if policy.done():
+                break
+        states.append(obs["state"])
+        frames.append(obs["image"][3:])
+        actions.append(action)
+        obs, _, _, _, info = env.step(action)
+    return {"states": np.array(states), "actions": np.array(actions), "frames": np.array(frames),
+            "stack_outcomes": outcomes, "info": info}
+
+
+def training_env(image_obs: bool = True) -> BlockStackingEnv:
+    """The data-collection env of appendix C: 5 blocks, randomly stacked or placed in between."""
+    return BlockStackingEnv(num_blocks=5, layout="random_stacks", layout_seed=None, image_obs=image_obs)
+
+
+def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, random_fraction: float = 0.0,
+                     seed: int = 0, max_steps: int = 400) -> str:
+    """Collect ``num_trajectories`` in the training env and write D4RL-style HDF5 to ``out`` atomically.
+
+    Keys: states (N, 18) f32, actions (N, 3) f32, terminals (N,) bool (always False: no task end),
+    timeouts (N,) bool (True on each trajectory's last step), frames (N, 3, 32, 32) u8 (the newest
+    32x32 view of each observation; load_dataset stacks consecutive frames into "images").
+    """
+    if num_trajectories < 1:
+        raise ValueError(f"--num-trajectories must be >= 1, got {num_trajectories}")
+    if not 0.0 <= random_fraction <= 1.0:
+        raise ValueError(f"--random-fraction must be in [0, 1], got {random_fraction}")
+    rng = np.random.default_rng(seed)
+    env = training_env()
+    num_random = int(round(random_fraction * num_trajectories))
+    is_random = np.zeros(num_trajectories, bool)
+    is_random[rng.choice(num_trajectories, num_random, replace=False)] = True
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = f"{out}.tmp"
+    S, A = env.observation_space["state"].shape[0], 3
+    with h5py.File(tmp, "w") as f:
+        dsets = {"states": f.create_dataset("states", (0, S), "f4", maxshape=(None, S), chunks=(1024, S)),
+                 "actions": f.create_dataset("actions", (0, A), "f4", maxshape=(None, A), chunks=(1024, A)),
+                 "terminals": f.create_dataset("terminals", (0,), bool, maxshape=(None,), chunks=(4096,)),
+                 "timeouts": f.create_dataset("timeouts", (0,), bool, maxshape=(None,), chunks=(4096,)),
+                 "frames": f.create_dataset("frames", (0, 3, 32, 32), "u1", maxshape=(None, 3, 32, 32),
+                                            chunks=(256, 3, 32, 32), compression="lzf")}
+        outcomes, heights = [], []
+        for i in tqdm(range(num_trajectories), desc="block_stacking data", unit="traj"):
+            traj = collect_trajectory(env, rng, random_actions=bool(is_random[i]), max_steps=max_steps)
+            T = len(traj["actions"])
+            ends = np.zeros(T, bool)
+            ends[-1] = True
+            for key, value in (("states", traj["states"]), ("actions", traj["actions"]), ("frames", traj["frames"]),
+                               ("terminals", np.zeros(T, bool)), ("timeouts", ends)):
+                dsets[key].resize(dsets[key].shape[0] + T, axis=0)
+                dsets[key][-T:] = value
+            if not is_random[i]:
+                outcomes += traj["stack_outcomes"]
+                heights.append(traj["info"]["blocks_stacked"])
+        f.attrs.update(num_blocks=5, num_trajectories=num_trajectories, random_fraction=random_fraction, seed=seed,
+                       stack_success_rate=float(np.mean(outcomes)) if outcomes else float("nan"),
+                       source=(f"{num_trajectories} trajectories ({num_random} random-action) of the noisy scripted "
+                               f"stacking policy in the 5-block training env, envs/block_stacking.py, seed {seed}"))
+    os.replace(tmp, out)
+    return out
+
+
+def load_dataset(path: str = "auto", images: bool = True, **generate_kwargs) -> dict:
+    """The skill model's training data (see envs/__init__.py for the keys).
+
+    ``path="auto"`` uses data/block_stacking.hdf5 and generates it (default size, ~2-3 min) when
+    missing. ``images=False`` skips the (N, 6, 32, 32) stacked images (6 KB a step in memory).
+    """
+    if path == "auto":
+        path = str(DEFAULT_DATASET)
+        if not os.path.exists(path):
+            logging.warning("block_stacking: %s not found; generating it with the scripted policy "
+                            "(python -m envs.block_stacking, a few minutes)", path)
+            generate_dataset(path, **generate_kwargs)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"block_stacking dataset {path!r} not found: create it with "
+                                f"`python -m envs.block_stacking --out {path}` or pass path='auto'")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(f"block_stacking dataset {path!r} is not a readable HDF5 file ({e}); regenerate it "
+                         f"with `python -m envs.block_stacking --out {path}`") from None
+    with f:
+        needed = ["states", "actions", "terminals", "timeouts"] + (["frames"] if images else [])
+        missing = [k for k in needed if k not in f]
+        if missing:
+            raise ValueError(f"block_stacking dataset {path!r} lacks {missing}; regenerate it with "
+                             f"`python -m envs.block_stacking --out {path}`")
+        data = {k: f[k][()] for k in needed}
+        source = str(f.attrs.get("source", f"block stacking data from {path}"))
+    N = len(data["states"])
+    if N == 0 or any(len(v) != N for v in data.values()) or data["actions"].shape[1:] != (3,):
+        shapes = {k: v.shape for k, v in data.items()}
+        raise ValueError(f"block_stacking dataset {path!r} has inconsistent shapes {shapes}; regenerate it")
+    ends = np.flatnonzero(data["terminals"] | data["timeouts"]) + 1
+    if len(ends) == 0 or ends[-1] != N:
+        ends = np.append(ends, N)  # an unterminated last trajectory still ends at N
+    out = {"states": data["states"].astype(np.float32), "actions": data["actions"].astype(np.float32),
+           "traj_ends": ends.astype(np.int64), "source": source}
+    if images:
+        frames = data["frames"]
+        previous = np.concatenate([frames[:1], frames[:-1]])
+        previous[np.concatenate([[0], ends[:-1]])] = frames[np.concatenate([[0], ends[:-1]])]  # first steps: repeat
+        out["images"] = np.concatenate([previous, frames], axis=1)  # (N, 6, 32, 32), oldest first like the env
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Collect block stacking data with the noisy scripted policy "
+                                                 "(SPiRL appendix C) into D4RL-style HDF5.")
+    parser.add_argument("--num-trajectories", type=int, default=DEFAULT_NUM_TRAJECTORIES,
+                        help="trajectories to collect (the paper: 37000)")
+    parser.add_argument("--out", default=str(DEFAULT_DATASET), help="output .hdf5 path (written atomically)")
+    parser.add_argument("--random-fraction", type=float, default=0.0,
+                        help="fraction of random-action trajectories (appendix G, Table 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    start = time.time()
+    try:
+        out = generate_dataset(args.out, args.num_trajectories, args.random_fraction, args.seed)
+    except ValueError as e:
+        parser.error(str(e))
+    with h5py.File(out, "r") as f:
+        print(f"wrote {out}: {len(f['actions'])} steps, {args.num_trajectories} trajectories, scripted stack "
+              f"success {f.attrs['stack_success_rate']:.2f}, {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
