@@ -1,0 +1,301 @@
+"""Scripted demonstrator for the Franka kitchen and the offline kitchen dataset it generates.
+
+No public SPiRL implementation can train kitchen skills without downloading D4RL's teleoperated data.
+This module replaces that data with scripted demonstrations on gymnasium-robotics ``FrankaKitchen-v1``:
+
+* a controller for the 7 D4RL subtasks: end-effector waypoints per subtask, reached by damped-least-squares
+  differential IK through MuJoCo's site Jacobian and turned into the env's joint-velocity actions;
+* sequences of 4 subtasks in random orders, excluding the downstream order (microwave, kettle, bottom
+  burner, light switch), like D4RL's kitchen-mixed; action noise and randomised waypoints make the skills
+  diverse, since the env's reset is deterministic;
+* ``generate_dataset`` writes them in D4RL's HDF5 layout (observations (N, 60), actions (N, 9), rewards,
+  terminals, timeouts), and ``--evaluate`` measures the demonstrator's success rate per subtask.
+
+Usage:
+    python -m envs.kitchen_demo --num-sequences 150 --out data/kitchen_scripted.hdf5
+    python -m envs.kitchen_demo --evaluate --trials 50
+
+The control facts this relies on (measured, see ``shared/notes/franka-kitchen-v1-facts.md``): one env step
+is 0.08 s and sets the position-actuator targets to ``q_observed + 2 * action * 0.08``; the actuators have no
+gravity compensation, so the arm sags unless ``qfrc_bias / kp`` is added to the target; one step realises only
+about half of a commanded move, hence the IK gain of 1.5.
+"""
+
+import argparse
+import os
+from collections.abc import Iterator
+
+import gymnasium as gym
+import gymnasium_robotics
+import h5py
+import mujoco
+import numpy as np
+from tqdm import tqdm
+
+gym.register_envs(gymnasium_robotics)
+
+# D4RL's task definitions: the obs indices of each subtask's element, its goal, and the success distance.
+OBS_ELEMENT_INDICES = {
+    "bottom burner": np.array([11, 12]),
+    "top burner": np.array([15, 16]),
+    "light switch": np.array([17, 18]),
+    "slide cabinet": np.array([19]),
+    "hinge cabinet": np.array([20, 21]),
+    "microwave": np.array([22]),
+    "kettle": np.array([23, 24, 25, 26, 27, 28, 29]),
+}
+OBS_ELEMENT_GOALS = {
+    "bottom burner": np.array([-0.88, -0.01]),
+    "top burner": np.array([-0.92, -0.01]),
+    "light switch": np.array([-0.69, -0.05]),
+    "slide cabinet": np.array([0.37]),
+    "hinge cabinet": np.array([0.0, 1.45]),
+    "microwave": np.array([-0.75]),
+    "kettle": np.array([-0.23, 0.75, 1.62, 0.99, 0.0, 0.0, -0.06]),
+}
+BONUS_THRESH = 0.3
+SUBTASKS = ("microwave", "kettle", "bottom burner", "top burner", "light switch", "slide cabinet", "hinge cabinet")
+DOWNSTREAM_ORDER = ("microwave", "kettle", "bottom burner", "light switch")
+EPISODE_STEPS = 280  # the env's (and D4RL's) episode length
+DEFAULT_NUM_SEQUENCES = 150
+DEFAULT_NOISE = 0.1
+DEFAULT_DATASET_PATH = "data/kitchen_scripted.hdf5"
+
+# End-effector orientations (columns: site x, y, z axes in world). FORWARD is the home posture's: tool axis
+# (site z) along world +y into the kitchen, fingers closing along world x. ROLLED turns it -90 deg about
+# world y so the fingers close vertically, which the kettle's horizontal handle bar needs.
+FORWARD = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+OPEN, CLOSE = 1.0, -1.0  # gripper action: +1 opens both fingers, -1 closes them
+
+
+def rot_y(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def rot_z(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+ROLLED = rot_y(-np.pi / 2) @ FORWARD
+
+
+def subtask_done(qpos: np.ndarray, task: str) -> bool:
+    """D4RL's success rule: the element's state within BONUS_THRESH (L2) of its goal."""
+    distance = np.linalg.norm(qpos[OBS_ELEMENT_INDICES[task]] - OBS_ELEMENT_GOALS[task])
+    return bool(distance < BONUS_THRESH)
+
+
+def d4rl_goal(tasks=DOWNSTREAM_ORDER) -> np.ndarray:
+    """The 30 goal dims of D4RL's observation: each task's goal at its element's indices, zeros elsewhere."""
+    goal = np.zeros(30)
+    for task in tasks:
+        goal[OBS_ELEMENT_INDICES[task]] = OBS_ELEMENT_GOALS[task]
+    return goal
+
+
+def d4rl_observation(env_obs: dict, goal: np.ndarray) -> np.ndarray:
+    """D4RL's 60-dim observation from FrankaKitchen-v1's dict one: robot qpos (9), object qpos (21), goal (30).
+
+    v1's 59-dim "observation" is robot qpos (9) + robot qvel (9) + object qpos (21) + object qvel (20), all
+    with the env's observation noise, like D4RL's.
+    """
+    state = env_obs["observation"]
+    return np.concatenate([state[0:9], state[18:39], goal]).astype(np.float32)
+
+
+class ScriptedKitchenController:
+    """Differential-IK controller with one scripted skill per subtask.
+
+    Skills are generators: each ``yield`` hands one 9-dim action to the caller, who steps the env and resumes
+    the generator, which then reads the new MuJoCo state. All randomness (action noise, waypoint offsets)
+    comes from ``rng``.
+    """
+
+    IK_GAIN = 1.5  # one env step realises only ~50-60 % of a commanded joint move
+    DAMPING = 0.05  # damped least squares: lambda of (J J^T + lambda^2 I)
+    MAX_STEP = 0.03  # m of end-effector travel commanded per env step
+    MAX_TURN = 0.15  # rad of end-effector rotation commanded per env step
+    NULL_GAIN = 0.1  # pull of the redundant degree of freedom toward the home posture, per step
+
+    def __init__(self, env: gym.Env, rng: np.random.Generator, noise: float = DEFAULT_NOISE):
+        self.model, self.data = env.unwrapped.model, env.unwrapped.data
+        self.rng, self.noise = rng, noise
+        self.ee = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, "end_effector")
+        self.kp = self.model.actuator_gainprm[:7, 0].copy()
+        self.q_low, self.q_high = self.model.jnt_range[:7, 0], self.model.jnt_range[:7, 1]
+        self.q_home = env.unwrapped.robot_env.init_qpos[:7].copy()
+        self.jac_pos = np.zeros((3, self.model.nv))
+        self.jac_rot = np.zeros((3, self.model.nv))
+
+    # ---- state -------------------------------------------------------------------------------------
+    def site(self, name: str) -> np.ndarray:
+        return self.data.site(name).xpos.copy()
+
+    def ee_pos(self) -> np.ndarray:
+        return self.data.site_xpos[self.ee].copy()
+
+    def ee_rot(self) -> np.ndarray:
+        return self.data.site_xmat[self.ee].reshape(3, 3).copy()
+
+    def jitter(self, scale) -> np.ndarray:
+        """A random waypoint offset, uniform in +-scale per axis."""
+        return self.rng.uniform(-1.0, 1.0, 3) * np.asarray(scale, dtype=float)
+
+    # ---- actions -----------------------------------------------------------------------------------
+    def _finish(self, joint_delta: np.ndarray, grip: float) -> np.ndarray:
+        """Joint-position increment -> env action, with gravity-sag compensation and action noise."""
+        # The env's target is q + 2 * a * 0.08: add the gravity torque over kp so the arm holds its pose.
+        target_delta = joint_delta + self.data.qfrc_bias[:7] / self.kp
+        action = np.empty(9)
+        action[:7] = target_delta / 0.16
+        action[7:] = grip
+        action[:7] += self.noise * self.rng.standard_normal(7)
+        return np.clip(action, -1.0, 1.0)
+
+    def ik_action(self, pos, rot, grip: float, max_step: float = MAX_STEP, max_turn: float = MAX_TURN) -> np.ndarray:
+        """One damped-least-squares IK step toward the end-effector pose (pos, rot)."""
+        error = np.empty(6)
+        error[:3] = pos - self.ee_pos()
+        distance = np.linalg.norm(error[:3])
+        if distance > max_step:
+            error[:3] *= max_step / distance
+        quat, rotvec = np.empty(4), np.empty(3)
+        mujoco.mju_mat2Quat(quat, (rot @ self.ee_rot().T).ravel())
+        mujoco.mju_quat2Vel(rotvec, quat, 1.0)
+        error[3:] = rotvec * min(1.0, max_turn / max(np.linalg.norm(rotvec), 1e-9))
+        mujoco.mj_jacSite(self.model, self.data, self.jac_pos, self.jac_rot, self.ee)
+        jac = np.vstack([self.jac_pos, self.jac_rot])[:, :7]  # (6, 7) arm joints only
+        q = self.data.qpos[:7]
+        # Joint 2 starts at its lower limit: solve without the joints a step would push past their limits.
+        active = np.ones(7, dtype=bool)
+        # Redundancy: the arm has 7 joints for a 6-dim pose, so a null-space pull toward the home posture keeps
+        # the elbow and wrist away from their limits (without it the base joint wanders by a radian).
+        posture = self.NULL_GAIN * (self.q_home - q)
+        for _ in range(3):
+            j = jac[:, active]
+            pinv = j.T @ np.linalg.inv(j @ j.T + self.DAMPING**2 * np.eye(6))  # (n_active, 6)
+            delta = np.zeros(7)
+            delta[active] = pinv @ error + (np.eye(active.sum()) - pinv @ j) @ posture[active]
+            blocked = active & (((q <= self.q_low + 1e-3) & (delta < 0)) | ((q >= self.q_high - 1e-3) & (delta > 0)))
+            if not blocked.any():
+                break
+            active &= ~blocked
+        return self._finish(self.IK_GAIN * delta, grip)
+
+    # ---- motion primitives (generators of actions) -------------------------------------------------
+    def move(self, pos, rot, grip, max_steps: int, tol=0.01, max_step=MAX_STEP, max_turn=MAX_TURN) -> Iterator:
+        """Go to an end-effector pose; stop within tol, or after max_steps (contacts can block the last cm)."""
+        for _ in range(max_steps):
+            if np.linalg.norm(pos - self.ee_pos()) < tol:
+                return
+            yield self.ik_action(pos, rot, grip, max_step, max_turn)
+
+    def hold(self, grip: float, steps: int) -> Iterator:
+        """Keep the current pose while the gripper opens or closes."""
+        pos, rot = self.ee_pos(), self.ee_rot()
+        for _ in range(steps):
+            yield self.ik_action(pos, rot, grip)
+
+    def go_home(self, max_steps: int = 30) -> Iterator:
+        """Return to a jittered home posture in joint space (keeps the IK out of awkward poses)."""
+        home = self.q_home + self.rng.uniform(-0.05, 0.05, 7)
+        for _ in range(max_steps):
+            error = home - self.data.qpos[:7]
+            if np.abs(error).max() < 0.03:
+                return
+            yield self._finish(np.clip(error, -0.12, 0.12), OPEN)
+
+    def back_off(self, offset, rot=None, steps: int = 8) -> Iterator:
+        """Open and retreat by ``offset`` keeping the orientation, so the gripper leaves the object cleanly."""
+        rot = self.ee_rot() if rot is None else rot
+        yield from self.hold(OPEN, 3)
+        yield from self.move(self.ee_pos() + np.asarray(offset), rot, OPEN, steps, tol=0.02)
+
+    # ---- skills: one generator per D4RL subtask ----------------------------------------------------
+    def light_switch(self) -> Iterator:
+        """Push the switch lever toward -x with a closed gripper."""
+        lever = self.site("light_site") + self.jitter([0.0, 0.01, 0.01])
+        yield from self.move(lever + [0.08, -0.10, 0.0], FORWARD, CLOSE, 25, tol=0.02)
+        yield from self.move(lever + [0.07, 0.0, 0.0], FORWARD, CLOSE, 12)
+        yield from self.move(lever + [-0.10 - self.rng.uniform(0, 0.04), 0.0, 0.0], FORWARD, CLOSE, 15, max_step=0.02)
+        yield from self.back_off([0.0, -0.12, 0.0])
+
+    def slide_cabinet(self) -> Iterator:
+        """Push the sliding door's handle toward +x."""
+        handle = self.site("slide_site") + self.jitter([0.0, 0.01, 0.02]) + [0.0, 0.0, -0.07]
+        yield from self.move(handle + [-0.08, -0.12, 0.0], FORWARD, CLOSE, 25, tol=0.02)
+        yield from self.move(handle + [-0.07, 0.0, 0.0], FORWARD, CLOSE, 12)
+        yield from self.move(handle + [0.22 + self.rng.uniform(0, 0.08), 0.0, 0.0], FORWARD, CLOSE, 20, max_step=0.025)
+        yield from self.back_off([0.0, -0.12, 0.0])
+
+    def knob(self, site: str, task: str) -> Iterator:
+        """Grasp a burner knob from the front and twist it about world +y (the knob's angle goes negative)."""
+        # The end-effector site sits mid-finger: at 3.5 cm in front of the knob the fingertips reach its base
+        # disc. Pushing further only presses them into the disc, whose friction then blocks the lateral fix.
+        knob = self.site(site) + self.jitter([0.003, 0.0, 0.003]) + [0.0, -0.035, 0.0]
+        yield from self.move(knob + [0.0, -0.10, 0.0], FORWARD, OPEN, 30, tol=0.008)
+        yield from self.move(knob, FORWARD, OPEN, 10, tol=0.006)
+        yield from self.hold(CLOSE, 4)
+        twist = self.rng.uniform(1.5, 1.7)
+        yield from self.move(knob, rot_y(twist) @ FORWARD, CLOSE, 14, tol=-1.0, max_turn=0.12)
+        yield from self.back_off([0.0, -0.12, 0.0])
+
+    def door(self, site: str, joint: str, hinge: np.ndarray, opening: float, rot: np.ndarray, normal: np.ndarray,
+             target: float, max_steps: int) -> Iterator:
+        """Grasp a vertical door handle and pull it along the door's arc.
+
+        ``opening`` (+1/-1) is the sign of the door's angle change while it opens; ``normal`` points from the
+        closed door toward the robot. The target runs a little ahead of the current angle on the arc; the wrist
+        keeps its grasp orientation because a wrist that follows the door lets the bar slide out of the fingers.
+        """
+        handle = self.site(site) + self.jitter([0.004, 0.0, 0.02])
+        yield from self.move(handle + 0.10 * normal, rot, OPEN, 30, tol=0.01)
+        yield from self.move(handle + 0.01 * normal, rot, OPEN, 10, tol=0.008)
+        yield from self.hold(CLOSE, 4)
+        lead = self.rng.uniform(0.15, 0.2)
+        grasp = self.ee_pos()
+        angle0 = self.data.joint(joint).qpos[0]
+        for _ in range(max_steps):
+            angle = self.data.joint(joint).qpos[0]
+            if opening * (angle - target) >= 0:
+                break
+            # Where the grasp point would be with the door a little further open.
+            swing = rot_z(angle - angle0 + opening * lead)
+            goal = hinge + swing @ (grasp - hinge)
+            goal[2] = grasp[2]
+            yield self.ik_action(goal, rot, CLOSE, max_step=0.03)
+        opened = rot_z(self.data.joint(joint).qpos[0] - angle0)
+        yield from self.back_off(0.10 * (opened @ normal), rot)
+
+    def microwave(self) -> Iterator:
+        """Open the microwave door (its angle goes negative) by its vertical handle bar."""
+        yaw = 0.3  # the microwave stands yawed by 0.3 rad
+        normal = rot_z(yaw) @ np.array([0.0, -1.0, 0.0])
+        hinge = self.data.joint("microwave").xanchor.copy()
+        target = -self.rng.uniform(0.75, 0.9)
+        yield from self.door("microhandle_site", "microwave", hinge, -1.0, rot_z(yaw) @ FORWARD, normal, target, 25)
+
+    def hinge_cabinet(self) -> Iterator:
+        """Open the right door of the hinged cabinet (angle positive) by its vertical handle."""
+        hinge = self.data.joint("right_hinge_cabinet").xanchor.copy()
+        target = self.rng.uniform(1.3, 1.45)
+        yield from self.door("hinge_site2", "right_hinge_cabinet", hinge, 1.0, FORWARD, np.array([0.0, -1.0, 0.0]),
+                             target, 30)
+
+    def skill(self, task: str) -> Iterator:
+        """The scripted skill of one D4RL subtask."""
+        if task == "light switch":
+            return self.light_switch()
+        if task == "slide cabinet":
+            return self.slide_cabinet()
+        if task == "bottom burner":
+            return self.knob("knob2_site", task)
+        if task == "top burner":
+            return self.knob("knob4_site", task)
+        if task == "microwave":
+            return self.microwave()
+        if task == "hinge cabinet":
+            return self.hinge_cabinet()
+        raise ValueError(f"unknown subtask {task!r}: choose from {', '.join(SUBTASKS)}")
