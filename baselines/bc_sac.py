@@ -1,0 +1,353 @@
+"""Behavioural cloning, then SAC finetuning: the "BC + SAC" baseline of SPiRL, section 4.1.
+
+Paper: "Accelerating Reinforcement Learning with Learned Skill Priors" (Pertsch, Lee, Lim, CoRL 2020).
+A tanh-squashed Gaussian policy is fitted by maximum likelihood to the (state, action) pairs of the
+offline dataset that SPiRL learns its skills from, then finetuned on the downstream task with standard
+max-entropy SAC (appendix B.2 hyperparameters) starting from those weights.
+
+    python baselines/bc_sac.py --env kitchen                       # dataset from envs.load_dataset("kitchen")
+    python baselines/bc_sac.py --env Pendulum-v1 --dataset d.npz   # any .npz with "states" and "actions"
+
+The policy sees obs["state"] (the paper's image-based flat baselines are replaced by state input).
+Warm-up steps are collected with the cloned policy, not uniformly at random, so that the buffer starts
+with the behaviour the finetuning begins from.
+"""
+
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `import envs`
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+import envs
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # policy log std range (CleanRL / SpinningUp)
+ACTION_EPS = 1e-4  # dataset actions at the bounds are pulled inside by this much before atanh
+
+
+@dataclass
+class Args:
+    env: str = "kitchen"
+    """maze, block_stacking or kitchen; or a gymnasium env id with a Box action space (e.g. Pendulum-v1)"""
+    dataset: str = "auto"
+    """offline data: "auto" or a path given to envs.load_dataset, or an .npz file with "states" and "actions" arrays"""
+    bc_steps: int = 10_000
+    """gradient steps of behavioural cloning before RL"""
+    bc_lr: float = 1e-3
+    """Adam learning rate of behavioural cloning"""
+    bc_batch_size: int = 256
+    """(state, action) pairs per behavioural-cloning step"""
+    seed: int = 1
+    """seed of python, numpy, torch and the env"""
+    total_timesteps: int = 1_000_000
+    """environment steps to train for"""
+    buffer_size: int = 1_000_000
+    """replay buffer capacity (appendix B.2: 1e6)"""
+    gamma: float = 0.99
+    """discount factor (appendix B.2)"""
+    tau: float = 5e-3
+    """target network update rate (appendix B.2)"""
+    batch_size: int = 256
+    """replay batch size (appendix B.2)"""
+    learning_starts: int = 5000
+    """warm-up steps, collected with the cloned policy, that fill the buffer before training (appendix B.2)"""
+    policy_lr: float = 3e-4
+    """Adam learning rate of the policy (appendix B.2)"""
+    q_lr: float = 3e-4
+    """Adam learning rate of the critics (appendix B.2; CleanRL uses 1e-3)"""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of the entropy temperature (appendix B.2; CleanRL uses q_lr)"""
+    policy_frequency: int = 1
+    """the policy and alpha are updated this many times every this many steps (1: standard SAC; CleanRL: 2)"""
+    target_entropy: Optional[float] = None
+    """entropy target of the alpha auto-tuning; None: -action_dim (Haarnoja et al.)"""
+    hidden_dim: int = 256
+    """units of every hidden layer of policy and critics"""
+    policy_layers: int = 5
+    """hidden layers of the policy MLP (authors' flat-SAC config: 5 x 256)"""
+    critic_layers: int = 2
+    """hidden layers of each critic MLP (authors' flat-SAC config: 2 x 256)"""
+    torch_threads: int = 1
+    """CPU threads for torch (small networks: 1 is fastest on a shared machine)"""
+    log_interval: int = 1000
+    """environment steps between progress lines and loss scalars"""
+    exp_name: str = "bc_sac"
+    """name of the experiment (first part of the run name under runs/)"""
+    save_model: bool = True
+    """write the cloned policy (bc_policy.pt) and the final policy and critics (agent.pt) to runs/<run_name>/"""
+
+
+def make_env(name: str, seed: int):
+    """A project env (obs dict with "state") or a gymnasium Box env whose observation is wrapped into {"state": obs}.
+    Returns the env and the name of its task metric in info (None for gymnasium envs)."""
+    if name in envs.ENV_NAMES:
+        return envs.make_env(name, seed=seed), envs.env_module(name).METRIC
+    try:
+        env = gym.make(name)
+    except gym.error.Error as error:
+        raise SystemExit(f"unknown env {name!r} ({error}): use one of {', '.join(envs.ENV_NAMES)} or a gymnasium id like Pendulum-v1")
+    if not isinstance(env.action_space, gym.spaces.Box) or not isinstance(env.observation_space, gym.spaces.Box):
+        raise SystemExit(f"env {name!r} needs Box observation and action spaces for flat SAC")
+    state_space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
+    env = gym.wrappers.TransformObservation(env, lambda obs: {"state": np.asarray(obs, np.float32)}, gym.spaces.Dict(state=state_space))
+    return env, None
+
+
+def mlp(in_dim, out_dim, hidden_dim, hidden_layers):
+    layers = []
+    for _ in range(hidden_layers):
+        layers += [nn.Linear(in_dim, hidden_dim), nn.ReLU()]
+        in_dim = hidden_dim
+    return nn.Sequential(*layers, nn.Linear(in_dim, out_dim))
+
+
+class SoftQNetwork(nn.Module):
+    """Q(s, a): MLP on the concatenated state and (squashed) action."""
+
+    def __init__(self, state_dim, action_dim, hidden_dim, hidden_layers):
+        super().__init__()
+        self.net = mlp(state_dim + action_dim, 1, hidden_dim, hidden_layers)
+
+    def forward(self, state, action):
+        return self.net(torch.cat([state, action], dim=-1))
+
+
+class Actor(nn.Module):
+    """pi(a|s): Gaussian over pre-tanh actions u; a = tanh(u) * action_scale + action_bias.
+    The state is standardised with the offline data's mean and std (buffers, saved with the weights)."""
+
+    def __init__(self, state_dim, action_low, action_high, hidden_dim, hidden_layers, state_mean=None, state_std=None):
+        super().__init__()
+        action_dim = len(action_low)
+        self.net = mlp(state_dim, 2 * action_dim, hidden_dim, hidden_layers)
+        self.register_buffer("action_scale", torch.as_tensor((action_high - action_low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.as_tensor((action_high + action_low) / 2.0, dtype=torch.float32))
+        self.register_buffer("state_mean", torch.zeros(state_dim) if state_mean is None else torch.as_tensor(state_mean))
+        self.register_buffer("state_std", torch.ones(state_dim) if state_std is None else torch.as_tensor(state_std))
+
+    def forward(self, state):
+        """Mean and log std of the pre-tanh Gaussian, each (B, action_dim)."""
+        mean, log_std = self.net((state - self.state_mean) / self.state_std).chunk(2, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)  # smooth clamp
+        return mean, log_std
+
+    def get_action(self, state):
+        """A reparameterised sample, its log-likelihood (B, 1) with the tanh change of variables, the mean action."""
+        mean, log_std = self(state)
+        normal = torch.distributions.Normal(mean, log_std.exp())
+        u = normal.rsample()
+        squashed = torch.tanh(u)
+        action = squashed * self.action_scale + self.action_bias
+        # log pi(a|s) = log N(u) - sum log |da/du|, da/du = scale * (1 - tanh(u)^2)
+        log_prob = normal.log_prob(u) - torch.log(self.action_scale * (1 - squashed.pow(2)) + 1e-6)
+        return action, log_prob.sum(-1, keepdim=True), torch.tanh(mean) * self.action_scale + self.action_bias
+
+
+def bc_loss(actor, states, actions):
+    """Behavioural cloning: mean negative log-likelihood of the dataset actions under the squashed policy,
+    -log pi(a|s) = -log N(u; mu, sigma) + sum log |da/du| with u = atanh((a - bias) / scale).
+    Its minimiser is the maximum-likelihood tanh-Gaussian, so SAC can start from exactly this policy."""
+    mean, log_std = actor(states)
+    squashed = ((actions - actor.action_bias) / actor.action_scale).clamp(-1 + ACTION_EPS, 1 - ACTION_EPS)
+    u = torch.atanh(squashed)
+    log_prob = torch.distributions.Normal(mean, log_std.exp()).log_prob(u)
+    log_prob = log_prob - torch.log(actor.action_scale * (1 - squashed.pow(2)))
+    return -log_prob.sum(-1).mean()
+
+
+def load_offline_data(env_name, path, state_dim, action_dim):
+    """(states, actions) float32 arrays of the offline dataset, checked against the env's dimensions."""
+    try:
+        if path.endswith(".npz"):
+            with np.load(path) as data:
+                data = {key: data[key] for key in data.files}
+        elif env_name in envs.ENV_NAMES:
+            data = envs.load_dataset(env_name, path)
+        else:
+            raise SystemExit(f"env {env_name!r} has no default dataset: pass --dataset FILE.npz with 'states' and 'actions'")
+    except (OSError, KeyError, ValueError) as error:
+        raise SystemExit(f"cannot load dataset {path!r} for env {env_name!r}: {error} (check --dataset)")
+    if "states" not in data or "actions" not in data:
+        raise SystemExit(f"dataset {path!r} needs 'states' and 'actions' arrays, it has {sorted(data)}")
+    states, actions = np.asarray(data["states"], np.float32), np.asarray(data["actions"], np.float32)
+    if states.ndim != 2 or states.shape[1] != state_dim or actions.ndim != 2 or actions.shape[1] != action_dim:
+        raise SystemExit(f"dataset {path!r} has states {states.shape} and actions {actions.shape}, "
+                         f"the env needs (N, {state_dim}) and (N, {action_dim}): was it made for another env?")
+    return states, actions
+
+
+def behavioural_cloning(actor, states, actions, steps, lr, batch_size, rng, writer=None):
+    """Fit the actor to the offline (state, action) pairs by maximum likelihood (bc_loss). Returns the last loss."""
+    optimizer = torch.optim.Adam(actor.parameters(), lr=lr)
+    states, actions = torch.as_tensor(states), torch.as_tensor(actions)
+    for step in range(1, steps + 1):
+        idx = torch.as_tensor(rng.integers(0, len(states), batch_size))
+        loss = bc_loss(actor, states[idx], actions[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if writer is not None and (step % 500 == 0 or step == steps):
+            writer.add_scalar("pretrain/bc_nll", loss.item(), step)
+            print(f"bc step {step}/{steps}: nll {loss.item():.3f}", flush=True)
+    return loss.item()
+
+
+class ReplayBuffer:
+    """Uniform replay of (s, a, r, s', terminated); numpy arrays allocated once (pages are touched lazily)."""
+
+    def __init__(self, capacity, state_dim, action_dim):
+        self.states = np.zeros((capacity, state_dim), np.float32)
+        self.next_states = np.zeros((capacity, state_dim), np.float32)
+        self.actions = np.zeros((capacity, action_dim), np.float32)
+        self.rewards = np.zeros((capacity, 1), np.float32)
+        self.terminated = np.zeros((capacity, 1), np.float32)
+        self.capacity, self.pos, self.size = capacity, 0, 0
+
+    def add(self, state, action, reward, next_state, terminated):
+        i = self.pos
+        self.states[i], self.actions[i], self.rewards[i] = state, action, reward
+        self.next_states[i], self.terminated[i] = next_state, terminated
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size, rng):
+        idx = rng.integers(0, self.size, batch_size)
+        return [torch.as_tensor(x[idx]) for x in (self.states, self.actions, self.rewards, self.next_states, self.terminated)]
+
+
+def soft_q_target(rewards, terminated, next_q, next_log_prob, alpha, gamma):
+    """SAC Bellman target r + gamma * (1 - terminated) * (min_i Q_target_i(s', a') - alpha * log pi(a'|s')).
+    Truncation (time limit) is not termination: the target bootstraps through it."""
+    return rewards + gamma * (1.0 - terminated) * (next_q - alpha * next_log_prob)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    run_name = f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    rng = np.random.default_rng(args.seed)
+
+    env, metric = make_env(args.env, args.seed)
+    action_low, action_high = env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
+    env.action_space.seed(args.seed)
+    obs, _ = env.reset(seed=args.seed)
+    state_dim, action_dim = obs["state"].shape[0], action_low.shape[0]
+
+    data_states, data_actions = load_offline_data(args.env, args.dataset, state_dim, action_dim)
+    print(f"offline data: {len(data_states)} (state, action) pairs")
+    state_std = np.maximum(data_states.std(0), 1e-3)  # constant dims must not blow up the input
+    actor = Actor(state_dim, action_low, action_high, args.hidden_dim, args.policy_layers, data_states.mean(0), state_std)
+    qf1, qf2 = (SoftQNetwork(state_dim, action_dim, args.hidden_dim, args.critic_layers) for _ in range(2))
+    qf1_target, qf2_target = (SoftQNetwork(state_dim, action_dim, args.hidden_dim, args.critic_layers) for _ in range(2))
+    qf1_target.load_state_dict(qf1.state_dict())
+    qf2_target.load_state_dict(qf2.state_dict())
+    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    target_entropy = -float(action_dim) if args.target_entropy is None else args.target_entropy
+    log_alpha = torch.zeros(1, requires_grad=True)
+    alpha = log_alpha.exp().item()
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), state_dim, action_dim)
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    print(f"run {run_name}: state_dim {state_dim}, action_dim {action_dim}, metric {metric}")
+
+    # BC + SAC, part 1: behavioural cloning of the offline data
+    behavioural_cloning(actor, data_states, data_actions, args.bc_steps, args.bc_lr, args.bc_batch_size, rng, writer)
+    if args.save_model:
+        torch.save(actor.state_dict(), f"runs/{run_name}/bc_policy.pt.tmp")
+        os.replace(f"runs/{run_name}/bc_policy.pt.tmp", f"runs/{run_name}/bc_policy.pt")
+
+    start_time, updates, episode_return, episode_length, last_return = time.time(), 0, 0.0, 0, float("nan")
+    for global_step in range(1, args.total_timesteps + 1):
+        # BC + SAC, part 2: collect with the (cloned, then finetuned) stochastic policy, warm-up included
+        with torch.no_grad():
+            action = actor.get_action(torch.as_tensor(obs["state"]).unsqueeze(0))[0][0].numpy()
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        rb.add(obs["state"], action, reward, next_obs["state"], float(terminated))
+        episode_return += float(reward)
+        episode_length += 1
+        obs = next_obs
+        if terminated or truncated:
+            writer.add_scalar("charts/episodic_return", episode_return, global_step)
+            writer.add_scalar("charts/episodic_length", episode_length, global_step)
+            if metric is not None:
+                writer.add_scalar(f"charts/{metric}", float(info[metric]), global_step)
+            obs, _ = env.reset()
+            last_return, episode_return, episode_length = episode_return, 0.0, 0
+
+        if global_step > args.learning_starts:
+            states, actions, rewards, next_states, dones = rb.sample(args.batch_size, rng)
+            with torch.no_grad():
+                next_actions, next_log_prob, _ = actor.get_action(next_states)
+                next_q = torch.min(qf1_target(next_states, next_actions), qf2_target(next_states, next_actions))
+                target_q = soft_q_target(rewards, dones, next_q, next_log_prob, alpha, args.gamma)
+            qf1_loss = F.mse_loss(qf1(states, actions), target_q)
+            qf2_loss = F.mse_loss(qf2(states, actions), target_q)
+            qf_loss = qf1_loss + qf2_loss
+            q_optimizer.zero_grad()
+            qf_loss.backward()
+            q_optimizer.step()
+
+            if global_step % args.policy_frequency == 0:
+                for _ in range(args.policy_frequency):
+                    # policy: maximise min_i Q_i(s, a~pi) + alpha * entropy
+                    pi_actions, log_prob, _ = actor.get_action(states)
+                    min_q = torch.min(qf1(states, pi_actions), qf2(states, pi_actions))
+                    actor_loss = (alpha * log_prob - min_q).mean()
+                    actor_optimizer.zero_grad()
+                    actor_loss.backward()
+                    actor_optimizer.step()
+                    # temperature: alpha rises when the entropy -log pi falls below the target
+                    alpha_loss = (-log_alpha.exp() * (log_prob.detach() + target_entropy)).mean()
+                    alpha_optimizer.zero_grad()
+                    alpha_loss.backward()
+                    alpha_optimizer.step()
+                    alpha = log_alpha.exp().item()
+
+            with torch.no_grad():  # Polyak averaging of the target critics
+                for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
+                    for param, target_param in zip(net.parameters(), target.parameters()):
+                        target_param.lerp_(param, args.tau)
+            updates += 1
+
+            if global_step % args.log_interval == 0:
+                writer.add_scalar("losses/qf1_values", qf1(states, actions).mean().item(), global_step)
+                writer.add_scalar("losses/qf1_loss", qf1_loss.item(), global_step)
+                writer.add_scalar("losses/qf2_loss", qf2_loss.item(), global_step)
+                writer.add_scalar("losses/qf_loss", qf_loss.item() / 2.0, global_step)
+                writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
+                writer.add_scalar("losses/alpha", alpha, global_step)
+                writer.add_scalar("losses/alpha_loss", alpha_loss.item(), global_step)
+                writer.add_scalar("losses/entropy", -log_prob.mean().item(), global_step)
+
+        if global_step % args.log_interval == 0:  # rates over the last log interval
+            elapsed, start_time = time.time() - start_time, time.time()
+            writer.add_scalar("charts/env_steps_per_s", args.log_interval / elapsed, global_step)
+            writer.add_scalar("charts/updates_per_s", updates / elapsed, global_step)
+            print(f"step {global_step}: last episode return {last_return:.1f}, alpha {alpha:.3f}, "
+                  f"{args.log_interval / elapsed:.0f} env steps/s, {updates / elapsed:.0f} updates/s", flush=True)
+            updates = 0
+
+    if args.save_model:
+        path = f"runs/{run_name}/agent.pt"
+        torch.save({"args": vars(args), "actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict()}, path + ".tmp")
+        os.replace(path + ".tmp", path)  # atomic: a crash never leaves a half-written checkpoint
+        print(f"saved {path}")
+    env.close()
+    writer.close()

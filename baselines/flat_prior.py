@@ -1,0 +1,381 @@
+"""Flat action prior: the "Flat Prior" baseline of SPiRL, section 4.1 (similar to Siegel et al. 2020).
+
+Paper: "Accelerating Reinforcement Learning with Learned Skill Priors" (Pertsch, Lee, Lim, CoRL 2020).
+A single-step action prior p(a|s), a tanh-squashed Gaussian MLP, is fitted by maximum likelihood to the
+offline (state, action) pairs. Downstream, flat SAC is regularised towards it exactly as Algorithm 1
+regularises the skill policy, only on primitive actions instead of skills:
+  Q-target   r + gamma * (min_i Q_target_i(s', a') - alpha * KL(pi(.|s') || p(.|s')))   (Alg. 1 line 9)
+  policy     minimise alpha * KL(pi(.|s) || p(.|s)) - min_i Q_i(s, a~pi)              (Alg. 1 line 10)
+  alpha      minimise alpha * (delta - KL): alpha rises when KL > delta                (appendix A)
+The KL is analytic between the Gaussians *before* tanh, averaged over action dims and clamped to
+[-100, 100], as in the authors' implementation; the policy starts as a copy of the prior (appendix B.2).
+
+    python baselines/flat_prior.py --env kitchen
+    python baselines/flat_prior.py --env Pendulum-v1 --dataset d.npz   # any .npz with "states" and "actions"
+
+The policy and prior see obs["state"] (the paper's image-based flat baselines are replaced by state
+input). Warm-up steps are collected with the prior-initialised policy.
+"""
+
+import os
+import copy
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `import envs`
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+import envs
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # policy log std range (CleanRL / SpinningUp)
+ACTION_EPS = 1e-4  # dataset actions at the bounds are pulled inside by this much before atanh
+
+
+@dataclass
+class Args:
+    env: str = "kitchen"
+    """maze, block_stacking or kitchen; or a gymnasium env id with a Box action space (e.g. Pendulum-v1)"""
+    dataset: str = "auto"
+    """offline data: "auto" or a path given to envs.load_dataset, or an .npz file with "states" and "actions" arrays"""
+    prior_steps: int = 10_000
+    """gradient steps of fitting the action prior to the offline data before RL"""
+    prior_lr: float = 1e-3
+    """Adam learning rate of the action prior"""
+    prior_batch_size: int = 256
+    """(state, action) pairs per prior step"""
+    prior_checkpoint: str = ""
+    """load a trained action prior (action_prior.pt of an earlier run) instead of fitting one"""
+    target_divergence: float = 1.0
+    """delta, the target KL(pi || prior) per action dim of the alpha auto-tuning (authors' kitchen flat-prior config: 1)"""
+    initial_alpha: float = 1.0
+    """starting value of the divergence weight alpha"""
+    seed: int = 1
+    """seed of python, numpy, torch and the env"""
+    total_timesteps: int = 1_000_000
+    """environment steps to train for"""
+    buffer_size: int = 1_000_000
+    """replay buffer capacity (appendix B.2: 1e6)"""
+    gamma: float = 0.99
+    """discount factor (appendix B.2)"""
+    tau: float = 5e-3
+    """target network update rate (appendix B.2)"""
+    batch_size: int = 256
+    """replay batch size (appendix B.2)"""
+    learning_starts: int = 5000
+    """warm-up steps, collected with the prior-initialised policy, that fill the buffer before training (appendix B.2)"""
+    policy_lr: float = 3e-4
+    """Adam learning rate of the policy (appendix B.2)"""
+    q_lr: float = 3e-4
+    """Adam learning rate of the critics (appendix B.2; CleanRL uses 1e-3)"""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of the divergence weight alpha (appendix B.2)"""
+    policy_frequency: int = 1
+    """the policy and alpha are updated this many times every this many steps (1: standard SAC; CleanRL: 2)"""
+    hidden_dim: int = 256
+    """units of every hidden layer of policy and critics"""
+    policy_layers: int = 5
+    """hidden layers of the prior and policy MLPs (authors' flat-SAC config: 5 x 256)"""
+    critic_layers: int = 2
+    """hidden layers of each critic MLP (authors' flat-SAC config: 2 x 256)"""
+    torch_threads: int = 1
+    """CPU threads for torch (small networks: 1 is fastest on a shared machine)"""
+    log_interval: int = 1000
+    """environment steps between progress lines and loss scalars"""
+    exp_name: str = "flat_prior"
+    """name of the experiment (first part of the run name under runs/)"""
+    save_model: bool = True
+    """write the action prior (action_prior.pt) and the final policy and critics (agent.pt) to runs/<run_name>/"""
+
+
+def make_env(name: str, seed: int):
+    """A project env (obs dict with "state") or a gymnasium Box env whose observation is wrapped into {"state": obs}.
+    Returns the env and the name of its task metric in info (None for gymnasium envs)."""
+    if name in envs.ENV_NAMES:
+        return envs.make_env(name, seed=seed), envs.env_module(name).METRIC
+    try:
+        env = gym.make(name)
+    except gym.error.Error as error:
+        raise SystemExit(f"unknown env {name!r} ({error}): use one of {', '.join(envs.ENV_NAMES)} or a gymnasium id like Pendulum-v1")
+    if not isinstance(env.action_space, gym.spaces.Box) or not isinstance(env.observation_space, gym.spaces.Box):
+        raise SystemExit(f"env {name!r} needs Box observation and action spaces for flat SAC")
+    state_space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
+    env = gym.wrappers.TransformObservation(env, lambda obs: {"state": np.asarray(obs, np.float32)}, gym.spaces.Dict(state=state_space))
+    return env, None
+
+
+def mlp(in_dim, out_dim, hidden_dim, hidden_layers):
+    layers = []
+    for _ in range(hidden_layers):
+        layers += [nn.Linear(in_dim, hidden_dim), nn.ReLU()]
+        in_dim = hidden_dim
+    return nn.Sequential(*layers, nn.Linear(in_dim, out_dim))
+
+
+class SoftQNetwork(nn.Module):
+    """Q(s, a): MLP on the concatenated state and (squashed) action."""
+
+    def __init__(self, state_dim, action_dim, hidden_dim, hidden_layers):
+        super().__init__()
+        self.net = mlp(state_dim + action_dim, 1, hidden_dim, hidden_layers)
+
+    def forward(self, state, action):
+        return self.net(torch.cat([state, action], dim=-1))
+
+
+class Actor(nn.Module):
+    """pi(a|s): Gaussian over pre-tanh actions u; a = tanh(u) * action_scale + action_bias.
+    The state is standardised with the offline data's mean and std (buffers, saved with the weights)."""
+
+    def __init__(self, state_dim, action_low, action_high, hidden_dim, hidden_layers, state_mean=None, state_std=None):
+        super().__init__()
+        action_dim = len(action_low)
+        self.net = mlp(state_dim, 2 * action_dim, hidden_dim, hidden_layers)
+        self.register_buffer("action_scale", torch.as_tensor((action_high - action_low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.as_tensor((action_high + action_low) / 2.0, dtype=torch.float32))
+        self.register_buffer("state_mean", torch.zeros(state_dim) if state_mean is None else torch.as_tensor(state_mean))
+        self.register_buffer("state_std", torch.ones(state_dim) if state_std is None else torch.as_tensor(state_std))
+
+    def forward(self, state):
+        """Mean and log std of the pre-tanh Gaussian, each (B, action_dim)."""
+        mean, log_std = self.net((state - self.state_mean) / self.state_std).chunk(2, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)  # smooth clamp
+        return mean, log_std
+
+    def get_action(self, state):
+        """A reparameterised squashed sample (B, action_dim) and the pre-tanh Gaussian's mean and log std."""
+        mean, log_std = self(state)
+        u = mean + log_std.exp() * torch.randn_like(mean)
+        return torch.tanh(u) * self.action_scale + self.action_bias, mean, log_std
+
+
+def prior_nll(prior, states, actions):
+    """Mean negative log-likelihood of the dataset actions under a squashed Gaussian (the prior being fitted),
+    -log p(a|s) = -log N(u; mu, sigma) + sum log |da/du| with u = atanh((a - bias) / scale)."""
+    mean, log_std = prior(states)
+    squashed = ((actions - prior.action_bias) / prior.action_scale).clamp(-1 + ACTION_EPS, 1 - ACTION_EPS)
+    u = torch.atanh(squashed)
+    log_prob = torch.distributions.Normal(mean, log_std.exp()).log_prob(u)
+    log_prob = log_prob - torch.log(prior.action_scale * (1 - squashed.pow(2)))
+    return -log_prob.sum(-1).mean()
+
+
+def load_offline_data(env_name, path, state_dim, action_dim):
+    """(states, actions) float32 arrays of the offline dataset, checked against the env's dimensions."""
+    try:
+        if path.endswith(".npz"):
+            with np.load(path) as data:
+                data = {key: data[key] for key in data.files}
+        elif env_name in envs.ENV_NAMES:
+            data = envs.load_dataset(env_name, path)
+        else:
+            raise SystemExit(f"env {env_name!r} has no default dataset: pass --dataset FILE.npz with 'states' and 'actions'")
+    except (OSError, KeyError, ValueError) as error:
+        raise SystemExit(f"cannot load dataset {path!r} for env {env_name!r}: {error} (check --dataset)")
+    if "states" not in data or "actions" not in data:
+        raise SystemExit(f"dataset {path!r} needs 'states' and 'actions' arrays, it has {sorted(data)}")
+    states, actions = np.asarray(data["states"], np.float32), np.asarray(data["actions"], np.float32)
+    if states.ndim != 2 or states.shape[1] != state_dim or actions.ndim != 2 or actions.shape[1] != action_dim:
+        raise SystemExit(f"dataset {path!r} has states {states.shape} and actions {actions.shape}, "
+                         f"the env needs (N, {state_dim}) and (N, {action_dim}): was it made for another env?")
+    return states, actions
+
+
+def fit_action_prior(prior, states, actions, steps, lr, batch_size, rng, writer=None):
+    """Fit the action prior to the offline (state, action) pairs by maximum likelihood. Returns the last loss."""
+    optimizer = torch.optim.Adam(prior.parameters(), lr=lr)
+    states, actions = torch.as_tensor(states), torch.as_tensor(actions)
+    for step in range(1, steps + 1):
+        idx = torch.as_tensor(rng.integers(0, len(states), batch_size))
+        loss = prior_nll(prior, states[idx], actions[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if writer is not None and (step % 500 == 0 or step == steps):
+            writer.add_scalar("pretrain/prior_nll", loss.item(), step)
+            print(f"prior step {step}/{steps}: nll {loss.item():.3f}", flush=True)
+    return loss.item()
+
+
+class ReplayBuffer:
+    """Uniform replay of (s, a, r, s', terminated); numpy arrays allocated once (pages are touched lazily)."""
+
+    def __init__(self, capacity, state_dim, action_dim):
+        self.states = np.zeros((capacity, state_dim), np.float32)
+        self.next_states = np.zeros((capacity, state_dim), np.float32)
+        self.actions = np.zeros((capacity, action_dim), np.float32)
+        self.rewards = np.zeros((capacity, 1), np.float32)
+        self.terminated = np.zeros((capacity, 1), np.float32)
+        self.capacity, self.pos, self.size = capacity, 0, 0
+
+    def add(self, state, action, reward, next_state, terminated):
+        i = self.pos
+        self.states[i], self.actions[i], self.rewards[i] = state, action, reward
+        self.next_states[i], self.terminated[i] = next_state, terminated
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size, rng):
+        idx = rng.integers(0, self.size, batch_size)
+        return [torch.as_tensor(x[idx]) for x in (self.states, self.actions, self.rewards, self.next_states, self.terminated)]
+
+
+def prior_divergence(mean_pi, log_std_pi, mean_prior, log_std_prior):
+    """Analytic KL(pi || prior) of the diagonal Gaussians before tanh, averaged over action dims and clamped
+    to [-100, 100] as in the authors' code (delta is calibrated to this mean). Returns (B, 1)."""
+    kl = (log_std_prior - log_std_pi
+          + (torch.exp(2 * log_std_pi) + (mean_pi - mean_prior) ** 2) / (2 * torch.exp(2 * log_std_prior)) - 0.5)
+    return kl.mean(-1, keepdim=True).clamp(-100.0, 100.0)
+
+
+def prior_regularised_q_target(rewards, terminated, next_q, next_divergence, alpha, gamma):
+    """Alg. 1 line 9: r + gamma * (1 - terminated) * (min_i Q_target_i(s', a') - alpha * KL(pi(.|s') || p(.|s'))).
+    Truncation (time limit) is not termination: the target bootstraps through it."""
+    return rewards + gamma * (1.0 - terminated) * (next_q - alpha * next_divergence)
+
+
+def alpha_loss_fn(log_alpha, divergence, target_divergence):
+    """Appendix A: minimise alpha * (delta - KL) over log alpha; the gradient step raises alpha when the
+    divergence exceeds delta and lowers it below (Alg. 1 line 11 prints the opposite sign: a typo)."""
+    return (log_alpha.exp() * (target_divergence - divergence.detach())).mean()
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    run_name = f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    rng = np.random.default_rng(args.seed)
+
+    env, metric = make_env(args.env, args.seed)
+    action_low, action_high = env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
+    env.action_space.seed(args.seed)
+    obs, _ = env.reset(seed=args.seed)
+    state_dim, action_dim = obs["state"].shape[0], action_low.shape[0]
+
+    data_states, data_actions = load_offline_data(args.env, args.dataset, state_dim, action_dim)
+    print(f"offline data: {len(data_states)} (state, action) pairs")
+    state_std = np.maximum(data_states.std(0), 1e-3)  # constant dims must not blow up the input
+    prior = Actor(state_dim, action_low, action_high, args.hidden_dim, args.policy_layers, data_states.mean(0), state_std)
+    qf1, qf2 = (SoftQNetwork(state_dim, action_dim, args.hidden_dim, args.critic_layers) for _ in range(2))
+    qf1_target, qf2_target = (SoftQNetwork(state_dim, action_dim, args.hidden_dim, args.critic_layers) for _ in range(2))
+    qf1_target.load_state_dict(qf1.state_dict())
+    qf2_target.load_state_dict(qf2.state_dict())
+    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
+    log_alpha = torch.tensor([np.log(args.initial_alpha)], dtype=torch.float32, requires_grad=True)
+    alpha = log_alpha.exp().item()
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), state_dim, action_dim)
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    print(f"run {run_name}: state_dim {state_dim}, action_dim {action_dim}, metric {metric}")
+
+    # the single-step action prior p(a|s), fitted to the offline data (or loaded), then frozen
+    if args.prior_checkpoint:
+        try:
+            prior.load_state_dict(torch.load(args.prior_checkpoint, map_location="cpu"))
+        except (OSError, RuntimeError) as error:
+            raise SystemExit(f"cannot load --prior-checkpoint {args.prior_checkpoint!r}: {error}")
+    else:
+        fit_action_prior(prior, data_states, data_actions, args.prior_steps, args.prior_lr, args.prior_batch_size, rng, writer)
+    if args.save_model:
+        torch.save(prior.state_dict(), f"runs/{run_name}/action_prior.pt.tmp")
+        os.replace(f"runs/{run_name}/action_prior.pt.tmp", f"runs/{run_name}/action_prior.pt")
+    prior.requires_grad_(False)
+    # appendix B.2: the policy is initialised with the prior's weights
+    actor = copy.deepcopy(prior).requires_grad_(True)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+
+    start_time, updates, episode_return, episode_length, last_return = time.time(), 0, 0.0, 0, float("nan")
+    for global_step in range(1, args.total_timesteps + 1):
+        # collect with the (prior-initialised) stochastic policy, warm-up included
+        with torch.no_grad():
+            action = actor.get_action(torch.as_tensor(obs["state"]).unsqueeze(0))[0][0].numpy()
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        rb.add(obs["state"], action, reward, next_obs["state"], float(terminated))
+        episode_return += float(reward)
+        episode_length += 1
+        obs = next_obs
+        if terminated or truncated:
+            writer.add_scalar("charts/episodic_return", episode_return, global_step)
+            writer.add_scalar("charts/episodic_length", episode_length, global_step)
+            if metric is not None:
+                writer.add_scalar(f"charts/{metric}", float(info[metric]), global_step)
+            obs, _ = env.reset()
+            last_return, episode_return, episode_length = episode_return, 0.0, 0
+
+        if global_step > args.learning_starts:
+            states, actions, rewards, next_states, dones = rb.sample(args.batch_size, rng)
+            with torch.no_grad():
+                next_actions, next_mean, next_log_std = actor.get_action(next_states)
+                next_divergence = prior_divergence(next_mean, next_log_std, *prior(next_states))
+                next_q = torch.min(qf1_target(next_states, next_actions), qf2_target(next_states, next_actions))
+                target_q = prior_regularised_q_target(rewards, dones, next_q, next_divergence, alpha, args.gamma)
+            qf1_loss = F.mse_loss(qf1(states, actions), target_q)  # Alg. 1 line 10: critic update
+            qf2_loss = F.mse_loss(qf2(states, actions), target_q)
+            qf_loss = qf1_loss + qf2_loss
+            q_optimizer.zero_grad()
+            qf_loss.backward()
+            q_optimizer.step()
+
+            if global_step % args.policy_frequency == 0:
+                for _ in range(args.policy_frequency):
+                    # Alg. 1 line 10: policy maximises min_i Q_i(s, a~pi) - alpha * KL(pi || prior)
+                    pi_actions, mean, log_std = actor.get_action(states)
+                    with torch.no_grad():
+                        prior_mean, prior_log_std = prior(states)
+                    divergence = prior_divergence(mean, log_std, prior_mean, prior_log_std)
+                    min_q = torch.min(qf1(states, pi_actions), qf2(states, pi_actions))
+                    actor_loss = (alpha * divergence - min_q).mean()
+                    actor_optimizer.zero_grad()
+                    actor_loss.backward()
+                    actor_optimizer.step()
+                    # Alg. 1 line 11 (sign as in appendix A): alpha tracks the target divergence delta
+                    alpha_loss = alpha_loss_fn(log_alpha, divergence, args.target_divergence)
+                    alpha_optimizer.zero_grad()
+                    alpha_loss.backward()
+                    alpha_optimizer.step()
+                    alpha = log_alpha.exp().item()
+
+            with torch.no_grad():  # Polyak averaging of the target critics
+                for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
+                    for param, target_param in zip(net.parameters(), target.parameters()):
+                        target_param.lerp_(param, args.tau)
+            updates += 1
+
+            if global_step % args.log_interval == 0:
+                writer.add_scalar("losses/qf1_values", qf1(states, actions).mean().item(), global_step)
+                writer.add_scalar("losses/qf1_loss", qf1_loss.item(), global_step)
+                writer.add_scalar("losses/qf2_loss", qf2_loss.item(), global_step)
+                writer.add_scalar("losses/qf_loss", qf_loss.item() / 2.0, global_step)
+                writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
+                writer.add_scalar("losses/alpha", alpha, global_step)
+                writer.add_scalar("losses/alpha_loss", alpha_loss.item(), global_step)
+                writer.add_scalar("losses/prior_divergence", divergence.mean().item(), global_step)
+
+        if global_step % args.log_interval == 0:  # rates over the last log interval
+            elapsed, start_time = time.time() - start_time, time.time()
+            writer.add_scalar("charts/env_steps_per_s", args.log_interval / elapsed, global_step)
+            writer.add_scalar("charts/updates_per_s", updates / elapsed, global_step)
+            print(f"step {global_step}: last episode return {last_return:.1f}, alpha {alpha:.3f}, "
+                  f"{args.log_interval / elapsed:.0f} env steps/s, {updates / elapsed:.0f} updates/s", flush=True)
+            updates = 0
+
+    if args.save_model:
+        path = f"runs/{run_name}/agent.pt"
+        torch.save({"args": vars(args), "actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict()}, path + ".tmp")
+        os.replace(path + ".tmp", path)  # atomic: a crash never leaves a half-written checkpoint
+        print(f"saved {path}")
+    env.close()
+    writer.close()
