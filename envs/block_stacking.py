@@ -352,7 +352,8 @@ class ScriptedStacker:
         self.attempts.append((int(s), int(t)))
         top = blocks[:, 1].max() + HALF  # highest block top
         empty_z = min(top + FINGER_BOTTOM + 0.03, GRIP_Z_MAX)  # open fingers clear every block
-        carry_z = min(top + 2 * HALF + 0.03, GRIP_Z_MAX)  # a held block clears every block
+        carry_z = min(top + 2 * HALF + 0.04, GRIP_Z_MAX)  # a held block clears every block (and, empty,
+        # the fingers clear the new tower)
         sx, sz, tx, tz = blocks[s, 0], blocks[s, 1], blocks[t, 0], blocks[t, 1]
         gx = state[0]
         plan = [(gx, empty_z, 1.0, 0.02, 0)]
@@ -363,7 +364,7 @@ class ScriptedStacker:
         if self.rng.random() < self.subgoal_prob:  # within the stack, while carrying
             plan.append(self._subgoal(carry_z, 0.0))
         plan += [(tx, carry_z, 0.0, 0.01, 0), (tx, tz + 2 * HALF + 0.004, 0.0, 0.004, 2),
-                 (tx, tz + 2 * HALF + 0.004, 1.0, 0.01, 6), (tx, empty_z, 1.0, 0.02, 0)]
+                 (tx, tz + 2 * HALF + 0.004, 1.0, 0.01, 6), (tx, carry_z, 1.0, 0.02, 0)]
         self.waypoints = plan
         return True
 

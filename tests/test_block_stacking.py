@@ -1,0 +1,199 @@
+"""Behavioural tests of envs/block_stacking.py: physics of grasps and towers, rewards, views, data."""
+
+import subprocess
+import sys
+
+import h5py
+import mujoco
+import numpy as np
+import pytest
+
+import envs
+from envs import block_stacking as bs
+
+H = bs.HALF
+
+
+def two_block_env(**kwargs):
+    """Two blocks on the ground, far apart, so one scripted stack has a known source and target."""
+    env = bs.BlockStackingEnv(num_blocks=2, layout="ground", half_width=0.4, layout_seed=None, **kwargs)
+    env.reset(seed=0)
+    return env
+
+
+def place_blocks(env, blocks, gripper_xz=(-0.3, 0.5)):
+    """Write block (x, z, angle) rows and the gripper position into the simulator and settle it."""
+    q = env.data.qpos
+    q[0], q[1] = gripper_xz
+    q[4:] = np.asarray(blocks, dtype=np.float64).ravel()
+    env.data.qvel[:] = 0
+    env.data.ctrl[:] = [gripper_xz[0], gripper_xz[1], bs.FINGER_OPEN, bs.FINGER_OPEN]
+    mujoco.mj_forward(env.model, env.data)
+    return env.state()
+
+
+def run_scripted_stack(env, steps=300):
+    """One noise-free scripted stack; returns per-step (state, reward, info) and (source, target)."""
+    policy = bs.ScriptedStacker(env, np.random.default_rng(0), num_stacks=1, action_noise=0.0, subgoal_prob=0.0)
+    state, records = env.state(), []
+    for _ in range(steps):
+        action = policy.act(state)
+        if policy.done():
+            break
+        obs, reward, _, _, info = env.step(action)
+        state = obs["state"]
+        records.append((state.copy(), reward, info))
+    assert policy.done(), "the scripted stack did not finish"
+    return records, policy.attempts[0]
+
+
+def test_scripted_lift_carries_block_and_release_lands_it_on_the_block_below():
+    env = two_block_env(image_obs=False)
+    place_blocks(env, [[-0.2, H, 0.0], [0.2, H, 0.0]])
+    records, (source, target) = run_scripted_stack(env)
+    states = np.array([r[0] for r in records])
+    held = np.array([r[2]["lifted"] for r in records])
+    assert held.sum() > 10
+    # while lifted, the block moves with the gripper: its centre stays at the grasp point
+    gripper, block = states[held][:, :2], states[held][:, 3 + 3 * source:5 + 3 * source]
+    np.testing.assert_allclose(block, gripper, atol=0.01)
+    assert block[:, 1].max() > 3 * H + 0.05  # it rose well above the other block
+    assert block[:, 0].max() - block[:, 0].min() > 0.3  # and was carried across
+    # after the release it rests on the block below, flat, and the gripper has left it
+    final = states[-1]
+    b0, b1 = final[3 + 3 * source:6 + 3 * source], final[3 + 3 * target:6 + 3 * target]
+    assert abs(b0[0] - b1[0]) < 0.01 and abs(b0[1] - b1[1] - 2 * H) < 0.004 and abs(b0[2]) < 0.05
+    assert abs(b1[1] - H) < 0.002
+    assert final[1] > b0[1] + 0.05 and final[2] > 0.9
+    assert records[-1][2]["blocks_stacked"] == 1
+
+
+def test_five_block_tower_stands_still_for_200_steps():
+    env = bs.BlockStackingEnv(num_blocks=5, layout="ground", layout_seed=None, image_obs=False)
+    env.reset(seed=0)
+    tower = [[0.1, H + k * (2 * H + 1e-4), 0.0] for k in range(5)]
+    start = place_blocks(env, tower)
+    for _ in range(200):
+        obs, _, _, _, info = env.step(np.array([0.0, 0.0, 1.0]))
+    drift = np.abs(obs["state"][3:] - start[3:]).reshape(5, 3)
+    assert drift[:, :2].max() < 0.004, drift  # facts: a tower creeps ~1 mm in 200 idle steps
+    assert drift[:, 2].max() < 0.05
+    assert info["blocks_stacked"] == 4
+
+
+def test_rewards_fire_as_specified_on_a_scripted_episode():
+    env = two_block_env(image_obs=False)
+    place_blocks(env, [[-0.2, H, 0.0], [0.2, H, 0.0]])
+    assert env.task_info(env.state()) == {"blocks_stacked": 0, "lifted": False, "stacked": False}
+    records, _ = run_scripted_stack(env)
+    rewards = np.array([r[1] for r in records])
+    lifted = np.array([r[2]["lifted"] for r in records])
+    stacked = np.array([r[2]["stacked"] for r in records])
+    # before the grasp nothing is rewarded; carrying is worth 1 (lift), a 2-block tower 1 + 1
+    first_lift = np.argmax(lifted)
+    assert (rewards[:first_lift] == 0).all()
+    assert (rewards[lifted & ~stacked] == 1).all() and lifted.sum() > 10
+    first_stack = np.argmax(stacked)
+    assert len(stacked) - first_stack > 5 and stacked[first_stack:].all() and (rewards[first_stack:] == 2).all()
+    assert not (lifted & stacked).any()  # a placed block is supported, no longer "lifted"
+    # the tower term grows with height: 3 blocks -> stacked (1) + 2 blocks stacked
+    env3 = bs.BlockStackingEnv(num_blocks=4, layout="ground", half_width=0.4, layout_seed=None, image_obs=False)
+    env3.reset(seed=0)
+    place_blocks(env3, [[0.0, H, 0], [0.0, 3 * H + 1e-4, 0], [0.0, 5 * H + 2e-4, 0], [0.25, H, 0]])
+    _, reward, terminated, _, info = env3.step(np.array([0.0, 0.0, 1.0]))
+    assert info["blocks_stacked"] == 2 and reward == 3.0 and not terminated
+
+
+def test_views_have_the_right_shape_and_follow_the_blocks():
+    env = bs.make_env(seed=0, num_blocks=5, layout="random_stacks", layout_seed=None, render_mode="rgb_array")
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert obs["image"].shape == (6, 32, 32) and obs["image"].dtype == np.uint8
+    np.testing.assert_array_equal(obs["image"][:3], obs["image"][3:])  # reset: both frames the same
+    full = env.render()
+    assert full.shape[0] == 240 and full.shape[2] == 3 and full.dtype == np.uint8
+    obs2, *_ = env.step(np.array([1.0, 0.0, 1.0]))
+    np.testing.assert_array_equal(obs2["image"][:3], obs["image"][3:])  # oldest frame first
+    assert (obs2["image"][3:] != obs["image"][3:]).any()  # the window follows the gripper
+    # moving a block under the (fixed) gripper changes both views where the block is drawn
+    state = env.state()
+    gx, gz = state[:2]
+    before_full, before_view = env.render(), env._frame(state)
+    blocks = env.data.qpos[4:].reshape(-1, 3).copy()
+    blocks[0] = [gx, gz - 0.15, 0.0]
+    place_blocks(env, blocks, gripper_xz=(gx, gz))
+    after_view = env._frame(env.state())
+    assert (env.render() != before_full).any() and (after_view != before_view).any()
+    # the block's colour sits where it should: 0.15 m below the gripper in the centre column
+    row = int((bs.VIEW_ABOVE + 0.15) / (bs.VIEW_BELOW + bs.VIEW_ABOVE) * 32)
+    np.testing.assert_allclose(after_view[:, row, 16], bs.COLORS[0], atol=1)
+
+
+def test_make_env_contract_and_time_limit():
+    env = envs.make_env("block_stacking", seed=3, max_episode_steps=5)
+    assert env.observation_space["state"].shape == (3 + 3 * 11,)
+    assert np.allclose(env.action_space.low, [-1, -1, 0]) and np.allclose(env.action_space.high, 1)
+    obs, info = env.reset(seed=3)
+    assert bs.METRIC in info and info[bs.METRIC] == 0  # downstream: all 11 blocks on the ground
+    assert (np.abs(obs["state"][3:].reshape(-1, 3)[:, 1] - H) < 1e-3).all()
+    for t in range(5):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert not terminated and truncated == (t == 4)
+        assert env.observation_space.contains(obs)
+
+
+def test_generated_data_round_trips(tmp_path):
+    path = tmp_path / "bs.hdf5"
+    bs.generate_dataset(str(path), num_trajectories=3, random_fraction=1 / 3, seed=1)
+    assert not (tmp_path / "bs.hdf5.tmp").exists()
+    data = envs.load_dataset("block_stacking", str(path))
+    states, actions, ends, images = data["states"], data["actions"], data["traj_ends"], data["images"]
+    N = len(states)
+    assert states.shape == (N, 18) and states.dtype == np.float32
+    assert actions.shape == (N, 3) and actions.dtype == np.float32
+    assert images.shape == (N, 6, 32, 32) and images.dtype == np.uint8
+    assert ends.dtype == np.int64 and len(ends) == 3 and ends[-1] == N and (np.diff(ends) > 0).all()
+    assert (actions[:, :2] >= -1).all() and (actions[:, :2] <= 1).all()
+    assert (actions[:, 2] >= 0).all() and (actions[:, 2] <= 1).all()
+    assert "scripted" in data["source"]
+    starts = np.concatenate([[0], ends[:-1]])
+    env = bs.training_env(image_obs=False)
+    for t in [0, 1, 7, int(starts[1]), int(starts[2]) + 3, N - 1]:
+        np.testing.assert_array_equal(images[t, 3:], env._frame(states[t]))  # the newest frame is the state's view
+        if t in starts:
+            np.testing.assert_array_equal(images[t, :3], images[t, 3:])
+        else:
+            np.testing.assert_array_equal(images[t, :3], images[t - 1, 3:])
+    with h5py.File(path) as f:
+        assert not f["terminals"][()].any() and f["timeouts"][()].sum() == 3
+    no_images = bs.load_dataset(str(path), images=False)
+    assert "images" not in no_images and len(no_images["states"]) == N
+
+
+def test_bad_inputs_give_clear_one_line_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m envs.block_stacking"):
+        bs.load_dataset(str(tmp_path / "missing.hdf5"))
+    junk = tmp_path / "junk.hdf5"
+    junk.write_text("not hdf5")
+    with pytest.raises(ValueError, match="not a readable HDF5"):
+        bs.load_dataset(str(junk))
+    partial = tmp_path / "partial.hdf5"
+    with h5py.File(partial, "w") as f:
+        f["states"] = np.zeros((4, 18), np.float32)
+    with pytest.raises(ValueError, match="lacks"):
+        bs.load_dataset(str(partial))
+    env = bs.make_env(seed=0, num_blocks=2, half_width=0.4, image_obs=False)
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        env.step(np.zeros(2))
+    with pytest.raises(ValueError, match="render_mode"):
+        env.render()
+    with pytest.raises(ValueError, match="num_blocks"):
+        bs.make_env(num_blocks=0)
+    with pytest.raises(ValueError, match="too small"):
+        bs.make_env(num_blocks=11, half_width=0.4)
+    with pytest.raises(ValueError, match="choose one of"):
+        envs.make_env("block_stack")
+    cli = subprocess.run([sys.executable, "-m", "envs.block_stacking", "--random-fraction", "2",
+                          "--out", str(tmp_path / "x.hdf5")], capture_output=True, text=True)
+    assert cli.returncode == 2 and "random-fraction must be in [0, 1]" in cli.stderr
+    assert "Traceback" not in cli.stderr
