@@ -1,0 +1,839 @@
+"""SPiRL downstream RL: skill-prior-regularised SAC, Algorithm 1 of the paper, inline.
+
+Paper: "Accelerating Reinforcement Learning with Learned Skill Priors" (Pertsch, Lee, Lim, CoRL 2020),
+section 3.3 (Algorithm 1), appendix A (derivation, alpha update), B.2 (RL setup), E-F (ablations).
+
+    python spirl_vae.py --env maze && python spirl_sac.py --env maze    # train skills, then the task
+    python spirl_sac.py --env kitchen --delta 5                          # the paper's kitchen run
+    python spirl_sac.py --env maze --resume runs/<run>/spirl_sac.pt      # continue a run
+    python spirl_sac.py --env maze --evaluate runs/<run>/spirl_sac.pt    # deterministic eval episodes
+    python spirl_sac.py --env maze --explore prior --total-env-steps 100000   # Fig. 5: skill rollouts only
+
+A high-level policy pi(z|s) picks a skill z every H env steps; the frozen skill decoder of spirl_vae.py
+turns z into H actions. The policy is SAC on this H-step MDP with the entropy bonus replaced by
+-alpha * KL(pi(z|s) || p_a(z|s)), the divergence from the frozen learned skill prior p_a, and alpha tuned
+so that this divergence stays near the target delta.
+"""
+
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+import envs
+
+DEFAULT_DELTA = {"maze": 1.0, "kitchen": 5.0, "block_stacking": 5.0}  # appendix B.2
+# Critic MLP depth (256 units per layer): the authors' configs use 2 layers for the maze, 5 for kitchen.
+DEFAULT_CRITIC_LAYERS = {"maze": 2, "kitchen": 5, "block_stacking": 5}
+DEFAULT_TOTAL_ENV_STEPS = {"maze": 300_000, "kitchen": 300_000, "block_stacking": 300_000}
+SKILL_RANGE = 2.0  # B.2: skills are squashed by tanh into [-2, 2] (the prior is roughly unit variance)
+KL_CLAMP = 100.0  # the per-dim KL is clamped to [0, 100] so one outlier state cannot blow up a batch
+CHECKPOINT_FORMAT = "spirl-sac-v1"
+SKILL_MODEL_FORMAT = "spirl-skill-model-v1"
+
+
+@dataclass
+class Args:
+    env: str = "maze"
+    """downstream task: maze, block_stacking or kitchen"""
+    skill_model: Optional[str] = None
+    """skill model written by spirl_vae.py; None: checkpoints/skill_model_<env>.pt"""
+    seed: int = 1
+    """seed of python, numpy, torch and the envs"""
+    torch_deterministic: bool = True
+    """sets torch.backends.cudnn.deterministic"""
+    cuda: bool = False
+    """train on the GPU if one is available (the default machine is a CPU)"""
+    exp_name: str = "spirl_sac"
+    """name of this experiment (part of the run name under runs/)"""
+    total_env_steps: Optional[int] = None
+    """env steps to train for; None: 300 000 (or, with --resume, the saved run's total)"""
+    delta: Optional[float] = None
+    """target divergence: the mean over latent dims of KL(pi || p_a); None: the paper's per-env value (maze 1, kitchen and block_stacking 5)"""
+    gamma: float = 0.99
+    """discount per high-level (H-step) transition (B.2)"""
+    tau: float = 5e-3
+    """target network update rate (B.2)"""
+    batch_size: int = 256
+    """high-level transitions per gradient step (B.2)"""
+    buffer_size: int = 1_000_000
+    """replay buffer capacity in high-level transitions (B.2)"""
+    learning_starts: int = 5000
+    """warm-up env steps collected with skills sampled from the prior before any update (B.2)"""
+    gradient_steps: int = 1
+    """gradient steps per high-level step (Alg. 1 line 8)"""
+    policy_lr: float = 3e-4
+    """Adam learning rate of the policy (B.2)"""
+    q_lr: float = 3e-4
+    """Adam learning rate of the critics (B.2)"""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of log alpha (B.2)"""
+    alpha_init: float = 1.0
+    """initial alpha (log alpha = 0, as standard SAC and the authors' code)"""
+    critic_layers: Optional[int] = None
+    """linear layers of each critic MLP; None: per env (maze 2, kitchen and block_stacking 5)"""
+    critic_hidden_dim: int = 256
+    """units per critic hidden layer"""
+    prior_init: bool = True
+    """initialise the policy with the skill prior's weights (B.2); --no-prior-init is appendix F's ablation"""
+    omega_constant_steps: int = 500_000
+    """--no-prior-init only: env steps during which every skill is sampled from the prior (omega = 1, appendix F)"""
+    omega_anneal_steps: int = 500_000
+    """--no-prior-init only: env steps over which omega then falls linearly to 0 (appendix F)"""
+    eval_interval: int = 50_000
+    """env steps between evaluations with the deterministic policy (0: only at the end)"""
+    eval_episodes: int = 2
+    """episodes per evaluation"""
+    capture_video: bool = False
+    """save the first episode of every evaluation as an animated GIF under videos/ (env must render rgb_array)"""
+    log_interval: int = 100
+    """high-level steps between tensorboard scalars of the updates"""
+    progress_interval: int = 10_000
+    """env steps between progress lines"""
+    checkpoint_interval: int = 100_000
+    """env steps between periodic checkpoints (a final one is always written)"""
+    save_path: Optional[str] = None
+    """checkpoint path; None: runs/<run_name>/spirl_sac.pt"""
+    save_replay_buffer: bool = True
+    """also save the replay buffer (next to the checkpoint, <save_path>.replay.npz) so --resume continues exactly"""
+    resume: Optional[str] = None
+    """continue training from this checkpoint (its saved settings; --total-env-steps may extend the run)"""
+    evaluate: Optional[str] = None
+    """only run --eval-episodes deterministic episodes of this checkpoint's policy, then exit"""
+    explore: Optional[Literal["prior", "uniform", "normal"]] = None
+    """no learning: roll out skills from the prior, z ~ U[-2, 2]^d ("uniform") or N(0, I) ("normal") for --total-env-steps and save the visited states (Fig. 5)"""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Skill model networks, copied verbatim from spirl_vae.py so its checkpoints load with strict=True.
+# ----------------------------------------------------------------------------------------------------
+
+LOG_SIGMA_MIN, LOG_SIGMA_MAX = -10.0, 2.0  # every Gaussian's log sigma is clamped to this range
+
+
+def gaussian_kl(mu_q, log_sigma_q, mu_p, log_sigma_p):
+    """Elementwise analytic KL(N(mu_q, sigma_q) || N(mu_p, sigma_p)) of diagonal Gaussians."""
+    return (
+        log_sigma_p
+        - log_sigma_q
+        + (torch.exp(2 * log_sigma_q) + (mu_q - mu_p) ** 2) / (2 * torch.exp(2 * log_sigma_p))
+        - 0.5
+    )
+
+
+class SkillDecoder(nn.Module):
+    """p(a_1..H | z): LSTM unrolled H steps with z fed at every step; unit-variance Gaussian output (the mean).
+
+    Open loop (paper default): input z each step, learned initial hidden state.
+    Closed loop (--state-conditioned-decoder): input [z, s_t] with the *current* state each step, so the
+    skill is executed step by step: ``hidden = decoder.initial_hidden(B)`` then, for t < H,
+    ``action, hidden = decoder.decode_step(z, state_t, hidden)``. decode() is the same computation
+    over a whole window.
+    """
+
+    def __init__(self, action_dim, latent_dim, hidden_dim=128, state_dim=0):
+        super().__init__()
+        self.state_dim = state_dim
+        self.lstm = nn.LSTM(latent_dim + state_dim, hidden_dim, batch_first=True)
+        self.initial_h = nn.Parameter(torch.zeros(1, 1, hidden_dim))  # learned initial hidden state
+        self.initial_c = nn.Parameter(torch.zeros(1, 1, hidden_dim))
+        self.head = nn.Linear(hidden_dim, action_dim)
+
+    def initial_hidden(self, batch_size):
+        """The LSTM state (h, c), each (1, B, hidden), before the first action of a skill."""
+        return (
+            self.initial_h.expand(1, batch_size, -1).contiguous(),
+            self.initial_c.expand(1, batch_size, -1).contiguous(),
+        )
+
+    def decode_step(self, z, state=None, hidden=None):
+        """One action of the skill. z: (B, latent); state: (B, state_dim) normalised (closed loop only).
+        Returns the action mean (B, action_dim) and the new hidden state."""
+        if hidden is None:
+            hidden = self.initial_hidden(z.shape[0])
+        inputs = z if state is None else torch.cat([z, state], dim=-1)
+        output, hidden = self.lstm(inputs.unsqueeze(1), hidden)
+        return self.head(output[:, 0]), hidden
+
+    def decode(self, z, states=None, horizon=None):
+        """All H actions at once: z (B, latent), states (B, H, state_dim) closed loop only -> (B, H, action_dim)."""
+        horizon = states.shape[1] if states is not None else horizon
+        inputs = z.unsqueeze(1).expand(-1, horizon, -1)  # z at every step (B.1)
+        if states is not None:
+            inputs = torch.cat([inputs, states], dim=-1)
+        outputs, _ = self.lstm(inputs, self.initial_hidden(z.shape[0]))
+        return self.head(outputs)
+
+
+class SkillPrior(nn.Module):
+    """p_a(z | s_1): [conv encoder for images] + MLP (128 units, leaky-ReLU, batch norm) -> (mu, log sigma).
+
+    State input: (B, state_dim) float, normalised. Image input: (B, 6, 32, 32), the two stacked frames,
+    uint8 (divided by 255 here) or float in [0, 1].
+    """
+
+    def __init__(self, latent_dim, hidden_dim=128, num_layers=6, state_dim=None, image_shape=None):
+        super().__init__()
+        if image_shape is not None:
+            channels, height, width = image_shape
+            conv = []
+            for out_channels in (8, 16, 32):  # appendix B.1: 3 layers, kernel 3, (8, 16, 32) channels
+                conv += [
+                    nn.Conv2d(channels, out_channels, kernel_size=3, stride=2, padding=1),
+                    nn.BatchNorm2d(out_channels),
+                    nn.LeakyReLU(0.2),
+                ]
+                channels = out_channels
+                height, width = (height + 1) // 2, (width + 1) // 2
+            self.image_encoder = nn.Sequential(*conv, nn.Flatten())
+            in_dim = channels * height * width  # flattened feature map (B.1)
+        else:
+            self.image_encoder = None
+            in_dim = state_dim
+        layers = []
+        for _ in range(num_layers - 1):
+            layers += [nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.LeakyReLU(0.2)]
+            in_dim = hidden_dim
+        layers.append(nn.Linear(in_dim, 2 * latent_dim))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, obs):
+        if self.image_encoder is not None:
+            if obs.dtype == torch.uint8:
+                obs = obs.float() / 255.0
+            obs = self.image_encoder(obs)
+        mu, log_sigma = self.mlp(obs).chunk(2, dim=-1)
+        return mu, log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)
+
+
+# ----------------------------------------------------------------------------------------------------
+# SAC networks. The policy pi(z|s) is a SkillPrior (B.2: "the architecture of policy and critic mirror
+# the one of the skill prior network"); its Gaussian is over the pre-tanh skill u, z = 2 tanh(u).
+# ----------------------------------------------------------------------------------------------------
+
+
+class Critic(nn.Module):
+    """Q(s, z): an MLP (leaky-ReLU, no batch norm) over the normalised low-dim state and the skill. The
+    critics see obs["state"] even when the prior and policy see images, as in the authors' maze runs."""
+
+    def __init__(self, state_dim, latent_dim, hidden_dim=256, num_layers=2):
+        super().__init__()
+        layers, in_dim = [], state_dim + latent_dim
+        for _ in range(num_layers - 1):
+            layers += [nn.Linear(in_dim, hidden_dim), nn.LeakyReLU(0.2)]
+            in_dim = hidden_dim
+        layers.append(nn.Linear(in_dim, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, state, skill):
+        return self.mlp(torch.cat([state, skill], dim=-1)).squeeze(-1)  # (B,)
+
+
+def squashed_sample(mu, log_sigma):
+    """Reparameterised skill sample z = 2 tanh(u), u ~ N(mu, sigma) (B.2's tanh squashing to [-2, 2])."""
+    u = mu + log_sigma.exp() * torch.randn_like(mu)
+    return SKILL_RANGE * torch.tanh(u)
+
+
+def prior_divergence(mu_pi, log_sigma_pi, mu_prior, log_sigma_prior):
+    """KL(pi(z|s) || p_a(z|s)) per state, (B,): analytic KL between the policy's Gaussian *before* tanh and
+    the prior's Gaussian, per latent dim, then the MEAN over latent dims.
+
+    Why analytic on the pre-tanh Gaussians: both are diagonal Gaussians, so the KL is exact and has no
+    sampling noise (appendix F: sampled estimates were unreliable early in training); the tanh is the same
+    fixed bijection applied to policy samples in every state and only keeps skills inside the decoder's
+    training range. Why the mean: the paper's delta (1 maze, 5 manipulation) is calibrated to the
+    authors' per-dim mean; a sum would need delta * latent_dim. Clamped at 100 against outliers."""
+    return gaussian_kl(mu_pi, log_sigma_pi, mu_prior, log_sigma_prior).clamp(0.0, KL_CLAMP).mean(-1)
+
+
+def sac_update(batch, policy, qf1, qf2, qf1_target, qf2_target, log_alpha,
+               policy_optimizer, q_optimizer, alpha_optimizer, gamma, tau, delta):
+    """One gradient step of Algorithm 1 (lines 9-13) on a batch of high-level transitions.
+
+    batch: dict of tensors -- policy_obs / next_policy_obs (what the policy and prior see), critic_obs /
+    next_critic_obs (normalised low-dim state), skill (B, d), reward (B,) = sum of the H rewards, done (B,)
+    = 1 only at a true terminal, and the frozen prior's Gaussian at s and s' (prior_mu, prior_log_sigma,
+    next_prior_mu, next_prior_log_sigma; computed once when the transition was stored).
+    """
+    alpha = log_alpha.exp().detach()
+
+    # Alg. 1 line 9: Q-target; alpha * KL(pi || p_a) at s' takes the place of SAC's entropy bonus
+    with torch.no_grad():
+        next_mu, next_log_sigma = policy(batch["next_policy_obs"])
+        next_skill = squashed_sample(next_mu, next_log_sigma)
+        next_kl = prior_divergence(next_mu, next_log_sigma, batch["next_prior_mu"], batch["next_prior_log_sigma"])
+        next_q = torch.min(qf1_target(batch["next_critic_obs"], next_skill), qf2_target(batch["next_critic_obs"], next_skill))
+        # no bootstrapping past a true terminal; a time-limit truncation has done = 0 and bootstraps
+        q_target = batch["reward"] + gamma * (1.0 - batch["done"]) * (next_q - alpha * next_kl)
+
+    # Alg. 1 line 10: policy loss alpha * KL(pi || p_a) - min Q(s, z ~ pi), z reparameterised
+    mu, log_sigma = policy(batch["policy_obs"])
+    skill = squashed_sample(mu, log_sigma)
+    kl = prior_divergence(mu, log_sigma, batch["prior_mu"], batch["prior_log_sigma"])  # (B,)
+    q_pi = torch.min(qf1(batch["critic_obs"], skill), qf2(batch["critic_obs"], skill))
+    policy_loss = (alpha * kl - q_pi).mean()
+    policy_optimizer.zero_grad()
+    policy_loss.backward()
+    policy_optimizer.step()
+
+    # Alg. 1 line 11: critics regress onto the target, 0.5 * squared error, both critics
+    q1 = qf1(batch["critic_obs"], batch["skill"])
+    q2 = qf2(batch["critic_obs"], batch["skill"])
+    qf_loss = 0.5 * ((q1 - q_target) ** 2).mean() + 0.5 * ((q2 - q_target) ** 2).mean()
+    q_optimizer.zero_grad()  # also clears the critic gradients left by the policy loss
+    qf_loss.backward()
+    q_optimizer.step()
+
+    # Alg. 1 line 12, with the sign of appendix A (the algorithm box has it flipped): minimise
+    # alpha * (delta - KL) over log alpha, so alpha grows while KL > delta and shrinks while KL < delta
+    alpha_loss = (log_alpha.exp() * (delta - kl.detach())).mean()
+    alpha_optimizer.zero_grad()
+    alpha_loss.backward()
+    alpha_optimizer.step()
+
+    # Alg. 1 line 13: Polyak averaging of the target critics
+    with torch.no_grad():
+        for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
+            for param, target_param in zip(net.parameters(), target.parameters()):
+                target_param.lerp_(param, tau)  # target <- tau * param + (1 - tau) * target
+
+    return {
+        "q_target": q_target, "qf1_values": q1.mean().item(), "qf2_values": q2.mean().item(),
+        "qf_loss": qf_loss.item(), "policy_loss": policy_loss.item(), "alpha_loss": alpha_loss.item(),
+        "alpha": log_alpha.exp().item(), "kl": kl.mean().item(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# The H-step MDP: replay buffer of high-level transitions and skill execution (Alg. 1 lines 4-7).
+# ----------------------------------------------------------------------------------------------------
+
+
+class ReplayBuffer:
+    """High-level transitions (s_t, z_t, r~ = sum of the H rewards, s_{t+H}, done) of Alg. 1 line 7.
+
+    States are stored raw; images as uint8. Because the prior is frozen, its Gaussian at s_t and s_{t+H}
+    is stored with the transition instead of being recomputed at every gradient step."""
+
+    def __init__(self, capacity, state_dim, latent_dim, state_mean, state_std, image_shape=None, device="cpu"):
+        self.capacity, self.size, self.pos, self.device = capacity, 0, 0, device
+        self.state_mean, self.state_std = np.asarray(state_mean, np.float32), np.asarray(state_std, np.float32)
+        self.data = {
+            "state": np.zeros((capacity, state_dim), np.float32),
+            "next_state": np.zeros((capacity, state_dim), np.float32),
+            "skill": np.zeros((capacity, latent_dim), np.float32),
+            "reward": np.zeros(capacity, np.float32),
+            "done": np.zeros(capacity, np.float32),
+            "prior_mu": np.zeros((capacity, latent_dim), np.float32),
+            "prior_log_sigma": np.zeros((capacity, latent_dim), np.float32),
+            "next_prior_mu": np.zeros((capacity, latent_dim), np.float32),
+            "next_prior_log_sigma": np.zeros((capacity, latent_dim), np.float32),
+        }
+        if image_shape is not None:  # np.zeros only commits memory for the rows that get written
+            self.data["image"] = np.zeros((capacity, *image_shape), np.uint8)
+            self.data["next_image"] = np.zeros((capacity, *image_shape), np.uint8)
+
+    def add(self, **transition):
+        """One transition; keys as self.data (images only when the prior sees images)."""
+        for key, array in self.data.items():
+            array[self.pos] = transition[key]
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size, rng):
+        """A uniform batch, as the tensors sac_update() takes."""
+        idx = rng.integers(0, self.size, size=batch_size)
+        t = {key: torch.as_tensor(array[idx], device=self.device) for key, array in self.data.items()}
+        mean, std = torch.as_tensor(self.state_mean, device=self.device), torch.as_tensor(self.state_std, device=self.device)
+        critic_obs, next_critic_obs = (t["state"] - mean) / std, (t["next_state"] - mean) / std
+        images = "image" in t
+        return {
+            "policy_obs": t["image"] if images else critic_obs,
+            "next_policy_obs": t["next_image"] if images else next_critic_obs,
+            "critic_obs": critic_obs, "next_critic_obs": next_critic_obs,
+            **{key: t[key] for key in ("skill", "reward", "done", "prior_mu", "prior_log_sigma",
+                                       "next_prior_mu", "next_prior_log_sigma")},
+        }
+
+    def state_dict(self):
+        return {"size": self.size, "pos": self.pos, **{k: v[: self.size] for k, v in self.data.items()}}
+
+    def load_state_dict(self, saved):
+        size = int(saved["size"])
+        if size > self.capacity:
+            raise SetupError(f"saved replay buffer holds {size} transitions, more than --buffer-size {self.capacity}")
+        for key, array in self.data.items():
+            array[:size] = saved[key]
+        self.size, self.pos = size, int(saved["pos"]) % self.capacity
+
+
+def execute_skill(env, obs, skill, decoder, skill_horizon, state_mean, state_std, action_low, action_high,
+                  closed_loop, frames=None):
+    """Alg. 1 line 6: decode skill z (latent,) into up to H actions and execute them.
+
+    Open loop (paper): all H actions are decoded from z before the first step. Closed loop (a model
+    trained with --state-conditioned-decoder): each action is decoded from z and the *current* state.
+    Stops early when the episode ends inside the skill. Returns the H-step transition's pieces: the last
+    observation (before any reset), the summed reward, terminated / truncated of the last step, its info,
+    the number of env steps taken and the low-dim states visited after every step (n_steps, state_dim)."""
+    z = torch.as_tensor(skill, dtype=torch.float32).unsqueeze(0)
+    with torch.no_grad():
+        if not closed_loop:
+            actions = decoder.decode(z, horizon=skill_horizon)[0].numpy()  # (H, action_dim)
+        hidden = None
+    reward_sum, visited = 0.0, []
+    terminated = truncated = False
+    info = {}
+    for t in range(skill_horizon):
+        if closed_loop:
+            state = torch.as_tensor((obs["state"] - state_mean) / state_std, dtype=torch.float32).unsqueeze(0)
+            with torch.no_grad():
+                action, hidden = decoder.decode_step(z, state, hidden)
+            action = action[0].numpy()
+        else:
+            action = actions[t]
+        obs, reward, terminated, truncated, info = env.step(np.clip(action, action_low, action_high))
+        reward_sum += float(reward)
+        visited.append(obs["state"])
+        if frames is not None:
+            frames.append(env.render())
+        if terminated or truncated:
+            break
+    return obs, reward_sum, terminated, truncated, info, t + 1, np.asarray(visited)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading the skill model and checking it fits the env.
+# ----------------------------------------------------------------------------------------------------
+
+
+class SetupError(Exception):
+    """A problem with the user's input; main prints it as one line and exits."""
+
+
+def default_skill_model_path(env_name):
+    return os.path.join("checkpoints", f"skill_model_{env_name}.pt")
+
+
+def read_skill_model(path, env_name):
+    """The checkpoint dict spirl_vae.py wrote, or a SetupError naming the command that writes it."""
+    command = f"python spirl_vae.py --env {env_name}"
+    if path != default_skill_model_path(env_name):
+        command += f" --save-path {path}"
+    if not os.path.isfile(path):
+        raise SetupError(f"skill model {path} not found: train it first with `{command}`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise SetupError(f"cannot read skill model {path} ({type(e).__name__}): retrain it with `{command}`") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != SKILL_MODEL_FORMAT:
+        raise SetupError(f"{path} is not a spirl_vae.py skill model ({SKILL_MODEL_FORMAT}): train one with `{command}`")
+    ckpt.pop("optimizer", None)  # the VAE's optimizer state is not needed here
+    return ckpt
+
+
+def load_skill_model(path, env_name, env):
+    """The skill model of spirl_vae.py -> (decoder, skill_prior, meta), frozen, checked against env."""
+    return build_skill_model(read_skill_model(path, env_name), env_name, env, path)
+
+
+def build_skill_model(ckpt, env_name, env, source="skill model"):
+    """Decoder and prior from a skill-model dict (the file's contents), checked against env."""
+    if ckpt["env"] != env_name:
+        raise SetupError(f"{source} was trained on env {ckpt['env']!r}, not {env_name!r}: pass --env {ckpt['env']} "
+                         f"or train one with `python spirl_vae.py --env {env_name}`")
+    state_dim = env.observation_space["state"].shape[0]
+    action_dim = env.action_space.shape[0]
+    if ckpt["state_dim"] != state_dim or ckpt["action_dim"] != action_dim:
+        raise SetupError(f"{source} has state_dim {ckpt['state_dim']} / action_dim {ckpt['action_dim']}, but env "
+                         f"{env_name} has {state_dim} / {action_dim}: retrain it with `python spirl_vae.py --env {env_name}`")
+    image_shape = None
+    if ckpt["prior_input"] == "image":
+        image_shape = tuple(ckpt["image_shape"])
+        env_image = env.observation_space.spaces.get("image")
+        if env_image is None or tuple(env_image.shape) != image_shape:
+            raise SetupError(f"{source} has an image prior over {image_shape}, but env {env_name} gives "
+                             f"{None if env_image is None else tuple(env_image.shape)}: retrain it with "
+                             f"`python spirl_vae.py --env {env_name}`")
+    closed_loop = bool(ckpt["state_conditioned_decoder"])
+    decoder = SkillDecoder(action_dim, ckpt["latent_dim"], ckpt["hidden_dim"], state_dim=state_dim if closed_loop else 0)
+    skill_prior = SkillPrior(ckpt["latent_dim"], ckpt["hidden_dim"], ckpt["prior_layers"],
+                             state_dim=state_dim, image_shape=image_shape)
+    model = ckpt["model"]
+    decoder.load_state_dict({k[len("decoder."):]: v for k, v in model.items() if k.startswith("decoder.")}, strict=True)
+    skill_prior.load_state_dict({k[len("skill_prior."):]: v for k, v in model.items() if k.startswith("skill_prior.")}, strict=True)
+    for net in (decoder, skill_prior):  # frozen: eval mode (batch-norm statistics fixed), no gradients
+        net.eval().requires_grad_(False)
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")}
+    meta["image_shape"] = image_shape
+    return decoder, skill_prior, meta
+
+
+def make_policy(skill_prior, meta, prior_init):
+    """pi(z|s) with the prior's architecture (B.2); with prior_init, a copy of the prior's weights and
+    batch-norm statistics. Kept in eval mode for good: batch-norm statistics are never updated (only
+    its affine weights train), so the initialised policy's Gaussian equals the prior's on every state."""
+    policy = SkillPrior(meta["latent_dim"], meta["hidden_dim"], meta["prior_layers"],
+                        state_dim=meta["state_dim"], image_shape=meta["image_shape"])
+    if prior_init:
+        policy.load_state_dict(skill_prior.state_dict())
+    return policy.eval()
+
+
+def omega_schedule(env_step, constant_steps, anneal_steps):
+    """Appendix F: fraction of skills sampled from the prior instead of the policy (--no-prior-init)."""
+    if env_step < constant_steps:
+        return 1.0
+    return max(0.0, 1.0 - (env_step - constant_steps) / max(anneal_steps, 1))
+
+
+def save_atomic(obj, path, save=torch.save):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_replay(rb, path):
+    def save(obj, tmp):
+        with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the temp name
+            np.savez(f, **obj)
+    save_atomic(rb.state_dict(), path, save)
+
+
+def save_gif(frames, path, max_frames=300):
+    """Frames (rgb arrays) as an animated GIF, at most max_frames evenly spaced ones."""
+    from PIL import Image
+
+    frames = [f for f in frames if f is not None]
+    if not frames:
+        return
+    frames = frames[:: max(1, len(frames) // max_frames)]
+    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Main: setup, Algorithm 1's loop, evaluation, checkpoints.
+# ----------------------------------------------------------------------------------------------------
+
+
+def resolve_args(args):
+    """Per-env defaults, checks of the user's values, and the saved settings when resuming."""
+    if args.resume is not None:
+        if not os.path.isfile(args.resume):
+            raise SetupError(f"--resume {args.resume}: no such checkpoint (spirl_sac.py writes runs/<run>/spirl_sac.pt)")
+        saved = torch.load(args.resume, map_location="cpu", weights_only=False)
+        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+            raise SetupError(f"--resume {args.resume} is not a spirl_sac.py checkpoint")
+        kept = {"resume": args.resume, "total_env_steps": args.total_env_steps or saved["args"]["total_env_steps"]}
+        args = Args(**{**saved["args"], **kept})
+    if args.env not in envs.ENV_NAMES:
+        raise SetupError(f"unknown env {args.env!r}: choose one of {', '.join(envs.ENV_NAMES)}")
+    args.skill_model = args.skill_model or default_skill_model_path(args.env)
+    args.delta = DEFAULT_DELTA[args.env] if args.delta is None else args.delta
+    if not args.delta > 0:
+        raise SetupError(f"--delta {args.delta}: the target divergence must be > 0 (paper: 1 maze, 5 kitchen / block_stacking)")
+    args.critic_layers = args.critic_layers or DEFAULT_CRITIC_LAYERS[args.env]
+    args.total_env_steps = args.total_env_steps or DEFAULT_TOTAL_ENV_STEPS[args.env]
+    for name in ("total_env_steps", "batch_size", "buffer_size", "gradient_steps", "critic_layers", "eval_episodes"):
+        if getattr(args, name) < 1:
+            raise SetupError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.alpha_init <= 0:
+        raise SetupError(f"--alpha-init must be > 0, got {args.alpha_init}")
+    return args
+
+
+def make_env(args, seed, render_mode=None):
+    try:
+        return envs.make_env(args.env, seed=seed, render_mode=render_mode)
+    except ModuleNotFoundError as e:
+        raise SetupError(f"env {args.env!r} cannot be built: module {e.name} is missing ({e})") from None
+
+
+def main(args):
+    args = resolve_args(args)
+    env_module = envs.env_module(args.env)
+    metric = env_module.METRIC
+    run_name = f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    resume_ckpt = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
+    eval_ckpt = None
+    if args.evaluate is not None:
+        if not os.path.isfile(args.evaluate):
+            raise SetupError(f"--evaluate {args.evaluate}: no such checkpoint")
+        eval_ckpt = torch.load(args.evaluate, map_location="cpu", weights_only=False)
+        if not isinstance(eval_ckpt, dict) or eval_ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise SetupError(f"--evaluate {args.evaluate} is not a spirl_sac.py checkpoint")
+    if resume_ckpt is not None:
+        run_name = resume_ckpt["run_name"]
+    save_path = args.save_path or os.path.join("runs", run_name, "spirl_sac.pt")
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    rng = np.random.default_rng(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # Skill model: frozen decoder and prior. A SAC checkpoint carries its own copy (resume / evaluate).
+    skill_ckpt = (eval_ckpt or resume_ckpt or {}).get("skill_model")
+    skill_source = "the checkpoint's skill model" if skill_ckpt is not None else args.skill_model
+    skill_ckpt = skill_ckpt or read_skill_model(args.skill_model, args.env)
+    env = make_env(args, args.seed)
+    eval_env = make_env(args, args.seed + 10_000, render_mode="rgb_array" if args.capture_video else None)
+    decoder, skill_prior, meta = build_skill_model(skill_ckpt, args.env, env, skill_source)
+    skill_prior = skill_prior.to(device)
+    H, latent_dim, closed_loop = meta["skill_horizon"], meta["latent_dim"], bool(meta["state_conditioned_decoder"])
+    image_prior = meta["image_shape"] is not None
+    state_mean = np.asarray(meta["state_mean"], np.float32)
+    state_std = np.asarray(meta["state_std"], np.float32)
+    action_low, action_high = np.asarray(meta["action_low"]), np.asarray(meta["action_high"])
+    print(f"skill model: {skill_source} | env {args.env} | H {H} | "
+          f"z dim {latent_dim} | prior input {meta['prior_input']} | {'closed' if closed_loop else 'open'}-loop decoder | "
+          f"data: {meta.get('data_source', '?')}")
+
+    def policy_input(obs):
+        """What the prior / policy sees, as a batch of one."""
+        if image_prior:
+            return torch.as_tensor(obs["image"], device=device).unsqueeze(0)  # (1, 6, 32, 32) uint8
+        return torch.as_tensor((obs["state"] - state_mean) / state_std, device=device).unsqueeze(0)
+
+    def run_skill(env, obs, z, frames=None):
+        return execute_skill(env, obs, z, decoder, H, state_mean, state_std, action_low, action_high, closed_loop, frames)
+
+    # Alg. 1 line 2: policy (initialised from the prior), twin critics and their targets, alpha
+    policy = make_policy(skill_prior, meta, args.prior_init).to(device)
+    critic_kwargs = dict(state_dim=meta["state_dim"], latent_dim=latent_dim, hidden_dim=args.critic_hidden_dim,
+                         num_layers=args.critic_layers)
+    qf1, qf2 = Critic(**critic_kwargs).to(device), Critic(**critic_kwargs).to(device)
+    qf1_target, qf2_target = Critic(**critic_kwargs).to(device), Critic(**critic_kwargs).to(device)
+    qf1_target.load_state_dict(qf1.state_dict())
+    qf2_target.load_state_dict(qf2.state_dict())
+    log_alpha = torch.tensor(float(np.log(args.alpha_init)), device=device, requires_grad=True)
+    policy_optimizer = torch.optim.Adam(policy.parameters(), lr=args.policy_lr, betas=(0.9, 0.999))
+    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr, betas=(0.9, 0.999))
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, betas=(0.9, 0.999))
+    global_step, grad_steps, episodes = 0, 0, 0
+
+    def load_agent(ckpt):
+        policy.load_state_dict(ckpt["policy"])
+        for net, key in ((qf1, "qf1"), (qf2, "qf2"), (qf1_target, "qf1_target"), (qf2_target, "qf2_target")):
+            net.load_state_dict(ckpt[key])
+        with torch.no_grad():
+            log_alpha.copy_(torch.as_tensor(ckpt["log_alpha"]))
+
+    def deterministic_skill(obs):
+        with torch.no_grad():
+            mu, _ = policy(policy_input(obs))
+        return (SKILL_RANGE * torch.tanh(mu))[0].cpu().numpy()  # the mean skill, squashed
+
+    def evaluate(num_episodes, video_path=None):
+        """Episodes with the deterministic policy -> (mean return, mean final metric)."""
+        returns, metrics = [], []
+        for episode in range(num_episodes):
+            obs, _ = eval_env.reset(seed=args.seed + 10_000 + episode)
+            frames = [] if (video_path is not None and episode == 0) else None
+            episode_return, done, info = 0.0, False, {}
+            while not done:
+                obs, reward, terminated, truncated, info, _, _ = run_skill(eval_env, obs, deterministic_skill(obs), frames)
+                episode_return += reward
+                done = terminated or truncated
+            returns.append(episode_return)
+            metrics.append(float(info.get(metric, 0.0)))
+            if frames is not None:
+                if frames and frames[0] is not None:
+                    save_gif(frames, video_path)
+                else:
+                    print(f"--capture-video: env {args.env} returned no rgb_array frames; no video written")
+        return float(np.mean(returns)), float(np.mean(metrics))
+
+    if eval_ckpt is not None:  # --evaluate: only deterministic episodes of a saved policy
+        load_agent(eval_ckpt)
+        video = os.path.join("videos", run_name, "evaluate.gif") if args.capture_video else None
+        mean_return, mean_metric = evaluate(args.eval_episodes, video)
+        print(f"evaluate {args.evaluate} (trained {eval_ckpt['global_step']} env steps): {args.eval_episodes} episodes, "
+              f"mean return {mean_return:.2f}, mean {metric} {mean_metric:.2f}")
+        return {"return": mean_return, metric: mean_metric}
+
+    if args.explore is not None:  # Fig. 5: where do skills sampled from the prior / uniformly lead?
+        states, episode_starts, obs, visited = [], [], None, 0
+        while visited < args.total_env_steps:
+            if obs is None:
+                obs, _ = env.reset(seed=args.seed + len(episode_starts))
+                episode_starts.append(visited)
+                states.append(obs["state"][None])
+            if args.explore == "prior":
+                with torch.no_grad():
+                    z = squashed_sample(*skill_prior(policy_input(obs)))[0].cpu().numpy()
+            elif args.explore == "uniform":
+                z = rng.uniform(-SKILL_RANGE, SKILL_RANGE, latent_dim)  # uniform over the policy's skill box
+            else:
+                z = rng.standard_normal(latent_dim)  # the VAE's N(0, I) latent prior
+            obs, _, terminated, truncated, _, steps, skill_states = run_skill(env, obs, z)
+            states.append(skill_states)
+            visited += steps
+            if terminated or truncated:
+                obs = None
+        out = os.path.join("runs", run_name, f"explore_{args.explore}.npz")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        np.savez(out, states=np.concatenate(states), episode_starts=np.asarray(episode_starts), env=args.env,
+                 mode=args.explore, env_steps=visited)
+        print(f"explore {args.explore}: {visited} env steps in {len(episode_starts)} episodes -> {out}")
+        return {"path": out}
+
+    # Training
+    rb = ReplayBuffer(min(args.buffer_size, args.total_env_steps), meta["state_dim"], latent_dim, state_mean, state_std,
+                      meta["image_shape"], device)
+    if resume_ckpt is not None:
+        load_agent(resume_ckpt)
+        policy_optimizer.load_state_dict(resume_ckpt["policy_optimizer"])
+        q_optimizer.load_state_dict(resume_ckpt["q_optimizer"])
+        alpha_optimizer.load_state_dict(resume_ckpt["alpha_optimizer"])
+        global_step, grad_steps, episodes = resume_ckpt["global_step"], resume_ckpt["grad_steps"], resume_ckpt["episodes"]
+        random.setstate(resume_ckpt["rng"]["python"])
+        np.random.set_state(resume_ckpt["rng"]["numpy"])
+        torch.set_rng_state(resume_ckpt["rng"]["torch"])
+        rng.bit_generator.state = resume_ckpt["rng"]["generator"]
+        replay_path = args.resume + ".replay.npz"
+        if os.path.isfile(replay_path):
+            with np.load(replay_path) as saved:
+                rb.load_state_dict(saved)
+        else:
+            print(f"--resume: {replay_path} not found, the replay buffer starts empty (refilled by the current policy)")
+        print(f"resumed {args.resume} at env step {global_step}, {grad_steps} gradient steps, replay {rb.size}")
+
+    writer = SummaryWriter(os.path.join("runs", run_name))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    writer.add_text("skill_model", f"{skill_source}; data: {meta.get('data_source', '?')}")
+
+    def save_checkpoint():
+        save_atomic({
+            "format": CHECKPOINT_FORMAT, "args": asdict(args), "run_name": run_name, "env": args.env,
+            "global_step": global_step, "grad_steps": grad_steps, "episodes": episodes,
+            "policy": policy.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(),
+            "qf1_target": qf1_target.state_dict(), "qf2_target": qf2_target.state_dict(),
+            "log_alpha": log_alpha.detach().cpu(), "policy_optimizer": policy_optimizer.state_dict(),
+            "q_optimizer": q_optimizer.state_dict(), "alpha_optimizer": alpha_optimizer.state_dict(),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "generator": rng.bit_generator.state},
+            "skill_model": skill_ckpt,
+        }, save_path)
+        if args.save_replay_buffer:
+            save_replay(rb, save_path + ".replay.npz")
+
+    obs, _ = env.reset(seed=args.seed + episodes)
+    with torch.no_grad():
+        prior_mu, prior_log_sigma = skill_prior(policy_input(obs))
+    episode_return, episode_length = 0.0, 0
+    last_return, last_metric, info_update = float("nan"), float("nan"), {}
+    start_step, start_grad_steps, start_time, env_time, update_time = global_step, grad_steps, time.time(), 0.0, 0.0
+    next_eval = global_step + args.eval_interval if args.eval_interval > 0 else None
+    next_checkpoint, next_progress = global_step + args.checkpoint_interval, global_step + args.progress_interval
+    high_level_steps = 0
+
+    while global_step < args.total_env_steps:  # Alg. 1 line 3
+        t0 = time.time()
+        # Alg. 1 line 5: z ~ pi(z|s). During warm-up (B.2) and, without prior init, with probability omega
+        # (appendix F) the skill is sampled from the prior instead, squashed the same way as the policy's.
+        omega = 0.0 if args.prior_init else omega_schedule(global_step, args.omega_constant_steps, args.omega_anneal_steps)
+        with torch.no_grad():
+            if global_step < args.learning_starts or rng.random() < omega:
+                z = squashed_sample(prior_mu, prior_log_sigma)
+            else:
+                z = squashed_sample(*policy(policy_input(obs)))
+        z = z[0].cpu().numpy()
+        # Alg. 1 line 6: execute the H decoded actions, s_{t+H} ~ p(s_{t+H} | s_t, z_t)
+        next_obs, reward, terminated, truncated, info, steps, _ = run_skill(env, obs, z)
+        with torch.no_grad():
+            next_prior_mu, next_prior_log_sigma = skill_prior(policy_input(next_obs))
+        # Alg. 1 line 7: store (s_t, z_t, r~ = sum of the rewards, s_{t+H}, done). done is set only by a
+        # true terminal; at a time-limit truncation the target bootstraps from the last observation.
+        rb.add(state=obs["state"], next_state=next_obs["state"], skill=z, reward=reward, done=float(terminated),
+               prior_mu=prior_mu[0].cpu().numpy(), prior_log_sigma=prior_log_sigma[0].cpu().numpy(),
+               next_prior_mu=next_prior_mu[0].cpu().numpy(), next_prior_log_sigma=next_prior_log_sigma[0].cpu().numpy(),
+               **({"image": obs["image"], "next_image": next_obs["image"]} if image_prior else {}))
+        global_step += steps
+        high_level_steps += 1
+        episode_return += reward
+        episode_length += steps
+        obs, prior_mu, prior_log_sigma = next_obs, next_prior_mu, next_prior_log_sigma
+        if terminated or truncated:
+            episodes += 1
+            last_return, last_metric = episode_return, float(info.get(metric, 0.0))
+            writer.add_scalar("charts/episodic_return", episode_return, global_step)
+            writer.add_scalar("charts/episodic_length", episode_length, global_step)
+            writer.add_scalar(f"charts/{metric}", last_metric, global_step)
+            obs, _ = env.reset(seed=args.seed + episodes)
+            with torch.no_grad():
+                prior_mu, prior_log_sigma = skill_prior(policy_input(obs))
+            episode_return, episode_length = 0.0, 0
+        t1 = time.time()
+        env_time += t1 - t0
+
+        # Alg. 1 lines 8-13: gradient steps, once the warm-up data is in
+        if global_step >= args.learning_starts:
+            for _ in range(args.gradient_steps):
+                batch = rb.sample(args.batch_size, rng)
+                info_update = sac_update(batch, policy, qf1, qf2, qf1_target, qf2_target, log_alpha, policy_optimizer,
+                                         q_optimizer, alpha_optimizer, args.gamma, args.tau, args.delta)
+                grad_steps += 1
+            update_time += time.time() - t1
+            if high_level_steps % args.log_interval == 0:
+                for key in ("qf1_values", "qf2_values", "qf_loss", "policy_loss", "alpha_loss", "alpha", "kl"):
+                    writer.add_scalar(f"losses/{key}", info_update[key], global_step)
+                writer.add_scalar("losses/q_target", info_update["q_target"].mean().item(), global_step)
+                writer.add_scalar("charts/omega", omega, global_step)
+
+        if high_level_steps % args.log_interval == 0:
+            elapsed = time.time() - start_time
+            writer.add_scalar("charts/SPS", (global_step - start_step) / elapsed, global_step)
+            writer.add_scalar("charts/env_steps_per_s", (global_step - start_step) / max(env_time, 1e-9), global_step)
+            if update_time > 0:
+                writer.add_scalar("charts/grad_steps_per_s", (grad_steps - start_grad_steps) / update_time, global_step)
+        if global_step >= next_progress or global_step >= args.total_env_steps:
+            next_progress += args.progress_interval
+            elapsed = time.time() - start_time
+            print(f"step {global_step}/{args.total_env_steps} | episodes {episodes} | last return {last_return:.1f} | "
+                  f"{metric} {last_metric:.2f} | alpha {info_update.get('alpha', log_alpha.exp().item()):.3f} | "
+                  f"KL {info_update.get('kl', float('nan')):.2f} | Q {info_update.get('qf1_values', float('nan')):.2f} | "
+                  f"{(global_step - start_step) / elapsed:.0f} env-steps/s overall", flush=True)
+        if next_eval is not None and global_step >= next_eval:
+            next_eval += args.eval_interval
+            video = os.path.join("videos", run_name, f"eval_{global_step}.gif") if args.capture_video else None
+            eval_return, eval_metric = evaluate(args.eval_episodes, video)
+            writer.add_scalar("eval/episodic_return", eval_return, global_step)
+            writer.add_scalar(f"eval/{metric}", eval_metric, global_step)
+            print(f"eval at step {global_step}: return {eval_return:.2f}, {metric} {eval_metric:.2f}", flush=True)
+        if global_step >= next_checkpoint:
+            next_checkpoint += args.checkpoint_interval
+            save_checkpoint()
+
+    eval_return, eval_metric = evaluate(args.eval_episodes,
+                                        os.path.join("videos", run_name, "eval_final.gif") if args.capture_video else None)
+    writer.add_scalar("eval/episodic_return", eval_return, global_step)
+    writer.add_scalar(f"eval/{metric}", eval_metric, global_step)
+    save_checkpoint()
+    writer.close()
+    env.close()
+    eval_env.close()
+    print(f"done: {global_step} env steps, {grad_steps} gradient steps, final eval return {eval_return:.2f}, "
+          f"{metric} {eval_metric:.2f}; checkpoint {save_path}")
+    return {"checkpoint": save_path, "global_step": global_step, "grad_steps": grad_steps, "eval_return": eval_return,
+            metric: eval_metric, "replay_size": rb.size}
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Args))
+    except SetupError as e:
+        sys.exit(f"spirl_sac.py: error: {e}")

@@ -1,0 +1,289 @@
+"""Tests of spirl_sac.py: Algorithm 1's updates on hand-made tensors, the H-step MDP, bad input, a smoke run."""
+
+import copy
+import os
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import spirl_sac
+from spirl_sac import (Critic, ReplayBuffer, SetupError, SkillDecoder, SkillPrior, execute_skill, gaussian_kl,
+                       make_policy, prior_divergence, sac_update)
+
+LATENT, STATE, ACTION, H = 3, 4, 2, 5
+
+
+def make_nets(seed=0, latent=LATENT, state=STATE):
+    torch.manual_seed(seed)
+    prior = SkillPrior(latent, hidden_dim=16, num_layers=3, state_dim=state)
+    prior.train()
+    for _ in range(5):  # non-trivial batch-norm statistics
+        prior(torch.randn(32, state) * 3 + 1)
+    prior.eval().requires_grad_(False)
+    meta = {"latent_dim": latent, "hidden_dim": 16, "prior_layers": 3, "state_dim": state, "image_shape": None}
+    policy = make_policy(prior, meta, prior_init=True)
+    qf1, qf2 = Critic(state, latent, 32, 2), Critic(state, latent, 32, 2)
+    qf1_target, qf2_target = Critic(state, latent, 32, 2), Critic(state, latent, 32, 2)
+    qf1_target.load_state_dict(qf1.state_dict())
+    qf2_target.load_state_dict(qf2.state_dict())
+    for p in qf1_target.parameters():  # targets different from the critics, so Polyak is visible
+        p.data.add_(0.3)
+    log_alpha = torch.tensor(0.0, requires_grad=True)
+    opts = (torch.optim.Adam(policy.parameters(), lr=3e-4),
+            torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=3e-4),
+            torch.optim.Adam([log_alpha], lr=3e-4))
+    return prior, policy, qf1, qf2, qf1_target, qf2_target, log_alpha, opts
+
+
+def make_batch(prior, batch=8, seed=1, prior_shift=0.0):
+    g = torch.Generator().manual_seed(seed)
+    s, s2 = torch.randn(batch, STATE, generator=g), torch.randn(batch, STATE, generator=g)
+    with torch.no_grad():
+        mu, ls = prior(s)
+        mu2, ls2 = prior(s2)
+    return {
+        "policy_obs": s, "next_policy_obs": s2, "critic_obs": s, "next_critic_obs": s2,
+        "skill": torch.rand(batch, LATENT, generator=g) * 4 - 2,
+        "reward": torch.arange(batch, dtype=torch.float32),
+        "done": torch.tensor([0.0, 1.0] * (batch // 2)),
+        "prior_mu": mu + prior_shift, "prior_log_sigma": ls, "next_prior_mu": mu2 + prior_shift, "next_prior_log_sigma": ls2,
+    }
+
+
+def run_update(nets, batch, delta=1.0, gamma=0.9, tau=0.1):
+    prior, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, (po, qo, ao) = nets
+    return sac_update(batch, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, po, qo, ao, gamma, tau, delta)
+
+
+def test_q_target_by_hand():
+    nets = make_nets()
+    prior, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, _ = nets
+    with torch.no_grad():
+        log_alpha.fill_(np.log(0.7))
+    batch = make_batch(prior, prior_shift=0.5)  # policy != prior here, so the KL term is non-zero
+    gamma = 0.9
+    with torch.no_grad():  # expected value, computed before the update changes anything
+        mu, ls = policy(batch["next_policy_obs"])
+        torch.manual_seed(123)
+        eps = torch.randn_like(mu)  # the first random draw of sac_update is z' ~ pi(.|s')
+        z_next = 2.0 * torch.tanh(mu + ls.exp() * eps)
+        q_min = torch.min(qf1_t(batch["next_critic_obs"], z_next), qf2_t(batch["next_critic_obs"], z_next))
+        kl_dims = torch.distributions.kl_divergence(
+            torch.distributions.Normal(mu, ls.exp()),
+            torch.distributions.Normal(batch["next_prior_mu"], batch["next_prior_log_sigma"].exp()))
+        kl = kl_dims.mean(-1)  # mean over latent dims
+        expected = batch["reward"] + gamma * (1 - batch["done"]) * (q_min - 0.7 * kl)
+    assert kl.min() > 0.01
+    torch.manual_seed(123)
+    info = run_update(nets, batch, gamma=gamma)
+    torch.testing.assert_close(info["q_target"], expected)
+    # a true terminal does not bootstrap: the target is the reward
+    torch.testing.assert_close(info["q_target"][1::2], batch["reward"][1::2])
+
+
+def test_prior_divergence_is_per_dim_mean_of_analytic_kl():
+    g = torch.Generator().manual_seed(0)
+    mu_q, ls_q, mu_p, ls_p = (0.5 * torch.randn(6, 10, generator=g) for _ in range(4))
+    ref = torch.distributions.kl_divergence(torch.distributions.Normal(mu_q, ls_q.exp()),
+                                            torch.distributions.Normal(mu_p, ls_p.exp()))
+    torch.testing.assert_close(prior_divergence(mu_q, ls_q, mu_p, ls_p), ref.mean(-1))
+    torch.testing.assert_close(gaussian_kl(mu_q, ls_q, mu_p, ls_p), ref)
+    far = prior_divergence(mu_q + 1e3, ls_q, mu_p, ls_p)  # each dim's KL is clamped at 100
+    torch.testing.assert_close(far, torch.full_like(far, spirl_sac.KL_CLAMP))
+
+
+@pytest.mark.parametrize("shift, delta, direction", [(1.5, 0.1, +1), (0.0, 1.0, -1)])
+def test_alpha_update_direction(shift, delta, direction):
+    """alpha rises while KL(pi || prior) > delta and falls while KL < delta (appendix A; Alg. 1 line 12's
+    printed sign is a typo)."""
+    nets = make_nets()
+    batch = make_batch(nets[0], prior_shift=shift)
+    info = run_update(nets, batch, delta=delta)
+    assert (info["kl"] > delta) == (direction > 0)
+    assert np.sign(info["alpha"] - 1.0) == direction
+    # and it keeps moving that way
+    for _ in range(5):
+        info2 = run_update(nets, batch, delta=delta)
+    assert np.sign(info2["alpha"] - info["alpha"]) == direction
+
+
+def test_prior_initialised_policy_equals_prior_and_batch_norm_is_frozen():
+    nets = make_nets()
+    prior, policy = nets[0], nets[1]
+    states = torch.randn(16, STATE) * 2
+    mu_prior, ls_prior = prior(states)
+    mu_pi, ls_pi = policy(states)
+    torch.testing.assert_close(mu_pi, mu_prior)
+    torch.testing.assert_close(ls_pi, ls_prior)
+    assert prior_divergence(mu_pi, ls_pi, mu_prior, ls_prior).abs().max() < 1e-6
+    bn_before = {k: v.clone() for k, v in policy.state_dict().items() if "running" in k}
+    prior_before = copy.deepcopy(prior.state_dict())
+    run_update(nets, make_batch(prior, batch=16))
+    for key, value in policy.state_dict().items():
+        if "running" in key:
+            torch.testing.assert_close(value, bn_before[key])  # BN statistics never updated
+    for key, value in prior.state_dict().items():
+        torch.testing.assert_close(value, prior_before[key])  # the prior is frozen
+    assert not policy.training
+
+
+def test_targets_move_by_exactly_tau():
+    nets = make_nets()
+    _, _, qf1, qf2, qf1_t, qf2_t, _, _ = nets
+    old_targets = [copy.deepcopy(qf1_t.state_dict()), copy.deepcopy(qf2_t.state_dict())]
+    tau = 0.1
+    run_update(nets, make_batch(nets[0]), tau=tau)
+    for net, target, old in ((qf1, qf1_t, old_targets[0]), (qf2, qf2_t, old_targets[1])):
+        for key, value in target.state_dict().items():
+            expected = tau * net.state_dict()[key] + (1 - tau) * old[key]
+            torch.testing.assert_close(value, expected)
+            assert not torch.equal(value, old[key])
+
+
+class CountingEnv(gym.Env):
+    """Reward t at step t (1-based); terminated at terminate_at, truncated at truncate_at."""
+
+    def __init__(self, terminate_at=None, truncate_at=100):
+        self.observation_space = gym.spaces.Dict({"state": gym.spaces.Box(-np.inf, np.inf, (STATE,), np.float32)})
+        self.action_space = gym.spaces.Box(-1, 1, (ACTION,), np.float32)
+        self.terminate_at, self.truncate_at = terminate_at, truncate_at
+        self.actions = []
+
+    def reset(self, seed=None, options=None):
+        self.t = 0
+        return {"state": np.zeros(STATE, np.float32)}, {}
+
+    def step(self, action):
+        self.t += 1
+        self.actions.append(np.array(action))
+        obs = {"state": np.full(STATE, self.t, np.float32)}
+        return obs, float(self.t), self.t == self.terminate_at, self.t == self.truncate_at, {"success": self.t}
+
+
+def rollout_one(env, obs, closed_loop=False):
+    torch.manual_seed(0)
+    decoder = SkillDecoder(ACTION, LATENT, 16, state_dim=STATE if closed_loop else 0).eval()
+    z = np.array([0.5, -1.0, 2.0], np.float32)
+    out = execute_skill(env, obs, z, decoder, H, np.zeros(STATE, np.float32), np.full(STATE, 2.0, np.float32),
+                        -np.ones(ACTION), np.ones(ACTION), closed_loop)
+    return decoder, z, out
+
+
+@pytest.mark.parametrize("terminate_at, truncate_at, steps, done", [(None, 100, H, 0.0), (3, 100, 3, 1.0), (None, 4, 4, 0.0)])
+def test_replay_buffer_stores_h_step_transitions(terminate_at, truncate_at, steps, done):
+    env = CountingEnv(terminate_at, truncate_at)
+    obs, _ = env.reset()
+    _, z, (next_obs, reward, terminated, truncated, info, n, visited) = rollout_one(env, obs)
+    assert n == steps and reward == sum(range(1, steps + 1))  # summed rewards of the steps actually taken
+    assert next_obs["state"][0] == steps  # the last observation, not a reset one
+    assert visited.shape == (steps, STATE)
+    rb = ReplayBuffer(10, STATE, LATENT, np.zeros(STATE), np.full(STATE, 2.0))
+    zeros = np.zeros(LATENT, np.float32)
+    rb.add(state=obs["state"], next_state=next_obs["state"], skill=z, reward=reward, done=float(terminated),
+           prior_mu=zeros, prior_log_sigma=zeros, next_prior_mu=zeros, next_prior_log_sigma=zeros)
+    batch = rb.sample(4, np.random.default_rng(0))
+    assert torch.all(batch["reward"] == sum(range(1, steps + 1)))
+    assert torch.all(batch["done"] == done)  # truncation (time limit) is not a terminal: bootstrap through it
+    torch.testing.assert_close(batch["next_critic_obs"], torch.full((4, STATE), steps / 2.0))
+    torch.testing.assert_close(batch["skill"], torch.as_tensor(z).expand(4, -1))
+
+
+def test_execute_skill_open_and_closed_loop_actions():
+    env = CountingEnv()
+    obs, _ = env.reset()
+    decoder, z, _ = rollout_one(env, obs)
+    open_loop = decoder.decode(torch.as_tensor(z)[None], horizon=H)[0].detach().numpy()
+    np.testing.assert_allclose(np.stack(env.actions), np.clip(open_loop, -1, 1), rtol=1e-5, atol=1e-6)
+    env = CountingEnv()
+    obs, _ = env.reset()
+    decoder, z, _ = rollout_one(env, obs, closed_loop=True)
+    hidden, expected = None, []
+    for t in range(H):  # decoded from z and the *current* (normalised) state at every step
+        state = torch.full((1, STATE), t / 2.0)
+        action, hidden = decoder.decode_step(torch.as_tensor(z)[None], state, hidden)
+        expected.append(action[0].detach().numpy())
+    np.testing.assert_allclose(np.stack(env.actions), np.clip(np.stack(expected), -1, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_omega_schedule():
+    assert spirl_sac.omega_schedule(0, 100, 100) == 1.0
+    assert spirl_sac.omega_schedule(99, 100, 100) == 1.0
+    assert spirl_sac.omega_schedule(150, 100, 100) == pytest.approx(0.5)
+    assert spirl_sac.omega_schedule(10_000, 100, 100) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad input and an end-to-end smoke run, with a tiny skill model written the way spirl_vae.py writes it.
+# ----------------------------------------------------------------------------------------------------
+
+
+def write_skill_model(path, env_name, env, latent=4, horizon=5, closed_loop=False, prior_input=None):
+    import spirl_vae
+
+    state_dim = env.observation_space["state"].shape[0]
+    action_dim = env.action_space.shape[0]
+    prior_input = prior_input or ("image" if "image" in env.observation_space.spaces else "state")
+    image_shape = list(env.observation_space["image"].shape) if prior_input == "image" else None
+    model = spirl_vae.SkillModel(state_dim, action_dim, latent, hidden_dim=16, prior_layers=3, image_shape=image_shape,
+                                 state_conditioned_decoder=closed_loop)
+    torch.save({
+        "format": "spirl-skill-model-v1", "env": env_name, "args": {}, "prior_input": prior_input,
+        "state_dim": state_dim, "image_shape": image_shape, "action_dim": action_dim, "skill_horizon": horizon,
+        "latent_dim": latent, "hidden_dim": 16, "prior_layers": 3, "state_conditioned_decoder": closed_loop,
+        "state_mean": np.zeros(state_dim, np.float32), "state_std": np.ones(state_dim, np.float32) * 5,
+        "action_low": env.action_space.low, "action_high": env.action_space.high, "data_source": "test",
+        "model": model.state_dict(), "step": 0,
+    }, path)
+
+
+def maze_env():
+    pytest.importorskip("envs.maze")
+    import envs
+
+    return envs.make_env("maze", seed=0)
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SetupError, match=r"`python spirl_vae.py --env maze`"):
+        spirl_sac.main(spirl_sac.Args(env="maze"))
+    with pytest.raises(SetupError, match=r"python spirl_vae.py --env maze --save-path nowhere.pt"):
+        spirl_sac.main(spirl_sac.Args(env="maze", skill_model="nowhere.pt"))
+    with pytest.raises(SetupError, match="unknown env 'maze2'"):
+        spirl_sac.main(spirl_sac.Args(env="maze2"))
+    for delta in (0.0, -1.0):
+        with pytest.raises(SetupError, match="target divergence must be > 0"):
+            spirl_sac.main(spirl_sac.Args(env="maze", delta=delta))
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SetupError, match="cannot read skill model"):
+        spirl_sac.load_skill_model("garbage.pt", "maze", None)
+
+    env = CountingEnv()
+    write_skill_model("kitchen.pt", "kitchen", env)
+    with pytest.raises(SetupError, match="trained on env 'kitchen', not 'maze'"):
+        spirl_sac.load_skill_model("kitchen.pt", "maze", env)
+    write_skill_model("fits.pt", "maze", env)
+    decoder, prior, meta = spirl_sac.load_skill_model("fits.pt", "maze", env)  # strict=True load of spirl_vae's keys
+    assert not any(p.requires_grad for p in list(decoder.parameters()) + list(prior.parameters()))
+    other = CountingEnv()
+    other.action_space = gym.spaces.Box(-1, 1, (ACTION + 1,), np.float32)
+    with pytest.raises(SetupError, match="action_dim 2, but env maze has 4 / 3"):
+        spirl_sac.load_skill_model("fits.pt", "maze", other)
+
+
+def test_smoke_run_on_maze_then_resume_and_evaluate(tmp_path, monkeypatch):
+    env = maze_env()
+    monkeypatch.chdir(tmp_path)
+    write_skill_model("skill.pt", "maze", env)
+    common = dict(env="maze", skill_model="skill.pt", learning_starts=100, batch_size=16, eval_interval=0,
+                  eval_episodes=1, progress_interval=200, log_interval=5)
+    out = spirl_sac.main(spirl_sac.Args(total_env_steps=300, save_path="run/sac.pt", **common))
+    assert out["global_step"] == 300 and out["grad_steps"] > 0
+    assert os.path.isfile("run/sac.pt") and os.path.isfile("run/sac.pt.replay.npz")
+    out2 = spirl_sac.main(spirl_sac.Args(resume="run/sac.pt", total_env_steps=400))
+    assert out2["global_step"] == 400 and out2["grad_steps"] > out["grad_steps"]
+    assert out2["replay_size"] > out["replay_size"]
+    result = spirl_sac.main(spirl_sac.Args(env="maze", evaluate="run/sac.pt", eval_episodes=1))
+    assert np.isfinite(result["return"])
