@@ -481,11 +481,33 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
     return out
 
 
-def load_dataset(path: str = "auto", images: bool = True, **generate_kwargs) -> dict:
+def pad_states(states: np.ndarray, traj_ends: np.ndarray, num_blocks: int, seed: int = 0) -> np.ndarray:
+    """States of a smaller env laid out like a ``num_blocks`` env's: the missing block slots hold
+    blocks resting on the ground at x uniform over the 11-block table (one draw per trajectory).
+
+    The skill model and the RL critic share one state layout with the downstream env; the data's 5
+    blocks cannot fill its 11 slots, so the extra slots get plausible, constant values rather than
+    zeros (whose zero spread would blow up the per-dim state normalisation downstream).
+    """
+    have = (states.shape[1] - 3) // 3
+    if num_blocks <= have:
+        return states
+    rng = np.random.default_rng(seed)
+    lengths = np.diff(np.concatenate([[0], traj_ends]))
+    extra = np.zeros((len(traj_ends), num_blocks - have, 3), np.float32)
+    extra[:, :, 0] = rng.uniform(-0.75, 0.75, extra.shape[:2])
+    extra[:, :, 1] = HALF
+    return np.concatenate([states, np.repeat(extra.reshape(len(traj_ends), -1), lengths, axis=0)], axis=1)
+
+
+def load_dataset(path: str = "auto", images: bool = True, state_blocks: int | None = 11, **generate_kwargs) -> dict:
     """The skill model's training data (see envs/__init__.py for the keys).
 
     ``path="auto"`` uses data/block_stacking.hdf5 and generates it (default size, ~2-3 min) when
     missing. ``images=False`` skips the (N, 6, 32, 32) stacked images (6 KB a step in memory).
+    ``state_blocks`` (default 11, the downstream env): pad the 5-block states to this many block slots
+    with ``pad_states`` so state_dim matches ``make_env()``; None keeps the file's 18-dim states.
+    The image prior (the paper's) never sees the padding.
     """
     if path == "auto":
         path = str(DEFAULT_DATASET)
@@ -516,7 +538,11 @@ def load_dataset(path: str = "auto", images: bool = True, **generate_kwargs) -> 
     ends = np.flatnonzero(data["terminals"] | data["timeouts"]) + 1
     if len(ends) == 0 or ends[-1] != N:
         ends = np.append(ends, N)  # an unterminated last trajectory still ends at N
-    out = {"states": data["states"].astype(np.float32), "actions": data["actions"].astype(np.float32),
+    states = data["states"].astype(np.float32)
+    if state_blocks is not None:
+        states = pad_states(states, ends, state_blocks)
+        source += f"; states padded to {state_blocks} block slots (envs.block_stacking.pad_states)"
+    out = {"states": states, "actions": data["actions"].astype(np.float32),
            "traj_ends": ends.astype(np.int64), "source": source}
     if images:
         frames = data["frames"]

@@ -146,7 +146,7 @@ def test_generated_data_round_trips(tmp_path):
     path = tmp_path / "bs.hdf5"
     bs.generate_dataset(str(path), num_trajectories=3, random_fraction=1 / 3, seed=1)
     assert not (tmp_path / "bs.hdf5.tmp").exists()
-    data = envs.load_dataset("block_stacking", str(path))
+    data = envs.load_dataset("block_stacking", str(path), state_blocks=None)
     states, actions, ends, images = data["states"], data["actions"], data["traj_ends"], data["images"]
     N = len(states)
     assert states.shape == (N, 18) and states.dtype == np.float32
@@ -166,8 +166,14 @@ def test_generated_data_round_trips(tmp_path):
             np.testing.assert_array_equal(images[t, :3], images[t - 1, 3:])
     with h5py.File(path) as f:
         assert not f["terminals"][()].any() and f["timeouts"][()].sum() == 3
-    no_images = bs.load_dataset(str(path), images=False)
-    assert "images" not in no_images and len(no_images["states"]) == N
+    # default: states laid out like the 11-block downstream env, padded slots constant per trajectory
+    padded = bs.load_dataset(str(path), images=False)
+    assert "images" not in padded and padded["states"].shape == (N, bs.make_env(image_obs=False).observation_space["state"].shape[0])
+    np.testing.assert_array_equal(padded["states"][:, :18], states)
+    extra = padded["states"][:, 18:].reshape(N, 6, 3)
+    assert (extra[:, :, 1] == H).all() and (np.abs(extra[:, :, 0]) <= 0.75).all()
+    for a, b in zip(starts, ends):
+        assert (extra[a:b] == extra[a]).all()
 
 
 def test_bad_inputs_give_clear_one_line_errors(tmp_path):
