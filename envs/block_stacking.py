@@ -34,6 +34,7 @@ pseudo-random subgoals between and within stacks) in the training env and writes
 
 import argparse
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -151,29 +152,40 @@ def draw_front_view(state: np.ndarray, x_range, z_range, width: int, height: int
     """(height, width, 3) uint8 front view of the x-z window ``x_range`` x ``z_range``, drawn from
     ``state`` (the env's state vector) by point-sampling ``supersample``^2 points per pixel."""
     w, h = width * supersample, height * supersample
-    xs = x_range[0] + (np.arange(w) + 0.5) * (x_range[1] - x_range[0]) / w  # (w,)
-    zs = z_range[1] - (np.arange(h) + 0.5) * (z_range[1] - z_range[0]) / h  # (h,), top row first
-    X, Z = np.meshgrid(xs, zs)  # (h, w)
-    img = np.broadcast_to(SKY, (h, w, 3)).copy()
-    img[np.abs(X) > half_width] = WALL
-    img[Z < 0] = TABLE
+    xs = x_range[0] + (np.arange(w) + 0.5) * (x_range[1] - x_range[0]) / w  # (w,) pixel centres
+    zs = z_range[0] + (np.arange(h)[::-1] + 0.5) * (z_range[1] - z_range[0]) / h  # (h,), top row first
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = SKY
+    img[:, np.abs(xs) > half_width] = WALL
+    img[zs < 0] = TABLE
+
+    px, pz = (x_range[1] - x_range[0]) / w, (z_range[1] - z_range[0]) / h  # pixel size (m)
+
+    def span(x_lo, x_hi, z_lo, z_hi):  # (rows, cols) of the pixel centres inside the rectangle
+        def index(a, b, n):  # first centre >= a, last centre <= b (+1), on a grid of n centres
+            return slice(min(max(math.ceil(a - 0.5), 0), n), min(max(math.floor(b - 0.5) + 1, 0), n))
+        return (index((z_range[1] - z_hi) / pz, (z_range[1] - z_lo) / pz, h),
+                index((x_lo - x_range[0]) / px, (x_hi - x_range[0]) / px, w))
+
     blocks = state[3:].reshape(-1, 3)
     reach = 1.5 * HALF  # a rotated cube stays within 1.42 half sizes of its centre
-    visible = np.flatnonzero((blocks[:, 0] > x_range[0] - reach) & (blocks[:, 0] < x_range[1] + reach)
-                             & (blocks[:, 1] > z_range[0] - reach) & (blocks[:, 1] < z_range[1] + reach))
-    for i in visible:
-        x, z, angle = blocks[i]
-        dx, dz = X - x, Z - z
+    for i, (x, z, angle) in enumerate(blocks):
+        rows, cols = span(x - reach, x + reach, z - reach, z + reach)
+        if rows.start >= rows.stop or cols.start >= cols.stop:
+            continue
+        dx, dz = xs[cols][None, :] - x, zs[rows][:, None] - z
         c, s = np.cos(angle), np.sin(angle)
-        img[(np.abs(c * dx - s * dz) < HALF) & (np.abs(s * dx + c * dz) < HALF)] = COLORS[i % len(COLORS)]
+        inside = (np.abs(c * dx - s * dz) < HALF) & (np.abs(s * dx + c * dz) < HALF)  # in the block's frame
+        img[rows, cols][inside] = COLORS[i % len(COLORS)]
     gx, gz, opening = state[:3]
     inner = FINGER_CLOSED + opening * (FINGER_OPEN - FINGER_CLOSED)
-    fingers = ((np.abs(np.abs(X - gx) - inner - FINGER_HALF_T) < FINGER_HALF_T)
-               & (Z > gz - FINGER_BOTTOM) & (Z < gz + FINGER_TOP))
-    palm = (np.abs(X - gx) < FINGER_OPEN + 2 * FINGER_HALF_T) & (np.abs(Z - gz - FINGER_TOP - 0.01) < 0.01)
-    img[fingers | palm] = GRIPPER
-    img = img.reshape(height, supersample, width, supersample, 3).mean(axis=(1, 3))
-    return img.round().astype(np.uint8)
+    for x_lo, x_hi, z_lo, z_hi in ((gx - inner - 2 * FINGER_HALF_T, gx - inner, gz - FINGER_BOTTOM, gz + FINGER_TOP),
+                                   (gx + inner, gx + inner + 2 * FINGER_HALF_T, gz - FINGER_BOTTOM, gz + FINGER_TOP),
+                                   (gx - FINGER_OPEN - 2 * FINGER_HALF_T, gx + FINGER_OPEN + 2 * FINGER_HALF_T,
+                                    gz + FINGER_TOP, gz + FINGER_TOP + 0.02)):  # two fingers and the palm
+        img[span(x_lo, x_hi, z_lo, z_hi)] = GRIPPER
+    pixels = sum(img[i::supersample, j::supersample] for i in range(supersample) for j in range(supersample))
+    return (pixels / supersample**2 + 0.5).astype(np.uint8)  # box filter, rounded
 
 
 class BlockStackingEnv(gym.Env):
@@ -421,9 +433,12 @@ def collect_trajectory(env: BlockStackingEnv, rng: np.random.Generator, random_a
             if policy.done():
                 break
         states.append(obs["state"])
-        frames.append(obs["image"][3:])
+        if "image" in obs:
+            frames.append(obs["image"][3:])
         actions.append(action)
         obs, _, _, _, info = env.step(action)
+    if policy is not None and len(policy.attempts) > len(outcomes):  # a stack cut off by max_steps
+        outcomes.append(stack_succeeded(obs["state"], *policy.attempts[-1]))
     return {"states": np.array(states), "actions": np.array(actions), "frames": np.array(frames),
             "stack_outcomes": outcomes, "info": info}
 

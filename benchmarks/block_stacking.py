@@ -1,0 +1,82 @@
+"""Block stacking: the scripted data policy's stacking quality and the env's speed.
+
+    python benchmarks/block_stacking.py --episodes 100 --num-steps 3000
+
+1. The noisy scripted policy of the data (1-3 stacks per episode, pseudo-random subgoals, action noise)
+   in the 5-block training env and, unchanged, in the 11-block downstream env: success rate of single
+   stacks (a stack succeeds when the carried block rests on its target block once the policy has moved
+   on) and the height of the highest tower at the episode's end (in blocks, and as blocks_stacked).
+2. Env steps/s with uniformly random actions, state-only and image observations, 5 and 11 blocks.
+"""
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from envs import block_stacking as bs  # noqa: E402
+
+
+@dataclass
+class Args:
+    episodes: int = 100
+    """scripted episodes per env"""
+    num_steps: int = 3000
+    """env steps to time per speed configuration"""
+    seed: int = 0
+    """seed of the policy, the layouts and the random actions"""
+
+
+def scripted_quality(env, episodes, seed):
+    rng = np.random.default_rng(seed)
+    outcomes, first_stack, heights, lengths = [], [], [], []
+    for _ in range(episodes):
+        traj = bs.collect_trajectory(env, rng)
+        outcomes += traj["stack_outcomes"]
+        first_stack.append(traj["stack_outcomes"][0])
+        heights.append(traj["info"]["blocks_stacked"])
+        lengths.append(len(traj["actions"]))
+    heights = np.array(heights)
+    return {"stack_success": np.mean(outcomes), "attempts": len(outcomes), "first_stack": np.mean(first_stack),
+            "blocks_stacked": heights.mean(), "tower": heights.mean() + 1, "max_tower": heights.max() + 1,
+            "length": np.mean(lengths)}
+
+
+def steps_per_s(env, num_steps, seed):
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    start = time.perf_counter()
+    for _ in range(num_steps):
+        _, _, terminated, truncated, _ = env.step(rng.uniform(env.action_space.low, env.action_space.high))
+        if terminated or truncated:
+            env.reset()
+    return num_steps / (time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    import mujoco
+
+    print(f"python {platform.python_version()}, mujoco {mujoco.__version__}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}, seed {args.seed}")
+    envs_under_test = {"training env, 5 blocks (random stacks)": bs.training_env(image_obs=False),
+                       "downstream env, 11 blocks (on the ground)": bs.BlockStackingEnv(num_blocks=11, layout_seed=None,
+                                                                                       image_obs=False)}
+    for name, env in envs_under_test.items():
+        start = time.perf_counter()
+        q = scripted_quality(env, args.episodes, args.seed)
+        print(f"scripted policy, {name}, {args.episodes} episodes: single-stack success {q['stack_success']:.3f} "
+              f"({q['attempts']} stacks; first stack of an episode {q['first_stack']:.3f}), final highest tower "
+              f"{q['tower']:.2f} blocks (blocks_stacked {q['blocks_stacked']:.2f}, max {q['max_tower']}), "
+              f"{q['length']:.0f} steps/episode, {time.perf_counter() - start:.0f} s")
+    for num_blocks in (5, 11):
+        for image_obs in (False, True):
+            env = bs.make_env(seed=args.seed, num_blocks=num_blocks, image_obs=image_obs)
+            sps = steps_per_s(env, args.num_steps, args.seed)
+            print(f"env steps/s, {num_blocks:2d} blocks, {'state + image' if image_obs else 'state only   '} obs: "
+                  f"{sps:6.0f} over {args.num_steps} random-action steps")
