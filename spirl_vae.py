@@ -39,6 +39,8 @@ class Args:
     """seed of python, numpy and torch (and of the train/validation split)"""
     torch_deterministic: bool = True
     """sets torch.backends.cudnn.deterministic"""
+    threads: int = 1
+    """torch CPU threads; 1 is fastest for these small networks, many times faster than 2 on a busy 2-core box"""
     total_steps: Optional[int] = None
     """gradient steps to train; None: the per-env default (a few minutes on a 2-core CPU at batch 16)"""
     batch_size: int = 16
@@ -235,3 +237,334 @@ def skill_model_losses(model, actions, states, prior_obs):
     # eq. (4) prior term: stop-gradient on the posterior, so the prior cannot bend the embedding
     prior = gaussian_kl(mu_z.detach(), log_sigma_z.detach(), mu_p, log_sigma_p).mean()
     return recon, kl, prior
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data: offline trajectories -> H-step skill windows
+# ----------------------------------------------------------------------------------------------------
+
+BETA = {"kitchen": 5e-4, "maze": 1e-2, "block_stacking": 1e-2}  # appendix B.1, calibrated to mean losses
+DEFAULT_TOTAL_STEPS = {"maze": 12_000, "block_stacking": 12_000, "kitchen": 20_000}
+
+
+def env_spec(env_name):
+    """What the skill model must fit in env ``env_name``: dims, action bounds, the paper's prior input."""
+    import envs
+
+    if env_name not in envs.ENV_NAMES:
+        raise SystemExit(f"error: unknown env {env_name!r}: choose one of {', '.join(envs.ENV_NAMES)}")
+    try:
+        module = envs.env_module(env_name)
+    except ModuleNotFoundError as e:
+        raise SystemExit(f"error: env module envs/{env_name}.py is not available ({e}); pick another --env")
+    env = module.make_env(seed=0)
+    spaces = env.observation_space.spaces
+    spec = {
+        "state_dim": int(spaces["state"].shape[0]),
+        "image_shape": list(spaces["image"].shape) if "image" in spaces else None,
+        "action_dim": int(env.action_space.shape[0]),
+        "action_low": np.asarray(env.action_space.low, dtype=np.float32),
+        "action_high": np.asarray(env.action_space.high, dtype=np.float32),
+        "default_prior_input": module.DEFAULT_PRIOR_INPUT,
+    }
+    env.close()
+    return spec
+
+
+def check_dataset(dataset, spec, skill_horizon, prior_input):
+    """Stop with a one-line error, before any training, if the data cannot train this env's skill model.
+    Returns the (start, end) of every trajectory long enough to hold one H-step skill."""
+    for key in ("states", "actions", "traj_ends"):
+        if key not in dataset:
+            raise SystemExit(f"error: dataset has no {key!r} array (has: {sorted(dataset)}); see envs/__init__.py for the format")
+    states, actions, traj_ends = dataset["states"], dataset["actions"], np.asarray(dataset["traj_ends"])
+    if actions.ndim != 2 or actions.shape[1] != spec["action_dim"]:
+        raise SystemExit(f"error: dataset actions have shape {tuple(actions.shape)} but the env's action dim is "
+                         f"{spec['action_dim']}: pass a --dataset recorded in this env")
+    if states.ndim != 2 or states.shape[1] != spec["state_dim"]:
+        raise SystemExit(f"error: dataset states have shape {tuple(states.shape)} but the env's state dim is "
+                         f"{spec['state_dim']}: pass a --dataset recorded in this env")
+    if len(states) != len(actions):
+        raise SystemExit(f"error: dataset has {len(states)} states but {len(actions)} actions: they must pair up")
+    if prior_input == "image":
+        if spec["image_shape"] is None:
+            raise SystemExit("error: --prior-input image but this env has no camera: use --prior-input state")
+        images = dataset.get("images")
+        if images is None:
+            raise SystemExit("error: --prior-input image but the dataset has no 'images': use --prior-input state "
+                             "or a dataset with images")
+        if tuple(images.shape) != (len(states), *spec["image_shape"]) or images.dtype != np.uint8:
+            raise SystemExit(f"error: dataset images are {images.dtype} {tuple(images.shape)}, expected uint8 "
+                             f"{(len(states), *spec['image_shape'])}: pass a --dataset recorded in this env")
+    if len(traj_ends) == 0 or traj_ends[-1] != len(states) or np.any(np.diff(traj_ends) <= 0) or traj_ends[0] <= 0:
+        raise SystemExit("error: dataset traj_ends must be increasing exclusive end indices with the last == number "
+                         f"of steps ({len(states)})")
+    for name, array in (("states", states), ("actions", actions)):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            row = int(np.argwhere(bad)[0, 0])
+            raise SystemExit(f"error: dataset {name} contain NaN or inf (first at step {row}): clean or regenerate the dataset")
+    starts = np.concatenate([[0], traj_ends[:-1]])
+    lengths = traj_ends - starts
+    usable = lengths >= skill_horizon
+    if usable.sum() < 2:
+        raise SystemExit(f"error: dataset has {int(usable.sum())} trajectories of at least H={skill_horizon} steps "
+                         f"(longest: {int(lengths.max())}); need 2 or more (train and validation): lower "
+                         "--skill-horizon or use a longer dataset")
+    return list(zip(starts[usable].tolist(), traj_ends[usable].tolist()))
+
+
+def split_windows(trajectories, skill_horizon, val_fraction, rng):
+    """Train/validation split by trajectory; returns the window start indices of each side."""
+    order = rng.permutation(len(trajectories))
+    num_val = min(max(1, int(round(val_fraction * len(trajectories)))), len(trajectories) - 1)
+    def window_starts(ids):
+        return np.concatenate([np.arange(trajectories[i][0], trajectories[i][1] - skill_horizon + 1) for i in sorted(ids)])
+    return window_starts(order[num_val:]), window_starts(order[:num_val])
+
+
+def get_batch(data, window_starts, skill_horizon):
+    """H-step windows starting at ``window_starts``: actions (B, H, A), normalised states (B, H, S), prior input."""
+    index = torch.as_tensor(window_starts)[:, None] + torch.arange(skill_horizon)  # (B, H)
+    states = data["states"][index]
+    prior_obs = data["images"][index[:, 0]] if "images" in data else states[:, 0]  # prior sees s_1 only
+    return data["actions"][index], states, prior_obs
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation, qualitative check, checkpoints
+# ----------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model, data, window_starts, skill_horizon, chunk=512, seed=0):
+    """Mean validation losses (eval mode: batch-norm running statistics, fixed posterior noise)."""
+    model.eval()
+    totals, count = np.zeros(3), 0
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for i in range(0, len(window_starts), chunk):
+            batch = get_batch(data, window_starts[i:i + chunk], skill_horizon)
+            losses = skill_model_losses(model, *batch)
+            totals += np.array([loss.item() for loss in losses]) * len(batch[0])
+            count += len(batch[0])
+    model.train()
+    return dict(zip(("recon", "kl", "prior"), totals / count))
+
+
+@torch.no_grad()
+def decoded_skills_figure(model, data, window_starts, skill_horizon, panel=(110, 70)):
+    """Image (rows: skills, columns: action dims): ground truth (black), reconstruction from the posterior
+    mean (red), decoding of the skill prior's mean from s_1 alone (blue). Returns (H, W, 3) uint8."""
+    from PIL import Image, ImageDraw
+
+    model.eval()
+    actions, states, prior_obs = get_batch(data, window_starts, skill_horizon)
+    cond = states if model.state_conditioned_decoder else None
+    mu_z, _ = model.encoder(actions, cond)
+    mu_p, _ = model.skill_prior(prior_obs)
+    reconstruction = model.decoder.decode(mu_z, cond, horizon=skill_horizon)
+    from_prior = model.decoder.decode(mu_p, cond, horizon=skill_horizon)
+    model.train()
+    rows, cols = actions.shape[0], actions.shape[2]
+    width, height = panel
+    image = Image.new("RGB", (cols * width, rows * height), "white")
+    draw = ImageDraw.Draw(image)
+    for r in range(rows):
+        for c in range(cols):
+            curves = [(actions[r, :, c], (0, 0, 0)), (reconstruction[r, :, c], (220, 30, 30)), (from_prior[r, :, c], (40, 80, 230))]
+            low = min(curve.min().item() for curve, _ in curves)
+            high = max(curve.max().item() for curve, _ in curves)
+            scale = (height - 10) / max(high - low, 1e-6)
+            x0, y0 = c * width, r * height
+            draw.rectangle([x0, y0, x0 + width - 1, y0 + height - 1], outline=(200, 200, 200))
+            for curve, color in curves:
+                points = [(x0 + 5 + t * (width - 10) / max(skill_horizon - 1, 1), y0 + height - 5 - (v - low) * scale)
+                          for t, v in enumerate(curve.tolist())]
+                draw.line(points, fill=color, width=2)
+    return np.asarray(image)
+
+
+def save_checkpoint(path, model, optimizer, step, args, spec, prior_input, norm, data_source, run_name):
+    """Write the checkpoint of SKILL_MODEL_CONTRACT (format spirl-skill-model-v1) atomically."""
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "env": args.env,
+        "args": dict(vars(args)),
+        "prior_input": prior_input,
+        "state_dim": spec["state_dim"],
+        "image_shape": list(spec["image_shape"]) if prior_input == "image" else None,
+        "action_dim": spec["action_dim"],
+        "skill_horizon": args.skill_horizon,
+        "latent_dim": args.latent_dim,
+        "hidden_dim": args.hidden_dim,
+        "prior_layers": args.prior_layers,
+        "state_conditioned_decoder": args.state_conditioned_decoder,
+        "state_mean": norm[0],
+        "state_std": norm[1],
+        "action_low": np.asarray(spec["action_low"], dtype=np.float32),
+        "action_high": np.asarray(spec["action_high"], dtype=np.float32),
+        "data_source": data_source,
+        "model": model.state_dict(),
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "run_name": run_name,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp_path = f"{path}.tmp"
+    torch.save(checkpoint, tmp_path)
+    os.replace(tmp_path, path)  # atomic: readers never see a half-written file
+
+
+def build_model(checkpoint):
+    """The SkillModel described by a checkpoint dict, with its weights (strict)."""
+    model = SkillModel(
+        checkpoint["state_dim"], checkpoint["action_dim"], checkpoint["latent_dim"], checkpoint["hidden_dim"],
+        checkpoint["prior_layers"], image_shape=checkpoint["image_shape"],
+        state_conditioned_decoder=checkpoint["state_conditioned_decoder"],
+    )
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------
+
+
+def train(args, dataset, spec, run_dir="runs"):
+    """Train the skill model on ``dataset`` (envs/__init__.py format) for the env described by ``spec``.
+    Returns the first and last validation losses and the checkpoint path."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    prior_input = spec["default_prior_input"] if args.prior_input == "auto" else args.prior_input
+    if prior_input not in ("state", "image"):
+        raise SystemExit(f"error: --prior-input must be auto, state or image, not {args.prior_input!r}")
+    beta = BETA[args.env] if args.beta is None else args.beta
+    total_steps = DEFAULT_TOTAL_STEPS[args.env] if args.total_steps is None else args.total_steps
+    save_path = args.save_path or f"checkpoints/skill_model_{args.env}.pt"
+    H = args.skill_horizon
+    trajectories = check_dataset(dataset, spec, H, prior_input)
+    data_source = str(dataset.get("source", "unknown (the dataset gave no 'source')"))
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    train_starts, val_starts = split_windows(trajectories, H, args.val_fraction, np.random.default_rng(args.seed))
+    val_eval = np.random.default_rng(args.seed + 1).choice(val_starts, min(len(val_starts), 2048), replace=False)
+    val_qualitative = val_eval[: args.num_qualitative]
+
+    states = np.asarray(dataset["states"], dtype=np.float32)
+    train_rows = np.concatenate([np.arange(s, e) for s, e in trajectories])  # stats from usable data
+    state_mean = states[train_rows].mean(0)
+    state_std = np.maximum(states[train_rows].std(0), 1e-2)  # constant dims (e.g. kitchen goals) stay finite
+
+    model = SkillModel(spec["state_dim"], spec["action_dim"], args.latent_dim, args.hidden_dim, args.prior_layers,
+                       image_shape=spec["image_shape"] if prior_input == "image" else None,
+                       state_conditioned_decoder=args.state_conditioned_decoder)
+    optimizer = torch.optim.RAdam(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
+    step, run_name = 0, f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    if args.resume:
+        if not os.path.exists(save_path):
+            raise SystemExit(f"error: --resume but no checkpoint at {save_path}: drop --resume to start fresh")
+        checkpoint = torch.load(save_path, map_location="cpu", weights_only=False)
+        for key in ("env", "prior_input", "skill_horizon", "latent_dim", "hidden_dim", "prior_layers", "state_conditioned_decoder"):
+            now = {"env": args.env, "prior_input": prior_input, "skill_horizon": H}.get(key, getattr(args, key, None))
+            if checkpoint[key] != now:
+                raise SystemExit(f"error: cannot resume {save_path}: it has {key}={checkpoint[key]!r}, this run {now!r}")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        step, run_name = checkpoint["step"], checkpoint["run_name"]
+        state_mean, state_std = checkpoint["state_mean"], checkpoint["state_std"]
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        np.random.set_state(checkpoint["rng"]["numpy"])
+        random.setstate(checkpoint["rng"]["python"])
+        print(f"resumed {save_path} at step {step}")
+
+    data = {
+        "states": torch.from_numpy((states - state_mean) / state_std),
+        "actions": torch.from_numpy(np.asarray(dataset["actions"], dtype=np.float32)),
+    }
+    if prior_input == "image":
+        data["images"] = torch.from_numpy(np.ascontiguousarray(dataset["images"]))
+
+    writer = SummaryWriter(os.path.join(run_dir, run_name), purge_step=step if args.resume else None)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    writer.add_text("data_source", data_source)
+    print(f"data: {data_source}")
+    print(f"data: {len(states)} steps in {len(trajectories)} trajectories of >= {H} steps; "
+          f"{len(train_starts)} train / {len(val_starts)} validation windows (split by trajectory)")
+    print(f"model: prior input {prior_input}, beta {beta}, batch {args.batch_size}, {total_steps} steps, "
+          f"{sum(p.numel() for p in model.parameters())} parameters -> {save_path}  (tensorboard: {run_dir}/{run_name})")
+
+    def checkpoint_now():
+        save_checkpoint(save_path, model, optimizer, step, args, spec, prior_input, (state_mean, state_std), data_source, run_name)
+
+    def validate():
+        val = evaluate(model, data, val_eval, H)
+        for key, value in val.items():
+            writer.add_scalar(f"val/{key}", value, step)
+        figure = decoded_skills_figure(model, data, val_qualitative, H)
+        writer.add_image("val/decoded_skills", figure, step, dataformats="HWC")
+        from PIL import Image
+        Image.fromarray(figure).save(os.path.join(run_dir, run_name, "decoded_skills.png"))
+        print(f"step {step:>7d} | val recon {val['recon']:.4f} kl {val['kl']:.3f} prior {val['prior']:.3f}")
+        return val
+
+    first_val = validate()
+    model.train()
+    log_start, log_step, running = time.time(), step, np.zeros(3)
+    while step < total_steps:
+        batch = get_batch(data, train_starts[np.random.randint(len(train_starts), size=args.batch_size)], H)
+        recon, kl, prior = skill_model_losses(model, *batch)
+        loss = recon + beta * kl + prior  # eq. (4)
+        optimizer.zero_grad()
+        loss.backward()
+        if step < args.init_grad_clip_steps:  # the authors clip hard early on to avoid NaNs
+            nn.utils.clip_grad_norm_(model.parameters(), args.init_grad_clip)
+        optimizer.step()
+        step += 1
+        running += [recon.item(), kl.item(), prior.item()]
+        if not math.isfinite(loss.item()):
+            raise SystemExit(f"error: loss became {loss.item()} at step {step}: lower --learning-rate")
+
+        if step % args.log_interval == 0 or step == total_steps:
+            elapsed = time.time() - log_start
+            steps_per_s = (step - log_step) / max(elapsed, 1e-9)
+            recon_m, kl_m, prior_m = running / (step - log_step)
+            for key, value in (("recon", recon_m), ("kl", kl_m), ("prior", prior_m)):
+                writer.add_scalar(f"losses/{key}", value, step)
+            writer.add_scalar("losses/total", recon_m + beta * kl_m + prior_m, step)
+            writer.add_scalar("charts/steps_per_s", steps_per_s, step)
+            writer.add_scalar("charts/sequences_per_s", steps_per_s * args.batch_size, step)
+            eta = (total_steps - step) / max(steps_per_s, 1e-9)
+            print(f"step {step:>7d}/{total_steps} | recon {recon_m:.4f} kl {kl_m:.3f} prior {prior_m:.3f} | "
+                  f"{steps_per_s:.0f} steps/s ({steps_per_s * args.batch_size:.0f} seq/s) | eta {eta / 60:.1f} min", flush=True)
+            log_start, log_step, running = time.time(), step, np.zeros(3)
+        if step % args.eval_interval == 0 and step < total_steps:
+            validate()
+        if step % args.save_interval == 0 and step < total_steps:
+            checkpoint_now()
+
+    last_val = validate()
+    checkpoint_now()
+    writer.close()
+    print(f"saved {save_path} (step {step}; data: {data_source})")
+    return {"first_val": first_val, "last_val": last_val, "save_path": save_path, "run_name": run_name}
+
+
+if __name__ == "__main__":
+    import tyro
+
+    import envs
+
+    args = tyro.cli(Args)
+    torch.set_num_threads(args.threads)
+    spec = env_spec(args.env)
+    try:
+        dataset = envs.load_dataset(args.env, args.dataset)
+    except (OSError, KeyError, ValueError) as e:
+        raise SystemExit(f"error: could not load the {args.env} dataset from {args.dataset!r}: {e}")
+    train(args, dataset, spec)
