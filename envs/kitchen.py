@@ -123,6 +123,8 @@ class KitchenD4RL(gym.Env):
             raise ValueError(f"kitchen tasks must be distinct names from {', '.join(SUBTASKS)}; got {list(tasks)}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"kitchen render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if render_mode and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+            os.environ["MUJOCO_GL"] = "egl"  # headless: gymnasium would pick glfw first, which fails without a display
         try:
             from gymnasium_robotics.envs.franka_kitchen.kitchen_env import KitchenEnv
             # Our reward replaces v1's, so v1 neither removes tasks nor terminates; objects get D4RL's noise below.
@@ -362,7 +364,8 @@ def download_d4rl_mixed(url=D4RL_MIXED_URL, cache_dir=None, timeout=5.0) -> Path
         return dest
     except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError, DownloadError) as e:
         part.unlink(missing_ok=True)
-        raise DownloadError(f"download of {url} failed: {type(e).__name__}: {e}") from None
+        reason = str(e) if isinstance(e, DownloadError) else f"{type(e).__name__}: {e}"
+        raise DownloadError(f"download of {url} failed: {reason}") from None
 
 
 def _scripted_dataset(num_sequences, seed) -> Path:

@@ -143,6 +143,13 @@ def test_other_task_sequences_and_validation():
         env.render()
 
 
+@pytest.mark.filterwarnings("ignore:.*infinity")  # unbounded state space, as D4RL's positions are
+def test_passes_gymnasium_env_checker():
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(kitchen.make_env(seed=0), skip_render_check=True)  # spaces, dtypes, seeding determinism
+
+
 def test_truncates_at_280_steps_with_random_actions():
     env = kitchen.make_env(seed=0)
     assert env.unwrapped.max_episode_steps == 280
