@@ -25,14 +25,10 @@ import argparse
 import os
 from collections.abc import Iterator
 
-import gymnasium as gym
-import gymnasium_robotics
 import h5py
 import mujoco
 import numpy as np
 from tqdm import tqdm
-
-gym.register_envs(gymnasium_robotics)
 
 # D4RL's task definitions: the obs indices of each subtask's element, its goal, and the success distance.
 OBS_ELEMENT_INDICES = {
@@ -60,10 +56,11 @@ EPISODE_STEPS = 280  # the env's (and D4RL's) episode length
 DEFAULT_NUM_SEQUENCES = 150
 DEFAULT_NOISE = 0.1
 DEFAULT_DATASET_PATH = "data/kitchen_scripted.hdf5"
+CONTROL_DT = 0.08  # s per env step (0.002 s x frame skip 40)
+HOME_QPOS = np.array([0.148, -1.768, 1.844, -2.477, 0.260, 0.713, 1.595])  # the arm's joints after reset
 
 # End-effector orientations (columns: site x, y, z axes in world). FORWARD is the home posture's: tool axis
-# (site z) along world +y into the kitchen, fingers closing along world x. ROLLED turns it -90 deg about
-# world y so the fingers close vertically, which the kettle's horizontal handle bar needs.
+# (site z) along world +y into the kitchen, fingers closing along world x. DOWN points the tool at the floor.
 FORWARD = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
 OPEN, CLOSE = 1.0, -1.0  # gripper action: +1 opens both fingers, -1 closes them
 
@@ -78,7 +75,7 @@ def rot_z(angle: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-ROLLED = rot_y(-np.pi / 2) @ FORWARD
+DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])  # tool down, fingers closing along y
 
 
 def subtask_done(qpos: np.ndarray, task: str) -> bool:
@@ -115,19 +112,25 @@ class ScriptedKitchenController:
 
     IK_GAIN = 1.5  # one env step realises only ~50-60 % of a commanded joint move
     DAMPING = 0.05  # damped least squares: lambda of (J J^T + lambda^2 I)
-    MAX_STEP = 0.03  # m of end-effector travel commanded per env step
+    MAX_STEP = 0.03  # m of end-effector travel commanded per env step near objects
     MAX_TURN = 0.15  # rad of end-effector rotation commanded per env step
     NULL_GAIN = 0.1  # pull of the redundant degree of freedom toward the home posture, per step
 
-    def __init__(self, env: gym.Env, rng: np.random.Generator, noise: float = DEFAULT_NOISE):
-        self.model, self.data = env.unwrapped.model, env.unwrapped.data
+    def __init__(self, model: mujoco.MjModel, data: mujoco.MjData, rng: np.random.Generator,
+                 noise: float = DEFAULT_NOISE):
+        self.model, self.data = model, data
         self.rng, self.noise = rng, noise
-        self.ee = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, "end_effector")
-        self.kp = self.model.actuator_gainprm[:7, 0].copy()
-        self.q_low, self.q_high = self.model.jnt_range[:7, 0], self.model.jnt_range[:7, 1]
-        self.q_home = env.unwrapped.robot_env.init_qpos[:7].copy()
-        self.jac_pos = np.zeros((3, self.model.nv))
-        self.jac_rot = np.zeros((3, self.model.nv))
+        self.ee = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "end_effector")
+        self.kp = model.actuator_gainprm[:7, 0].copy()
+        self.q_low, self.q_high = model.jnt_range[:7, 0], model.jnt_range[:7, 1]
+        self.jac_pos = np.zeros((3, model.nv))
+        self.jac_rot = np.zeros((3, model.nv))
+        self.observed_q = data.qpos[:7].copy()
+        self.scratch = mujoco.MjData(model)  # for solving IK without touching the simulation
+
+    def observe(self, state: np.ndarray) -> None:
+        """Record the env's observation: its noisy joint reading is what the env integrates the action from."""
+        self.observed_q = np.asarray(state[:7], dtype=np.float64)
 
     # ---- state -------------------------------------------------------------------------------------
     def site(self, name: str) -> np.ndarray:
@@ -146,10 +149,11 @@ class ScriptedKitchenController:
     # ---- actions -----------------------------------------------------------------------------------
     def _finish(self, joint_delta: np.ndarray, grip: float) -> np.ndarray:
         """Joint-position increment -> env action, with gravity-sag compensation and action noise."""
-        # The env's target is q + 2 * a * 0.08: add the gravity torque over kp so the arm holds its pose.
-        target_delta = joint_delta + self.data.qfrc_bias[:7] / self.kp
+        # The env's target is q_observed + 2 * a * 0.08, q_observed being its noisy reading: aim from the true q,
+        # and add the gravity torque over kp so the arm holds its pose instead of sagging.
+        target = self.data.qpos[:7] + joint_delta + self.data.qfrc_bias[:7] / self.kp
         action = np.empty(9)
-        action[:7] = target_delta / 0.16
+        action[:7] = (target - self.observed_q) / (2.0 * CONTROL_DT)
         action[7:] = grip
         action[:7] += self.noise * self.rng.standard_normal(7)
         return np.clip(action, -1.0, 1.0)
@@ -172,7 +176,7 @@ class ScriptedKitchenController:
         active = np.ones(7, dtype=bool)
         # Redundancy: the arm has 7 joints for a 6-dim pose, so a null-space pull toward the home posture keeps
         # the elbow and wrist away from their limits (without it the base joint wanders by a radian).
-        posture = self.NULL_GAIN * (self.q_home - q)
+        posture = self.NULL_GAIN * (HOME_QPOS - q)
         for _ in range(3):
             j = jac[:, active]
             pinv = j.T @ np.linalg.inv(j @ j.T + self.DAMPING**2 * np.eye(6))  # (n_active, 6)
@@ -184,7 +188,45 @@ class ScriptedKitchenController:
             active &= ~blocked
         return self._finish(self.IK_GAIN * delta, grip)
 
+    def solve_ik(self, pos: np.ndarray, rot: np.ndarray, iterations: int = 100) -> np.ndarray:
+        """Joint angles that put the end effector at (pos, rot), by iterated DLS on a kinematics-only copy.
+
+        Warm-started from the current joints so the answer is the nearby solution; joints clamped to limits.
+        """
+        scratch = self.scratch
+        scratch.qpos[:] = self.data.qpos
+        jac_pos, jac_rot = np.zeros((3, self.model.nv)), np.zeros((3, self.model.nv))
+        quat, rotvec, error = np.empty(4), np.empty(3), np.empty(6)
+        for _ in range(iterations):
+            mujoco.mj_kinematics(self.model, scratch)
+            mujoco.mj_comPos(self.model, scratch)
+            error[:3] = pos - scratch.site_xpos[self.ee]
+            mujoco.mju_mat2Quat(quat, (rot @ scratch.site_xmat[self.ee].reshape(3, 3).T).ravel())
+            mujoco.mju_quat2Vel(rotvec, quat, 1.0)
+            error[3:] = rotvec
+            if np.linalg.norm(error) < 1e-4:
+                break
+            mujoco.mj_jacSite(self.model, scratch, jac_pos, jac_rot, self.ee)
+            jac = np.vstack([jac_pos, jac_rot])[:, :7]
+            delta = jac.T @ np.linalg.solve(jac @ jac.T + self.DAMPING**2 * np.eye(6), error)
+            scratch.qpos[:7] = np.clip(scratch.qpos[:7] + np.clip(delta, -0.2, 0.2), self.q_low, self.q_high)
+        return scratch.qpos[:7].copy()
+
     # ---- motion primitives (generators of actions) -------------------------------------------------
+    def move_joints(self, q_goal: np.ndarray, grip: float, max_steps: int, tol: float = 0.03) -> Iterator:
+        """Go to a joint configuration along a straight line in joint space (fast for large reconfigurations,
+        where step-wise Cartesian IK crawls: the folded home posture is far from every object in joint space)."""
+        for _ in range(max_steps):
+            error = q_goal - self.data.qpos[:7]
+            if np.abs(error).max() < tol:
+                return
+            yield self._finish(self.IK_GAIN * np.clip(error, -0.1, 0.1), grip)
+
+    def reach(self, pos, rot, grip, max_steps: int = 30) -> Iterator:
+        """Go to a pre-grasp pose: joint-space move to its IK solution, then a Cartesian finish."""
+        yield from self.move_joints(self.solve_ik(pos, rot), grip, max_steps)
+        yield from self.move(pos, rot, grip, 8, tol=0.01)
+
     def move(self, pos, rot, grip, max_steps: int, tol=0.01, max_step=MAX_STEP, max_turn=MAX_TURN) -> Iterator:
         """Go to an end-effector pose; stop within tol, or after max_steps (contacts can block the last cm)."""
         for _ in range(max_steps):
@@ -200,12 +242,7 @@ class ScriptedKitchenController:
 
     def go_home(self, max_steps: int = 30) -> Iterator:
         """Return to a jittered home posture in joint space (keeps the IK out of awkward poses)."""
-        home = self.q_home + self.rng.uniform(-0.05, 0.05, 7)
-        for _ in range(max_steps):
-            error = home - self.data.qpos[:7]
-            if np.abs(error).max() < 0.03:
-                return
-            yield self._finish(np.clip(error, -0.12, 0.12), OPEN)
+        yield from self.move_joints(HOME_QPOS + self.rng.uniform(-0.05, 0.05, 7), OPEN, max_steps)
 
     def back_off(self, offset, rot=None, steps: int = 8) -> Iterator:
         """Open and retreat by ``offset`` keeping the orientation, so the gripper leaves the object cleanly."""
@@ -217,7 +254,7 @@ class ScriptedKitchenController:
     def light_switch(self) -> Iterator:
         """Push the switch lever toward -x with a closed gripper."""
         lever = self.site("light_site") + self.jitter([0.0, 0.01, 0.01])
-        yield from self.move(lever + [0.08, -0.10, 0.0], FORWARD, CLOSE, 25, tol=0.02)
+        yield from self.reach(lever + [0.08, -0.10, 0.0], FORWARD, CLOSE)
         yield from self.move(lever + [0.07, 0.0, 0.0], FORWARD, CLOSE, 12)
         yield from self.move(lever + [-0.10 - self.rng.uniform(0, 0.04), 0.0, 0.0], FORWARD, CLOSE, 15, max_step=0.02)
         yield from self.back_off([0.0, -0.12, 0.0])
@@ -225,7 +262,7 @@ class ScriptedKitchenController:
     def slide_cabinet(self) -> Iterator:
         """Push the sliding door's handle toward +x."""
         handle = self.site("slide_site") + self.jitter([0.0, 0.01, 0.02]) + [0.0, 0.0, -0.07]
-        yield from self.move(handle + [-0.08, -0.12, 0.0], FORWARD, CLOSE, 25, tol=0.02)
+        yield from self.reach(handle + [-0.08, -0.12, 0.0], FORWARD, CLOSE)
         yield from self.move(handle + [-0.07, 0.0, 0.0], FORWARD, CLOSE, 12)
         yield from self.move(handle + [0.22 + self.rng.uniform(0, 0.08), 0.0, 0.0], FORWARD, CLOSE, 20, max_step=0.025)
         yield from self.back_off([0.0, -0.12, 0.0])
@@ -235,7 +272,7 @@ class ScriptedKitchenController:
         # The end-effector site sits mid-finger: at 3.5 cm in front of the knob the fingertips reach its base
         # disc. Pushing further only presses them into the disc, whose friction then blocks the lateral fix.
         knob = self.site(site) + self.jitter([0.003, 0.0, 0.003]) + [0.0, -0.035, 0.0]
-        yield from self.move(knob + [0.0, -0.10, 0.0], FORWARD, OPEN, 30, tol=0.008)
+        yield from self.reach(knob + [0.0, -0.10, 0.0], FORWARD, OPEN)
         yield from self.move(knob, FORWARD, OPEN, 10, tol=0.006)
         yield from self.hold(CLOSE, 4)
         twist = self.rng.uniform(1.5, 1.7)
@@ -251,7 +288,7 @@ class ScriptedKitchenController:
         keeps its grasp orientation because a wrist that follows the door lets the bar slide out of the fingers.
         """
         handle = self.site(site) + self.jitter([0.004, 0.0, 0.02])
-        yield from self.move(handle + 0.10 * normal, rot, OPEN, 30, tol=0.01)
+        yield from self.reach(handle + 0.10 * normal, rot, OPEN)
         yield from self.move(handle + 0.01 * normal, rot, OPEN, 10, tol=0.008)
         yield from self.hold(CLOSE, 4)
         lead = self.rng.uniform(0.15, 0.2)
@@ -284,6 +321,25 @@ class ScriptedKitchenController:
         yield from self.door("hinge_site2", "right_hinge_cabinet", hinge, 1.0, FORWARD, np.array([0.0, -1.0, 0.0]),
                              target, 30)
 
+    def kettle(self) -> Iterator:
+        """Pick the kettle up by its handle bar from above and set it down on the top-left burner.
+
+        The bar runs along x, 6.4 cm thick against an 8 cm finger opening, 11 cm above the kettle's body: the
+        tool points down and the fingers close along y around it.
+        """
+        bar = self.site("kettle_site") + self.jitter([0.01, 0.0, 0.0])
+        grasp = bar + [0.0, 0.0, self.rng.uniform(0.005, 0.015)]
+        yield from self.reach(grasp + [0.0, 0.0, 0.12], DOWN, OPEN)
+        yield from self.move(grasp, DOWN, OPEN, 10, tol=0.006)
+        yield from self.hold(CLOSE, 5)
+        lift = self.rng.uniform(0.06, 0.1)
+        yield from self.move(grasp + [0.0, 0.0, lift], DOWN, CLOSE, 8, tol=0.015, max_step=0.025)
+        # Over the top-left burner: the kettle's goal position plus the handle's height above the kettle's base.
+        place = np.array([-0.234, 0.748, 1.879]) + self.jitter([0.015, 0.015, 0.0]) + grasp - bar
+        yield from self.move(place + [0.0, 0.0, lift], DOWN, CLOSE, 25, tol=0.015, max_step=0.03)
+        yield from self.move(place + [0.0, 0.0, 0.01], DOWN, CLOSE, 8, tol=0.01, max_step=0.02)
+        yield from self.back_off([0.0, 0.0, 0.1], DOWN)
+
     def skill(self, task: str) -> Iterator:
         """The scripted skill of one D4RL subtask."""
         if task == "light switch":
@@ -298,4 +354,6 @@ class ScriptedKitchenController:
             return self.microwave()
         if task == "hinge cabinet":
             return self.hinge_cabinet()
+        if task == "kettle":
+            return self.kettle()
         raise ValueError(f"unknown subtask {task!r}: choose from {', '.join(SUBTASKS)}")
