@@ -29,6 +29,7 @@ Draw the task:   python -m envs.maze --png maze.png
 import os
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -223,7 +224,8 @@ class MazeEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 100}
 
     def __init__(self, layout, start_cell, goal_cell, max_episode_steps: int = EPISODE_LENGTH,
-                 goal_threshold: float = GOAL_THRESHOLD, render_mode: Optional[str] = None, seed: Optional[int] = None):
+                 goal_threshold: float = GOAL_THRESHOLD, render_mode: Optional[str] = None, seed: Optional[int] = None,
+                 images: bool = True):
         from gymnasium_robotics.envs.maze.point_maze import PointMazeEnv
 
         self.layout = np.asarray(layout, np.uint8)
@@ -235,17 +237,20 @@ class MazeEnv(gym.Env):
         self.start_cell, self.goal_cell = tuple(int(v) for v in start_cell), tuple(int(v) for v in goal_cell)
         self.goal_xy = cell_to_world(self.goal_cell, self.layout.shape)
         self.max_episode_steps, self.goal_threshold, self.render_mode = max_episode_steps, goal_threshold, render_mode
+        self.images = images  # False: "state" only (skips the view rendering, for state-only uses and tests)
         # continuing_task: PointMaze itself never terminates; the time limit and reward are ours
         self.point_maze = PointMazeEnv(maze_map=self.layout.tolist(), continuing_task=True, reset_target=False)
         os.remove(self.point_maze.tmp_xml_file_path)  # PointMaze leaves its generated MJCF in /tmp
         self.action_space = self.point_maze.action_space
-        self.observation_space = gym.spaces.Dict({
-            "state": gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
-            "image": gym.spaces.Box(0, 255, (6, VIEW_PX, VIEW_PX), np.uint8),
-        })
+        spaces = {"state": gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)}
+        if images:
+            spaces["image"] = gym.spaces.Box(0, 255, (6, VIEW_PX, VIEW_PX), np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
         self._seed = seed  # used by the first reset() that is given no seed
 
     def _observation(self, point_obs: np.ndarray) -> dict:
+        if not self.images:
+            return {"state": point_obs.astype(np.float32)}
         frame = render_local_view(self.layout, point_obs[:2])
         previous = frame if self._frame is None else self._frame  # at reset both frames are the first one
         self._frame = frame
@@ -291,7 +296,7 @@ def make_env(seed: Optional[int] = None, render_mode: Optional[str] = None, **kw
     """The downstream task: fixed 40x40 maze, fixed start and goal, 2000-step episodes.
 
     ``kwargs`` may override ``layout``, ``start_cell``, ``goal_cell``, ``max_episode_steps``,
-    ``goal_threshold`` (tests use small layouts)."""
+    ``goal_threshold``, ``images`` (tests use small layouts)."""
     layout = kwargs.pop("layout", None)
     layout = downstream_layout() if layout is None else layout
     start_cell = kwargs.pop("start_cell", DOWNSTREAM_START)
@@ -330,16 +335,16 @@ class WaypointController:
 
 
 def collect_trajectory(rng: np.random.Generator, size: int = TRAIN_SIZE, action_noise: float = 0.1,
-                       max_steps: int = COLLECT_MAX_STEPS) -> dict:
+                       max_steps: int = COLLECT_MAX_STEPS, images: bool = True) -> dict:
     """One goal-reaching trajectory in a fresh random layout with random distinct start and goal cells.
 
     Returns states (T, 4) float32, actions (T, 2) float32 (executed, clipped), frames (T, 3, 32, 32)
-    uint8 (the view at each state), reached (bool: ended within GOAL_THRESHOLD of the goal), layout,
+    uint8 (the view at each state; (T, 0, 32, 32) with ``images=False``), reached (bool: ended within GOAL_THRESHOLD of the goal), layout,
     start_cell, goal_cell."""
     layout = generate_layout(size, rng)
     free = np.argwhere(layout == 0)
     start_cell, goal_cell = free[rng.choice(len(free), size=2, replace=False)]
-    env = MazeEnv(layout, start_cell, goal_cell, max_episode_steps=max_steps)
+    env = MazeEnv(layout, start_cell, goal_cell, max_episode_steps=max_steps, images=images)
     obs, info = env.reset(seed=int(rng.integers(2**31)))
     controller = WaypointController(layout, goal_cell)
     states, actions, frames = [], [], []
@@ -348,13 +353,14 @@ def collect_trajectory(rng: np.random.Generator, size: int = TRAIN_SIZE, action_
         action = controller.act(obs["state"]) + action_noise * rng.standard_normal(2)
         action = np.clip(action, -1.0, 1.0).astype(np.float32)
         states.append(obs["state"])
-        frames.append(obs["image"][3:])
+        frames.append(obs["image"][3:] if images else np.zeros((0, VIEW_PX, VIEW_PX), np.uint8))
         actions.append(action)
         obs, reward, _, truncated, info = env.step(action)
         reached = reward > 0
     env.close()
-    return {"states": np.array(states, np.float32).reshape(-1, 4), "actions": np.array(actions, np.float32).reshape(-1, 2),
-            "frames": np.array(frames, np.uint8).reshape(-1, 3, VIEW_PX, VIEW_PX), "reached": bool(reached),
+    n = len(states)  # >= 1: distinct cells put the start >= 0.75 m from the goal
+    return {"states": np.array(states, np.float32).reshape(n, 4), "actions": np.array(actions, np.float32).reshape(n, 2),
+            "frames": np.array(frames, np.uint8).reshape(n, 3 if images else 0, VIEW_PX, VIEW_PX), "reached": bool(reached),
             "layout": layout, "start_cell": start_cell, "goal_cell": goal_cell}
 
 
@@ -365,7 +371,7 @@ def _trajectory_rng(seed: int, index: int) -> np.random.Generator:
 
 def generate_dataset(out, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, seed: int = 0, action_noise: float = 0.1,
                      max_steps: int = COLLECT_MAX_STEPS, size: int = TRAIN_SIZE, flush_every: int = 50,
-                     progress: bool = True) -> Path:
+                     progress: bool = True, wait_for_other: bool = False) -> Path:
     """Write ``num_trajectories`` planner trajectories to the HDF5 file ``out`` (D4RL-style keys).
 
     Keys: observations (N, 4) float32 = (x, y, vx, vy); actions (N, 2) float32; terminals (N,) bool (the
@@ -373,15 +379,36 @@ def generate_dataset(out, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, seed
     (N, 3, 32, 32) uint8 (the local view of each state; load_dataset stacks pairs into (N, 6, 32, 32));
     layouts (K, size, size) uint8, start_cells / goal_cells (K, 2) int64, and infos/goal (N, 2) float32.
     Written to ``out.partial`` and renamed at the end, so ``out`` is never half-written; a run that was
-    killed resumes from ``out.partial`` when called again with the same seed, noise, size and max_steps."""
-    import h5py
-    from tqdm import tqdm
-
+    killed resumes from ``out.partial`` when called again with the same seed, noise, size and max_steps.
+    A second writer of the same file fails at once, or with ``wait_for_other`` waits and reuses its file."""
     if not isinstance(num_trajectories, (int, np.integer)) or num_trajectories <= 0:
         raise ValueError(f"maze: the number of trajectories must be a positive integer (got {num_trajectories!r}); "
                          f"e.g. --num-trajectories {DEFAULT_NUM_TRAJECTORIES}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    with _generation_lock(out, wait=wait_for_other):
+        if wait_for_other and out.exists():  # another process generated it while we waited
+            return out
+        return _write_dataset(out, num_trajectories, seed, action_noise, max_steps, size, flush_every, progress)
+
+
+@contextmanager
+def _generation_lock(out: Path, wait: bool):
+    """One writer per output file (several scripts may call load_dataset("auto") at once)."""
+    import fcntl
+
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"maze: another process is already writing {out}; wait for it to finish") from None
+        yield
+
+
+def _write_dataset(out: Path, num_trajectories, seed, action_noise, max_steps, size, flush_every, progress) -> Path:
+    import h5py
+    from tqdm import tqdm
+
     partial = out.with_name(out.name + ".partial")
     settings = {"seed": seed, "action_noise": action_noise, "max_steps": max_steps, "layout_size": size}
     done = 0
@@ -463,7 +490,7 @@ def load_dataset(path="auto", num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, 
         if not path.exists():
             print(f"maze: {path} not found -- generating {num_trajectories} planner trajectories "
                   f"(python -m envs.maze --num-trajectories {num_trajectories} --out {path})")
-            generate_dataset(path, num_trajectories, **kwargs)
+            generate_dataset(path, num_trajectories, wait_for_other=True, **kwargs)
     path = Path(path)
     regenerate = f"regenerate it with `python -m envs.maze --out {path}` (or pass path='auto')"
     if not path.is_file():
