@@ -13,12 +13,14 @@ The KL is analytic between the Gaussians *before* tanh, averaged over action dim
     python baselines/flat_prior.py --env kitchen
     python baselines/flat_prior.py --env Pendulum-v1 --dataset d.npz   # any .npz with "states" and "actions"
 
-The policy and prior see obs["state"] (the paper's image-based flat baselines are replaced by state
-input). Warm-up steps are collected with the prior-initialised policy.
+Inputs: the critics see obs["state"]; prior and policy see what SPiRL's skill prior sees in that env
+(--obs auto: the stacked 32x32 frames in maze and block stacking, whose training data has other
+layouts and block counts, so only images transfer; the state in kitchen), or --obs state / image.
+Warm-up steps are collected with the prior-initialised policy.
 """
 
-import os
 import copy
+import os
 import random
 import sys
 import time
@@ -44,6 +46,8 @@ ACTION_EPS = 1e-4  # dataset actions at the bounds are pulled inside by this muc
 class Args:
     env: str = "kitchen"
     """maze, block_stacking or kitchen; or a gymnasium env id with a Box action space (e.g. Pendulum-v1)"""
+    obs: str = "auto"
+    """what the policy sees: "state", "image" (the two stacked 32x32 frames) or "auto" (the env's DEFAULT_PRIOR_INPUT, what SPiRL's prior sees; state for gymnasium ids). Critics always see the state"""
     dataset: str = "auto"
     """offline data: "auto" or a path given to envs.load_dataset, or an .npz file with "states" and "actions" arrays"""
     prior_steps: int = 10_000
@@ -60,8 +64,8 @@ class Args:
     """starting value of the divergence weight alpha"""
     seed: int = 1
     """seed of python, numpy, torch and the env"""
-    total_timesteps: int = 1_000_000
-    """environment steps to train for"""
+    total_timesteps: int = 300_000
+    """environment steps to train for (spirl_sac.py's default, for overlaid curves)"""
     buffer_size: int = 1_000_000
     """replay buffer capacity (appendix B.2: 1e6)"""
     gamma: float = 0.99
@@ -96,11 +100,17 @@ class Args:
     """write the action prior (action_prior.pt) and the final policy and critics (agent.pt) to runs/<run_name>/"""
 
 
-def make_env(name: str, seed: int):
-    """A project env (obs dict with "state") or a gymnasium Box env whose observation is wrapped into {"state": obs}.
-    Returns the env and the name of its task metric in info (None for gymnasium envs)."""
+def make_env(name: str, seed: int, obs_mode: str = "auto"):
+    """A project env (obs dict with "state", maybe "image") or a gymnasium Box env whose observation is wrapped
+    into {"state": obs}. Returns the env, the name of its task metric in info (None for gymnasium envs) and
+    the obs key the policy reads ("state" or "image")."""
+    if obs_mode not in ("auto", "state", "image"):
+        raise SystemExit(f"--obs {obs_mode!r}: choose auto, state or image")
     if name in envs.ENV_NAMES:
-        return envs.make_env(name, seed=seed), envs.env_module(name).METRIC
+        module = envs.env_module(name)
+        return envs.make_env(name, seed=seed), module.METRIC, module.DEFAULT_PRIOR_INPUT if obs_mode == "auto" else obs_mode
+    if obs_mode == "image":
+        raise SystemExit(f"--obs image needs one of {', '.join(envs.ENV_NAMES)}; gymnasium env {name!r} has no stacked frames")
     try:
         env = gym.make(name)
     except gym.error.Error as error:
@@ -109,7 +119,7 @@ def make_env(name: str, seed: int):
         raise SystemExit(f"env {name!r} needs Box observation and action spaces for flat SAC")
     state_space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
     env = gym.wrappers.TransformObservation(env, lambda obs: {"state": np.asarray(obs, np.float32)}, gym.spaces.Dict(state=state_space))
-    return env, None
+    return env, None, "state"
 
 
 def mlp(in_dim, out_dim, hidden_dim, hidden_layers):
@@ -132,35 +142,48 @@ class SoftQNetwork(nn.Module):
 
 
 class Actor(nn.Module):
-    """pi(a|s): Gaussian over pre-tanh actions u; a = tanh(u) * action_scale + action_bias.
-    The state is standardised with the offline data's mean and std (buffers, saved with the weights)."""
+    """pi(a|o): Gaussian over pre-tanh actions u; a = tanh(u) * action_scale + action_bias.
+    o is the state (B, state_dim), standardised with the offline data's mean and std (buffers saved with the
+    weights), or the stacked frames (B, 6, 32, 32) uint8 through appendix B.1's conv encoder."""
 
-    def __init__(self, state_dim, action_low, action_high, hidden_dim, hidden_layers, state_mean=None, state_std=None):
+    def __init__(self, obs_shape, action_low, action_high, hidden_dim, hidden_layers, state_mean=None, state_std=None):
         super().__init__()
         action_dim = len(action_low)
-        self.net = mlp(state_dim, 2 * action_dim, hidden_dim, hidden_layers)
+        self.image_encoder, in_dim = None, obs_shape[0]
+        if len(obs_shape) == 3:  # appendix B.1: 3 conv layers, kernel 3, (8, 16, 32) channels
+            self.image_encoder = nn.Sequential(
+                nn.Conv2d(obs_shape[0], 8, 3, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten())
+            in_dim = self.image_encoder(torch.zeros(1, *obs_shape)).shape[1]
+        self.net = mlp(in_dim, 2 * action_dim, hidden_dim, hidden_layers)
         self.register_buffer("action_scale", torch.as_tensor((action_high - action_low) / 2.0, dtype=torch.float32))
         self.register_buffer("action_bias", torch.as_tensor((action_high + action_low) / 2.0, dtype=torch.float32))
+        state_dim = obs_shape[0] if self.image_encoder is None else 1
         self.register_buffer("state_mean", torch.zeros(state_dim) if state_mean is None else torch.as_tensor(state_mean))
         self.register_buffer("state_std", torch.ones(state_dim) if state_std is None else torch.as_tensor(state_std))
 
-    def forward(self, state):
+    def forward(self, obs):
         """Mean and log std of the pre-tanh Gaussian, each (B, action_dim)."""
-        mean, log_std = self.net((state - self.state_mean) / self.state_std).chunk(2, dim=-1)
+        if self.image_encoder is not None:
+            features = self.image_encoder(obs.float() / 255.0)
+        else:
+            features = (obs - self.state_mean) / self.state_std
+        mean, log_std = self.net(features).chunk(2, dim=-1)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)  # smooth clamp
         return mean, log_std
 
-    def get_action(self, state):
+    def get_action(self, obs):
         """A reparameterised squashed sample (B, action_dim) and the pre-tanh Gaussian's mean and log std."""
-        mean, log_std = self(state)
+        mean, log_std = self(obs)
         u = mean + log_std.exp() * torch.randn_like(mean)
         return torch.tanh(u) * self.action_scale + self.action_bias, mean, log_std
 
 
-def prior_nll(prior, states, actions):
+def prior_nll(prior, obs, actions):
     """Mean negative log-likelihood of the dataset actions under a squashed Gaussian (the prior being fitted),
     -log p(a|s) = -log N(u; mu, sigma) + sum log |da/du| with u = atanh((a - bias) / scale)."""
-    mean, log_std = prior(states)
+    mean, log_std = prior(obs)
     squashed = ((actions - prior.action_bias) / prior.action_scale).clamp(-1 + ACTION_EPS, 1 - ACTION_EPS)
     u = torch.atanh(squashed)
     log_prob = torch.distributions.Normal(mean, log_std.exp()).log_prob(u)
@@ -168,8 +191,9 @@ def prior_nll(prior, states, actions):
     return -log_prob.sum(-1).mean()
 
 
-def load_offline_data(env_name, path, state_dim, action_dim):
-    """(states, actions) float32 arrays of the offline dataset, checked against the env's dimensions."""
+def load_offline_data(env_name, path, obs_key, obs_shape, action_dim):
+    """(policy inputs, actions) of the offline dataset: states (N, state_dim) float32 or stacked frames
+    (N, 6, 32, 32) uint8, and actions (N, action_dim) float32, checked against the env's dimensions."""
     try:
         if path.endswith(".npz"):
             with np.load(path) as data:
@@ -180,22 +204,25 @@ def load_offline_data(env_name, path, state_dim, action_dim):
             raise SystemExit(f"env {env_name!r} has no default dataset: pass --dataset FILE.npz with 'states' and 'actions'")
     except (OSError, KeyError, ValueError) as error:
         raise SystemExit(f"cannot load dataset {path!r} for env {env_name!r}: {error} (check --dataset)")
-    if "states" not in data or "actions" not in data:
-        raise SystemExit(f"dataset {path!r} needs 'states' and 'actions' arrays, it has {sorted(data)}")
-    states, actions = np.asarray(data["states"], np.float32), np.asarray(data["actions"], np.float32)
-    if states.ndim != 2 or states.shape[1] != state_dim or actions.ndim != 2 or actions.shape[1] != action_dim:
-        raise SystemExit(f"dataset {path!r} has states {states.shape} and actions {actions.shape}, "
-                         f"the env needs (N, {state_dim}) and (N, {action_dim}): was it made for another env?")
-    return states, actions
+    data_key = {"state": "states", "image": "images"}[obs_key]
+    if data_key not in data or "actions" not in data:
+        raise SystemExit(f"dataset {path!r} needs {data_key!r} and 'actions' arrays for --obs {obs_key}, it has {sorted(data)}")
+    inputs, actions = data[data_key], np.asarray(data["actions"], np.float32)
+    inputs = inputs.astype(np.float32) if obs_key == "state" else inputs.astype(np.uint8)
+    if inputs.shape[1:] != tuple(obs_shape) or actions.ndim != 2 or actions.shape[1] != action_dim:
+        raise SystemExit(f"dataset {path!r} has {data_key} {inputs.shape} and actions {actions.shape}, the env needs "
+                         f"(N, {', '.join(map(str, obs_shape))}) and (N, {action_dim}): was it made for another env?"
+                         + (" (block stacking trains on 5 blocks: use --obs image)" if obs_key == "state" else ""))
+    return inputs, actions
 
 
-def fit_action_prior(prior, states, actions, steps, lr, batch_size, rng, writer=None):
+def fit_action_prior(prior, inputs, actions, steps, lr, batch_size, rng, writer=None):
     """Fit the action prior to the offline (state, action) pairs by maximum likelihood. Returns the last loss."""
     optimizer = torch.optim.Adam(prior.parameters(), lr=lr)
-    states, actions = torch.as_tensor(states), torch.as_tensor(actions)
+    inputs, actions = torch.as_tensor(inputs), torch.as_tensor(actions)
     for step in range(1, steps + 1):
-        idx = torch.as_tensor(rng.integers(0, len(states), batch_size))
-        loss = prior_nll(prior, states[idx], actions[idx])
+        idx = torch.as_tensor(rng.integers(0, len(inputs), batch_size))
+        loss = prior_nll(prior, inputs[idx], actions[idx])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -206,9 +233,12 @@ def fit_action_prior(prior, states, actions, steps, lr, batch_size, rng, writer=
 
 
 class ReplayBuffer:
-    """Uniform replay of (s, a, r, s', terminated); numpy arrays allocated once (pages are touched lazily)."""
+    """Uniform replay of (o, s, a, r, o', s', terminated): o what the policy sees, s the critics' state.
+    numpy arrays allocated once (their pages are touched lazily)."""
 
-    def __init__(self, capacity, state_dim, action_dim):
+    def __init__(self, capacity, obs_shape, obs_dtype, state_dim, action_dim):
+        self.obs = np.zeros((capacity, *obs_shape), obs_dtype)
+        self.next_obs = np.zeros((capacity, *obs_shape), obs_dtype)
         self.states = np.zeros((capacity, state_dim), np.float32)
         self.next_states = np.zeros((capacity, state_dim), np.float32)
         self.actions = np.zeros((capacity, action_dim), np.float32)
@@ -216,16 +246,17 @@ class ReplayBuffer:
         self.terminated = np.zeros((capacity, 1), np.float32)
         self.capacity, self.pos, self.size = capacity, 0, 0
 
-    def add(self, state, action, reward, next_state, terminated):
+    def add(self, obs, state, action, reward, next_obs, next_state, terminated):
         i = self.pos
-        self.states[i], self.actions[i], self.rewards[i] = state, action, reward
-        self.next_states[i], self.terminated[i] = next_state, terminated
+        self.obs[i], self.states[i], self.actions[i], self.rewards[i] = obs, state, action, reward
+        self.next_obs[i], self.next_states[i], self.terminated[i] = next_obs, next_state, terminated
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_size, rng):
         idx = rng.integers(0, self.size, batch_size)
-        return [torch.as_tensor(x[idx]) for x in (self.states, self.actions, self.rewards, self.next_states, self.terminated)]
+        arrays = (self.obs, self.states, self.actions, self.rewards, self.next_obs, self.next_states, self.terminated)
+        return [torch.as_tensor(x[idx]) for x in arrays]
 
 
 def prior_divergence(mean_pi, log_std_pi, mean_prior, log_std_prior):
@@ -257,16 +288,20 @@ if __name__ == "__main__":
     torch.set_num_threads(args.torch_threads)
     rng = np.random.default_rng(args.seed)
 
-    env, metric = make_env(args.env, args.seed)
+    env, metric, obs_key = make_env(args.env, args.seed, args.obs)
     action_low, action_high = env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
     env.action_space.seed(args.seed)
     obs, _ = env.reset(seed=args.seed)
-    state_dim, action_dim = obs["state"].shape[0], action_low.shape[0]
+    if obs_key not in obs:
+        raise SystemExit(f"env {args.env!r} has no {obs_key!r} observation: use --obs state")
+    state_dim, action_dim, obs_shape = obs["state"].shape[0], action_low.shape[0], obs[obs_key].shape
 
-    data_states, data_actions = load_offline_data(args.env, args.dataset, state_dim, action_dim)
-    print(f"offline data: {len(data_states)} (state, action) pairs")
-    state_std = np.maximum(data_states.std(0), 1e-3)  # constant dims must not blow up the input
-    prior = Actor(state_dim, action_low, action_high, args.hidden_dim, args.policy_layers, data_states.mean(0), state_std)
+    data_obs, data_actions = load_offline_data(args.env, args.dataset, obs_key, obs_shape, action_dim)
+    print(f"offline data: {len(data_obs)} ({obs_key}, action) pairs")
+    state_mean, state_std = None, None
+    if obs_key == "state":  # standardise the state input with the data's statistics; constant dims must not blow up
+        state_mean, state_std = data_obs.mean(0), np.maximum(data_obs.std(0), 1e-3)
+    prior = Actor(obs_shape, action_low, action_high, args.hidden_dim, args.policy_layers, state_mean, state_std)
     qf1, qf2 = (SoftQNetwork(state_dim, action_dim, args.hidden_dim, args.critic_layers) for _ in range(2))
     qf1_target, qf2_target = (SoftQNetwork(state_dim, action_dim, args.hidden_dim, args.critic_layers) for _ in range(2))
     qf1_target.load_state_dict(qf1.state_dict())
@@ -275,11 +310,11 @@ if __name__ == "__main__":
     log_alpha = torch.tensor([np.log(args.initial_alpha)], dtype=torch.float32, requires_grad=True)
     alpha = log_alpha.exp().item()
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
-    rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), state_dim, action_dim)
+    rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_shape, obs[obs_key].dtype, state_dim, action_dim)
 
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    print(f"run {run_name}: state_dim {state_dim}, action_dim {action_dim}, metric {metric}")
+    print(f"run {run_name}: policy input {obs_key} {tuple(obs_shape)}, state_dim {state_dim}, action_dim {action_dim}, metric {metric}")
 
     # the single-step action prior p(a|s), fitted to the offline data (or loaded), then frozen
     if args.prior_checkpoint:
@@ -288,7 +323,7 @@ if __name__ == "__main__":
         except (OSError, RuntimeError) as error:
             raise SystemExit(f"cannot load --prior-checkpoint {args.prior_checkpoint!r}: {error}")
     else:
-        fit_action_prior(prior, data_states, data_actions, args.prior_steps, args.prior_lr, args.prior_batch_size, rng, writer)
+        fit_action_prior(prior, data_obs, data_actions, args.prior_steps, args.prior_lr, args.prior_batch_size, rng, writer)
     if args.save_model:
         torch.save(prior.state_dict(), f"runs/{run_name}/action_prior.pt.tmp")
         os.replace(f"runs/{run_name}/action_prior.pt.tmp", f"runs/{run_name}/action_prior.pt")
@@ -297,13 +332,16 @@ if __name__ == "__main__":
     actor = copy.deepcopy(prior).requires_grad_(True)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
 
-    start_time, updates, episode_return, episode_length, last_return = time.time(), 0, 0.0, 0, float("nan")
+    episode_return, episode_length, last_return = 0.0, 0, float("nan")
+    start_time, env_time, update_time, updates = time.time(), 0.0, 0.0, 0  # for the rates of each log interval
     for global_step in range(1, args.total_timesteps + 1):
         # collect with the (prior-initialised) stochastic policy, warm-up included
         with torch.no_grad():
-            action = actor.get_action(torch.as_tensor(obs["state"]).unsqueeze(0))[0][0].numpy()
+            action = actor.get_action(torch.as_tensor(obs[obs_key]).unsqueeze(0))[0][0].numpy()
+        step_start = time.time()
         next_obs, reward, terminated, truncated, info = env.step(action)
-        rb.add(obs["state"], action, reward, next_obs["state"], float(terminated))
+        env_time += time.time() - step_start
+        rb.add(obs[obs_key], obs["state"], action, reward, next_obs[obs_key], next_obs["state"], float(terminated))
         episode_return += float(reward)
         episode_length += 1
         obs = next_obs
@@ -316,10 +354,11 @@ if __name__ == "__main__":
             last_return, episode_return, episode_length = episode_return, 0.0, 0
 
         if global_step > args.learning_starts:
-            states, actions, rewards, next_states, dones = rb.sample(args.batch_size, rng)
+            update_start = time.time()
+            obs_b, states, actions, rewards, next_obs_b, next_states, dones = rb.sample(args.batch_size, rng)
             with torch.no_grad():
-                next_actions, next_mean, next_log_std = actor.get_action(next_states)
-                next_divergence = prior_divergence(next_mean, next_log_std, *prior(next_states))
+                next_actions, next_mean, next_log_std = actor.get_action(next_obs_b)
+                next_divergence = prior_divergence(next_mean, next_log_std, *prior(next_obs_b))
                 next_q = torch.min(qf1_target(next_states, next_actions), qf2_target(next_states, next_actions))
                 target_q = prior_regularised_q_target(rewards, dones, next_q, next_divergence, alpha, args.gamma)
             qf1_loss = F.mse_loss(qf1(states, actions), target_q)  # Alg. 1 line 10: critic update
@@ -332,9 +371,9 @@ if __name__ == "__main__":
             if global_step % args.policy_frequency == 0:
                 for _ in range(args.policy_frequency):
                     # Alg. 1 line 10: policy maximises min_i Q_i(s, a~pi) - alpha * KL(pi || prior)
-                    pi_actions, mean, log_std = actor.get_action(states)
+                    pi_actions, mean, log_std = actor.get_action(obs_b)
                     with torch.no_grad():
-                        prior_mean, prior_log_std = prior(states)
+                        prior_mean, prior_log_std = prior(obs_b)
                     divergence = prior_divergence(mean, log_std, prior_mean, prior_log_std)
                     min_q = torch.min(qf1(states, pi_actions), qf2(states, pi_actions))
                     actor_loss = (alpha * divergence - min_q).mean()
@@ -353,24 +392,28 @@ if __name__ == "__main__":
                     for param, target_param in zip(net.parameters(), target.parameters()):
                         target_param.lerp_(param, args.tau)
             updates += 1
+            update_time += time.time() - update_start
 
             if global_step % args.log_interval == 0:
                 writer.add_scalar("losses/qf1_values", qf1(states, actions).mean().item(), global_step)
                 writer.add_scalar("losses/qf1_loss", qf1_loss.item(), global_step)
                 writer.add_scalar("losses/qf2_loss", qf2_loss.item(), global_step)
                 writer.add_scalar("losses/qf_loss", qf_loss.item() / 2.0, global_step)
-                writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
+                writer.add_scalar("losses/policy_loss", actor_loss.item(), global_step)
                 writer.add_scalar("losses/alpha", alpha, global_step)
                 writer.add_scalar("losses/alpha_loss", alpha_loss.item(), global_step)
-                writer.add_scalar("losses/prior_divergence", divergence.mean().item(), global_step)
+                writer.add_scalar("losses/kl", divergence.mean().item(), global_step)
 
-        if global_step % args.log_interval == 0:  # rates over the last log interval
-            elapsed, start_time = time.time() - start_time, time.time()
-            writer.add_scalar("charts/env_steps_per_s", args.log_interval / elapsed, global_step)
-            writer.add_scalar("charts/updates_per_s", updates / elapsed, global_step)
-            print(f"step {global_step}: last episode return {last_return:.1f}, alpha {alpha:.3f}, "
-                  f"{args.log_interval / elapsed:.0f} env steps/s, {updates / elapsed:.0f} updates/s", flush=True)
-            updates = 0
+        if global_step % args.log_interval == 0:  # rates over the last log interval, tags as in spirl_sac.py
+            elapsed = time.time() - start_time
+            writer.add_scalar("charts/SPS", args.log_interval / elapsed, global_step)
+            writer.add_scalar("charts/env_steps_per_s", args.log_interval / max(env_time, 1e-9), global_step)
+            if update_time > 0:
+                writer.add_scalar("charts/grad_steps_per_s", updates / update_time, global_step)
+            print(f"step {global_step}/{args.total_timesteps} | last return {last_return:.1f} | alpha {alpha:.3f} | "
+                  f"{args.log_interval / elapsed:.0f} steps/s overall, env {args.log_interval / max(env_time, 1e-9):.0f} "
+                  f"steps/s, {updates / max(update_time, 1e-9):.0f} grad steps/s", flush=True)
+            start_time, env_time, update_time, updates = time.time(), 0.0, 0.0, 0
 
     if args.save_model:
         path = f"runs/{run_name}/agent.pt"

@@ -6,10 +6,10 @@ SAC: Haarnoja et al. 2018 (twin critics, automatic entropy tuning). Hyperparamet
     python baselines/sac.py --env kitchen            # one of maze, block_stacking, kitchen
     python baselines/sac.py --env Pendulum-v1        # any gymnasium Box-action env id (validation)
 
-The policy sees obs["state"], the low-dimensional state vector. The paper's flat baselines saw the
-same input as SPiRL's prior (images in maze and block stacking); here every flat baseline uses the
-state, which makes them, if anything, stronger. Actions are a tanh-squashed Gaussian scaled to the
-bounds of env.action_space.
+Inputs: the critics see obs["state"], the low-dimensional state. The policy sees what SPiRL's skill
+prior sees in that env (--obs auto: the two stacked 32x32 frames in maze and block stacking, as the
+paper's baselines; the state in kitchen), or --obs state / image. Actions are a tanh-squashed Gaussian
+scaled to the bounds of env.action_space.
 """
 
 import os
@@ -38,10 +38,12 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # policy log std range (CleanRL / Spinning
 class Args:
     env: str = "kitchen"
     """maze, block_stacking or kitchen; or a gymnasium env id with a Box action space (e.g. Pendulum-v1)"""
+    obs: str = "auto"
+    """what the policy sees: "state", "image" (the two stacked 32x32 frames) or "auto" (the env's DEFAULT_PRIOR_INPUT, what SPiRL's prior sees; state for gymnasium ids). Critics always see the state"""
     seed: int = 1
     """seed of python, numpy, torch and the env"""
-    total_timesteps: int = 1_000_000
-    """environment steps to train for"""
+    total_timesteps: int = 300_000
+    """environment steps to train for (spirl_sac.py's default, for overlaid curves)"""
     buffer_size: int = 1_000_000
     """replay buffer capacity (appendix B.2: 1e6)"""
     gamma: float = 0.99
@@ -78,11 +80,17 @@ class Args:
     """write the final policy and critics to runs/<run_name>/agent.pt"""
 
 
-def make_env(name: str, seed: int):
-    """A project env (obs dict with "state") or a gymnasium Box env whose observation is wrapped into {"state": obs}.
-    Returns the env and the name of its task metric in info (None for gymnasium envs)."""
+def make_env(name: str, seed: int, obs_mode: str = "auto"):
+    """A project env (obs dict with "state", maybe "image") or a gymnasium Box env whose observation is wrapped
+    into {"state": obs}. Returns the env, the name of its task metric in info (None for gymnasium envs) and
+    the obs key the policy reads ("state" or "image")."""
+    if obs_mode not in ("auto", "state", "image"):
+        raise SystemExit(f"--obs {obs_mode!r}: choose auto, state or image")
     if name in envs.ENV_NAMES:
-        return envs.make_env(name, seed=seed), envs.env_module(name).METRIC
+        module = envs.env_module(name)
+        return envs.make_env(name, seed=seed), module.METRIC, module.DEFAULT_PRIOR_INPUT if obs_mode == "auto" else obs_mode
+    if obs_mode == "image":
+        raise SystemExit(f"--obs image needs one of {', '.join(envs.ENV_NAMES)}; gymnasium env {name!r} has no stacked frames")
     try:
         env = gym.make(name)
     except gym.error.Error as error:
@@ -91,7 +99,7 @@ def make_env(name: str, seed: int):
         raise SystemExit(f"env {name!r} needs Box observation and action spaces for flat SAC")
     state_space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
     env = gym.wrappers.TransformObservation(env, lambda obs: {"state": np.asarray(obs, np.float32)}, gym.spaces.Dict(state=state_space))
-    return env, None
+    return env, None, "state"
 
 
 def mlp(in_dim, out_dim, hidden_dim, hidden_layers):
@@ -114,24 +122,33 @@ class SoftQNetwork(nn.Module):
 
 
 class Actor(nn.Module):
-    """pi(a|s): Gaussian over pre-tanh actions u; a = tanh(u) * action_scale + action_bias."""
+    """pi(a|o): Gaussian over pre-tanh actions u; a = tanh(u) * action_scale + action_bias.
+    o is the state (B, state_dim) or the stacked frames (B, 6, 32, 32) uint8 through appendix B.1's conv encoder."""
 
-    def __init__(self, state_dim, action_low, action_high, hidden_dim, hidden_layers):
+    def __init__(self, obs_shape, action_low, action_high, hidden_dim, hidden_layers):
         super().__init__()
         action_dim = len(action_low)
-        self.net = mlp(state_dim, 2 * action_dim, hidden_dim, hidden_layers)
+        self.image_encoder, in_dim = None, obs_shape[0]
+        if len(obs_shape) == 3:  # appendix B.1: 3 conv layers, kernel 3, (8, 16, 32) channels
+            self.image_encoder = nn.Sequential(
+                nn.Conv2d(obs_shape[0], 8, 3, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten())
+            in_dim = self.image_encoder(torch.zeros(1, *obs_shape)).shape[1]
+        self.net = mlp(in_dim, 2 * action_dim, hidden_dim, hidden_layers)
         self.register_buffer("action_scale", torch.as_tensor((action_high - action_low) / 2.0, dtype=torch.float32))
         self.register_buffer("action_bias", torch.as_tensor((action_high + action_low) / 2.0, dtype=torch.float32))
 
-    def forward(self, state):
+    def forward(self, obs):
         """Mean and log std of the pre-tanh Gaussian, each (B, action_dim)."""
-        mean, log_std = self.net(state).chunk(2, dim=-1)
+        features = obs if self.image_encoder is None else self.image_encoder(obs.float() / 255.0)
+        mean, log_std = self.net(features).chunk(2, dim=-1)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)  # smooth clamp
         return mean, log_std
 
-    def get_action(self, state):
+    def get_action(self, obs):
         """A reparameterised sample, its log-likelihood (B, 1) with the tanh change of variables, the mean action."""
-        mean, log_std = self(state)
+        mean, log_std = self(obs)
         normal = torch.distributions.Normal(mean, log_std.exp())
         u = normal.rsample()
         squashed = torch.tanh(u)
@@ -142,9 +159,12 @@ class Actor(nn.Module):
 
 
 class ReplayBuffer:
-    """Uniform replay of (s, a, r, s', terminated); numpy arrays allocated once (pages are touched lazily)."""
+    """Uniform replay of (o, s, a, r, o', s', terminated): o what the policy sees, s the critics' state.
+    numpy arrays allocated once (their pages are touched lazily)."""
 
-    def __init__(self, capacity, state_dim, action_dim):
+    def __init__(self, capacity, obs_shape, obs_dtype, state_dim, action_dim):
+        self.obs = np.zeros((capacity, *obs_shape), obs_dtype)
+        self.next_obs = np.zeros((capacity, *obs_shape), obs_dtype)
         self.states = np.zeros((capacity, state_dim), np.float32)
         self.next_states = np.zeros((capacity, state_dim), np.float32)
         self.actions = np.zeros((capacity, action_dim), np.float32)
@@ -152,22 +172,28 @@ class ReplayBuffer:
         self.terminated = np.zeros((capacity, 1), np.float32)
         self.capacity, self.pos, self.size = capacity, 0, 0
 
-    def add(self, state, action, reward, next_state, terminated):
+    def add(self, obs, state, action, reward, next_obs, next_state, terminated):
         i = self.pos
-        self.states[i], self.actions[i], self.rewards[i] = state, action, reward
-        self.next_states[i], self.terminated[i] = next_state, terminated
+        self.obs[i], self.states[i], self.actions[i], self.rewards[i] = obs, state, action, reward
+        self.next_obs[i], self.next_states[i], self.terminated[i] = next_obs, next_state, terminated
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_size, rng):
         idx = rng.integers(0, self.size, batch_size)
-        return [torch.as_tensor(x[idx]) for x in (self.states, self.actions, self.rewards, self.next_states, self.terminated)]
+        arrays = (self.obs, self.states, self.actions, self.rewards, self.next_obs, self.next_states, self.terminated)
+        return [torch.as_tensor(x[idx]) for x in arrays]
 
 
 def soft_q_target(rewards, terminated, next_q, next_log_prob, alpha, gamma):
     """SAC Bellman target r + gamma * (1 - terminated) * (min_i Q_target_i(s', a') - alpha * log pi(a'|s')).
     Truncation (time limit) is not termination: the target bootstraps through it."""
     return rewards + gamma * (1.0 - terminated) * (next_q - alpha * next_log_prob)
+
+
+def entropy_alpha_loss(log_alpha, log_prob, target_entropy):
+    """SAC temperature loss: alpha rises when the policy entropy -log pi falls below the target."""
+    return (-log_alpha.exp() * (log_prob.detach() + target_entropy)).mean()
 
 
 if __name__ == "__main__":
@@ -179,13 +205,15 @@ if __name__ == "__main__":
     torch.set_num_threads(args.torch_threads)
     rng = np.random.default_rng(args.seed)
 
-    env, metric = make_env(args.env, args.seed)
+    env, metric, obs_key = make_env(args.env, args.seed, args.obs)
     action_low, action_high = env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
     env.action_space.seed(args.seed)
     obs, _ = env.reset(seed=args.seed)
-    state_dim, action_dim = obs["state"].shape[0], action_low.shape[0]
+    if obs_key not in obs:
+        raise SystemExit(f"env {args.env!r} has no {obs_key!r} observation: use --obs state")
+    state_dim, action_dim, obs_shape = obs["state"].shape[0], action_low.shape[0], obs[obs_key].shape
 
-    actor = Actor(state_dim, action_low, action_high, args.hidden_dim, args.policy_layers)
+    actor = Actor(obs_shape, action_low, action_high, args.hidden_dim, args.policy_layers)
     qf1, qf2 = (SoftQNetwork(state_dim, action_dim, args.hidden_dim, args.critic_layers) for _ in range(2))
     qf1_target, qf2_target = (SoftQNetwork(state_dim, action_dim, args.hidden_dim, args.critic_layers) for _ in range(2))
     qf1_target.load_state_dict(qf1.state_dict())
@@ -196,22 +224,25 @@ if __name__ == "__main__":
     log_alpha = torch.zeros(1, requires_grad=True)
     alpha = log_alpha.exp().item()
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
-    rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), state_dim, action_dim)
+    rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_shape, obs[obs_key].dtype, state_dim, action_dim)
 
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    print(f"run {run_name}: state_dim {state_dim}, action_dim {action_dim}, metric {metric}")
+    print(f"run {run_name}: policy input {obs_key} {tuple(obs_shape)}, state_dim {state_dim}, action_dim {action_dim}, metric {metric}")
 
-    start_time, updates, episode_return, episode_length, last_return = time.time(), 0, 0.0, 0, float("nan")
+    episode_return, episode_length, last_return = 0.0, 0, float("nan")
+    start_time, env_time, update_time, updates = time.time(), 0.0, 0.0, 0  # for the rates of each log interval
     for global_step in range(1, args.total_timesteps + 1):
         # collect one env step: uniform random during warm-up (B.2), the stochastic policy afterwards
         if global_step <= args.learning_starts:
             action = env.action_space.sample().astype(np.float32)
         else:
             with torch.no_grad():
-                action = actor.get_action(torch.as_tensor(obs["state"]).unsqueeze(0))[0][0].numpy()
+                action = actor.get_action(torch.as_tensor(obs[obs_key]).unsqueeze(0))[0][0].numpy()
+        step_start = time.time()
         next_obs, reward, terminated, truncated, info = env.step(action)
-        rb.add(obs["state"], action, reward, next_obs["state"], float(terminated))
+        env_time += time.time() - step_start
+        rb.add(obs[obs_key], obs["state"], action, reward, next_obs[obs_key], next_obs["state"], float(terminated))
         episode_return += float(reward)
         episode_length += 1
         obs = next_obs
@@ -224,9 +255,10 @@ if __name__ == "__main__":
             last_return, episode_return, episode_length = episode_return, 0.0, 0
 
         if global_step > args.learning_starts:
-            states, actions, rewards, next_states, dones = rb.sample(args.batch_size, rng)
+            update_start = time.time()
+            obs_b, states, actions, rewards, next_obs_b, next_states, dones = rb.sample(args.batch_size, rng)
             with torch.no_grad():
-                next_actions, next_log_prob, _ = actor.get_action(next_states)
+                next_actions, next_log_prob, _ = actor.get_action(next_obs_b)
                 next_q = torch.min(qf1_target(next_states, next_actions), qf2_target(next_states, next_actions))
                 target_q = soft_q_target(rewards, dones, next_q, next_log_prob, alpha, args.gamma)
             qf1_loss = F.mse_loss(qf1(states, actions), target_q)
@@ -239,14 +271,13 @@ if __name__ == "__main__":
             if global_step % args.policy_frequency == 0:
                 for _ in range(args.policy_frequency):
                     # policy: maximise min_i Q_i(s, a~pi) + alpha * entropy
-                    pi_actions, log_prob, _ = actor.get_action(states)
+                    pi_actions, log_prob, _ = actor.get_action(obs_b)
                     min_q = torch.min(qf1(states, pi_actions), qf2(states, pi_actions))
                     actor_loss = (alpha * log_prob - min_q).mean()
                     actor_optimizer.zero_grad()
                     actor_loss.backward()
                     actor_optimizer.step()
-                    # temperature: alpha rises when the entropy -log pi falls below the target
-                    alpha_loss = (-log_alpha.exp() * (log_prob.detach() + target_entropy)).mean()
+                    alpha_loss = entropy_alpha_loss(log_alpha, log_prob, target_entropy)
                     alpha_optimizer.zero_grad()
                     alpha_loss.backward()
                     alpha_optimizer.step()
@@ -257,24 +288,28 @@ if __name__ == "__main__":
                     for param, target_param in zip(net.parameters(), target.parameters()):
                         target_param.lerp_(param, args.tau)
             updates += 1
+            update_time += time.time() - update_start
 
             if global_step % args.log_interval == 0:
                 writer.add_scalar("losses/qf1_values", qf1(states, actions).mean().item(), global_step)
                 writer.add_scalar("losses/qf1_loss", qf1_loss.item(), global_step)
                 writer.add_scalar("losses/qf2_loss", qf2_loss.item(), global_step)
                 writer.add_scalar("losses/qf_loss", qf_loss.item() / 2.0, global_step)
-                writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
+                writer.add_scalar("losses/policy_loss", actor_loss.item(), global_step)
                 writer.add_scalar("losses/alpha", alpha, global_step)
                 writer.add_scalar("losses/alpha_loss", alpha_loss.item(), global_step)
                 writer.add_scalar("losses/entropy", -log_prob.mean().item(), global_step)
 
-        if global_step % args.log_interval == 0:  # rates over the last log interval
-            elapsed, start_time = time.time() - start_time, time.time()
-            writer.add_scalar("charts/env_steps_per_s", args.log_interval / elapsed, global_step)
-            writer.add_scalar("charts/updates_per_s", updates / elapsed, global_step)
-            print(f"step {global_step}: last episode return {last_return:.1f}, alpha {alpha:.3f}, "
-                  f"{args.log_interval / elapsed:.0f} env steps/s, {updates / elapsed:.0f} updates/s", flush=True)
-            updates = 0
+        if global_step % args.log_interval == 0:  # rates over the last log interval, tags as in spirl_sac.py
+            elapsed = time.time() - start_time
+            writer.add_scalar("charts/SPS", args.log_interval / elapsed, global_step)
+            writer.add_scalar("charts/env_steps_per_s", args.log_interval / max(env_time, 1e-9), global_step)
+            if update_time > 0:
+                writer.add_scalar("charts/grad_steps_per_s", updates / update_time, global_step)
+            print(f"step {global_step}/{args.total_timesteps} | last return {last_return:.1f} | alpha {alpha:.3f} | "
+                  f"{args.log_interval / elapsed:.0f} steps/s overall, env {args.log_interval / max(env_time, 1e-9):.0f} "
+                  f"steps/s, {updates / max(update_time, 1e-9):.0f} grad steps/s", flush=True)
+            start_time, env_time, update_time, updates = time.time(), 0.0, 0.0, 0
 
     if args.save_model:
         path = f"runs/{run_name}/agent.pt"

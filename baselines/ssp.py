@@ -1,0 +1,418 @@
+"""Skill-space policy without prior: the "SSP w/o Prior" baseline of SPiRL, section 4.1, and with
+--prior-init the "SSP PriorInit + SAC" ablation of appendix E.
+
+Paper: "Accelerating Reinforcement Learning with Learned Skill Priors" (Pertsch, Lee, Lim, CoRL 2020).
+The high-level policy pi(z|s) acts in the skill space of the same skill model SPiRL uses (the
+checkpoint of spirl_vae.py); every z is decoded into H primitive actions by the frozen skill decoder.
+Section 3.3 casts this as a standard MDP: skills replace actions, H-step summed rewards replace
+rewards, H-step transitions replace transitions. It is then trained with standard max-entropy SAC
+(a uniform skill prior, entropy target -latent_dim) -- SPiRL without its learned skill prior.
+
+    python baselines/ssp.py --env kitchen                 # loads checkpoints/skill_model_kitchen.pt
+    python baselines/ssp.py --env kitchen --prior-init    # appendix E: policy starts as the skill prior
+
+The policy has the skill prior's architecture (appendix B.2: the policy mirrors the prior) and sees
+what the prior sees (normalised state, or the stacked images); the critics see the normalised state.
+"""
+
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `import envs`
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+import envs
+
+LOG_SIGMA_MIN, LOG_SIGMA_MAX = -10.0, 2.0  # every Gaussian's log sigma is clamped to this range
+CHECKPOINT_FORMAT = "spirl-skill-model-v1"
+DEFAULT_CRITIC_LAYERS = {"maze": 2, "kitchen": 5, "block_stacking": 5}  # as spirl_sac.py, so only the prior differs
+
+
+@dataclass
+class Args:
+    env: str = "kitchen"
+    """maze, block_stacking or kitchen"""
+    skill_model: str = ""
+    """skill-model checkpoint written by spirl_vae.py; empty: checkpoints/skill_model_<env>.pt"""
+    prior_init: bool = False
+    """appendix E "SSP PriorInit + SAC": initialise the policy with the skill prior's weights (still no prior regularisation)"""
+    seed: int = 1
+    """seed of python, numpy, torch and the env"""
+    total_timesteps: int = 300_000
+    """environment steps (primitive actions) to train for (spirl_sac.py's default, for overlaid curves)"""
+    buffer_size: int = 1_000_000
+    """replay buffer capacity in skill transitions (appendix B.2: 1e6)"""
+    gamma: float = 0.99
+    """discount factor per skill transition (appendix B.2)"""
+    tau: float = 5e-3
+    """target network update rate (appendix B.2)"""
+    batch_size: int = 256
+    """replay batch size (appendix B.2)"""
+    learning_starts: int = 5000
+    """warm-up environment steps that fill the buffer (with the initial policy's skills) before training (appendix B.2)"""
+    policy_lr: float = 3e-4
+    """Adam learning rate of the policy (appendix B.2)"""
+    q_lr: float = 3e-4
+    """Adam learning rate of the critics (appendix B.2)"""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of the entropy temperature (appendix B.2)"""
+    target_entropy: Optional[float] = None
+    """entropy target of the alpha auto-tuning over z; None: -latent_dim (Haarnoja et al.'s -|action dims|, here skill dims)"""
+    max_skill: float = 2.0
+    """skills are squashed to z = max_skill * tanh(u) (appendix B.2: range [-2, 2])"""
+    critic_hidden_dim: int = 256
+    """units of every hidden layer of the critics"""
+    critic_layers: Optional[int] = None
+    """linear layers of each critic MLP; None: as spirl_sac.py (maze 2, kitchen and block_stacking 5)"""
+    torch_threads: int = 1
+    """CPU threads for torch (small networks: 1 is fastest on a shared machine)"""
+    log_interval: int = 1000
+    """environment steps between progress lines and loss scalars"""
+    exp_name: str = "ssp"
+    """name of the experiment (first part of the run name under runs/; --prior-init appends _prior_init)"""
+    save_model: bool = True
+    """write the final policy and critics to runs/<run_name>/agent.pt"""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Skill-model networks, copied verbatim from spirl_vae.py so that its checkpoint loads with strict=True.
+# ----------------------------------------------------------------------------------------------------
+
+
+class SkillDecoder(nn.Module):
+    """p(a_1..H | z): LSTM unrolled H steps with z fed at every step; unit-variance Gaussian output (the mean).
+
+    Open loop (paper default): input z each step, learned initial hidden state.
+    Closed loop (--state-conditioned-decoder): input [z, s_t] with the *current* state each step, so the
+    skill is executed step by step: ``hidden = decoder.initial_hidden(B)`` then, for t < H,
+    ``action, hidden = decoder.decode_step(z, state_t, hidden)``. decode() is the same computation
+    over a whole window.
+    """
+
+    def __init__(self, action_dim, latent_dim, hidden_dim=128, state_dim=0):
+        super().__init__()
+        self.state_dim = state_dim
+        self.lstm = nn.LSTM(latent_dim + state_dim, hidden_dim, batch_first=True)
+        self.initial_h = nn.Parameter(torch.zeros(1, 1, hidden_dim))  # learned initial hidden state
+        self.initial_c = nn.Parameter(torch.zeros(1, 1, hidden_dim))
+        self.head = nn.Linear(hidden_dim, action_dim)
+
+    def initial_hidden(self, batch_size):
+        """The LSTM state (h, c), each (1, B, hidden), before the first action of a skill."""
+        return (
+            self.initial_h.expand(1, batch_size, -1).contiguous(),
+            self.initial_c.expand(1, batch_size, -1).contiguous(),
+        )
+
+    def decode_step(self, z, state=None, hidden=None):
+        """One action of the skill. z: (B, latent); state: (B, state_dim) normalised (closed loop only).
+        Returns the action mean (B, action_dim) and the new hidden state."""
+        if hidden is None:
+            hidden = self.initial_hidden(z.shape[0])
+        inputs = z if state is None else torch.cat([z, state], dim=-1)
+        output, hidden = self.lstm(inputs.unsqueeze(1), hidden)
+        return self.head(output[:, 0]), hidden
+
+    def decode(self, z, states=None, horizon=None):
+        """All H actions at once: z (B, latent), states (B, H, state_dim) closed loop only -> (B, H, action_dim)."""
+        horizon = states.shape[1] if states is not None else horizon
+        inputs = z.unsqueeze(1).expand(-1, horizon, -1)  # z at every step (B.1)
+        if states is not None:
+            inputs = torch.cat([inputs, states], dim=-1)
+        outputs, _ = self.lstm(inputs, self.initial_hidden(z.shape[0]))
+        return self.head(outputs)
+
+
+class SkillPrior(nn.Module):
+    """p_a(z | s_1): [conv encoder for images] + MLP (128 units, leaky-ReLU, batch norm) -> (mu, log sigma).
+
+    State input: (B, state_dim) float, normalised. Image input: (B, 6, 32, 32), the two stacked frames,
+    uint8 (divided by 255 here) or float in [0, 1].
+    """
+
+    def __init__(self, latent_dim, hidden_dim=128, num_layers=6, state_dim=None, image_shape=None):
+        super().__init__()
+        if image_shape is not None:
+            channels, height, width = image_shape
+            conv = []
+            for out_channels in (8, 16, 32):  # appendix B.1: 3 layers, kernel 3, (8, 16, 32) channels
+                conv += [
+                    nn.Conv2d(channels, out_channels, kernel_size=3, stride=2, padding=1),
+                    nn.BatchNorm2d(out_channels),
+                    nn.LeakyReLU(0.2),
+                ]
+                channels = out_channels
+                height, width = (height + 1) // 2, (width + 1) // 2
+            self.image_encoder = nn.Sequential(*conv, nn.Flatten())
+            in_dim = channels * height * width  # flattened feature map (B.1)
+        else:
+            self.image_encoder = None
+            in_dim = state_dim
+        layers = []
+        for _ in range(num_layers - 1):
+            layers += [nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.LeakyReLU(0.2)]
+            in_dim = hidden_dim
+        layers.append(nn.Linear(in_dim, 2 * latent_dim))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, obs):
+        if self.image_encoder is not None:
+            if obs.dtype == torch.uint8:
+                obs = obs.float() / 255.0
+            obs = self.image_encoder(obs)
+        mu, log_sigma = self.mlp(obs).chunk(2, dim=-1)
+        return mu, log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The high-level SAC agent over skills.
+# ----------------------------------------------------------------------------------------------------
+
+
+def load_skill_model(path, env_name):
+    """The checkpoint dict of spirl_vae.py, its frozen decoder and a skill prior network with its weights."""
+    if not os.path.exists(path):
+        raise SystemExit(f"skill model {path!r} not found: train it first with `python spirl_vae.py --env {env_name}`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise SystemExit(f"cannot read skill model {path!r} ({type(error).__name__}): retrain it with `python spirl_vae.py --env {env_name}`")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise SystemExit(f"{path!r} is not a {CHECKPOINT_FORMAT} checkpoint written by spirl_vae.py")
+    if ckpt["env"] != env_name:
+        raise SystemExit(f"skill model {path!r} was trained on {ckpt['env']!r}, not {env_name!r}: pass --skill-model")
+    state_dim, action_dim, latent_dim = ckpt["state_dim"], ckpt["action_dim"], ckpt["latent_dim"]
+    cond_dim = state_dim if ckpt["state_conditioned_decoder"] else 0
+    decoder = SkillDecoder(action_dim, latent_dim, ckpt["hidden_dim"], state_dim=cond_dim)
+    image_shape = tuple(ckpt["image_shape"]) if ckpt["prior_input"] == "image" else None
+    skill_prior = SkillPrior(latent_dim, ckpt["hidden_dim"], ckpt["prior_layers"], state_dim=state_dim, image_shape=image_shape)
+    weights = ckpt["model"]
+    decoder.load_state_dict({k[len("decoder."):]: v for k, v in weights.items() if k.startswith("decoder.")}, strict=True)
+    skill_prior.load_state_dict({k[len("skill_prior."):]: v for k, v in weights.items() if k.startswith("skill_prior.")}, strict=True)
+    return ckpt, decoder.eval().requires_grad_(False), skill_prior
+
+
+class SoftQNetwork(nn.Module):
+    """Q(s, z): MLP (leaky-ReLU, like spirl_sac.py's critics) on the normalised state and the squashed skill."""
+
+    def __init__(self, state_dim, latent_dim, hidden_dim, num_layers):
+        super().__init__()
+        layers, in_dim = [], state_dim + latent_dim
+        for _ in range(num_layers - 1):
+            layers += [nn.Linear(in_dim, hidden_dim), nn.LeakyReLU(0.2)]
+            in_dim = hidden_dim
+        self.net = nn.Sequential(*layers, nn.Linear(in_dim, 1))
+
+    def forward(self, state, z):
+        return self.net(torch.cat([state, z], dim=-1))
+
+
+def sample_skill(mu, log_sigma, max_skill):
+    """Reparameterised z = max_skill * tanh(u), u ~ N(mu, sigma), and log pi(z|s) (B, 1) with the change of
+    variables log N(u) - sum log(max_skill * (1 - tanh(u)^2))."""
+    u = mu + log_sigma.exp() * torch.randn_like(mu)
+    squashed = torch.tanh(u)
+    log_prob = torch.distributions.Normal(mu, log_sigma.exp()).log_prob(u)
+    log_prob = log_prob - torch.log(max_skill * (1 - squashed.pow(2)) + 1e-6)
+    return max_skill * squashed, log_prob.sum(-1, keepdim=True)
+
+
+def soft_q_target(rewards, terminated, next_q, next_log_prob, alpha, gamma):
+    """SAC target on skill transitions: r~ + gamma * (1 - terminated) * (min_i Q_target_i(s', z') - alpha * log pi(z'|s')),
+    r~ the H-step summed reward (section 3.3). The entropy bonus -log pi is KL to a *uniform* skill prior."""
+    return rewards + gamma * (1.0 - terminated) * (next_q - alpha * next_log_prob)
+
+
+def entropy_alpha_loss(log_alpha, log_prob, target_entropy):
+    """Standard SAC temperature loss: alpha rises when the policy entropy -log pi falls below the target."""
+    return (-log_alpha.exp() * (log_prob.detach() + target_entropy)).mean()
+
+
+class SkillReplayBuffer:
+    """Uniform replay of skill transitions (policy obs, critic state, z, summed reward, next obs, next state, terminated)."""
+
+    def __init__(self, capacity, policy_obs_shape, policy_obs_dtype, state_dim, latent_dim):
+        self.obs = np.zeros((capacity, *policy_obs_shape), policy_obs_dtype)
+        self.next_obs = np.zeros((capacity, *policy_obs_shape), policy_obs_dtype)
+        self.states = np.zeros((capacity, state_dim), np.float32)
+        self.next_states = np.zeros((capacity, state_dim), np.float32)
+        self.skills = np.zeros((capacity, latent_dim), np.float32)
+        self.rewards = np.zeros((capacity, 1), np.float32)
+        self.terminated = np.zeros((capacity, 1), np.float32)
+        self.capacity, self.pos, self.size = capacity, 0, 0
+
+    def add(self, obs, state, z, reward, next_obs, next_state, terminated):
+        i = self.pos
+        self.obs[i], self.states[i], self.skills[i], self.rewards[i] = obs, state, z, reward
+        self.next_obs[i], self.next_states[i], self.terminated[i] = next_obs, next_state, terminated
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size, rng):
+        idx = rng.integers(0, self.size, batch_size)
+        arrays = (self.obs, self.states, self.skills, self.rewards, self.next_obs, self.next_states, self.terminated)
+        return [torch.as_tensor(x[idx]) for x in arrays]
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    if args.env not in envs.ENV_NAMES:
+        raise SystemExit(f"unknown env {args.env!r}: choose one of {', '.join(envs.ENV_NAMES)}")
+    exp_name = args.exp_name + ("_prior_init" if args.prior_init else "")
+    run_name = f"{args.env}__{exp_name}__{args.seed}__{int(time.time())}"
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    rng = np.random.default_rng(args.seed)
+
+    ckpt, decoder, skill_prior = load_skill_model(args.skill_model or f"checkpoints/skill_model_{args.env}.pt", args.env)
+    horizon, latent_dim = ckpt["skill_horizon"], ckpt["latent_dim"]
+    state_mean, state_std = torch.as_tensor(ckpt["state_mean"]), torch.as_tensor(ckpt["state_std"])
+    action_low, action_high = np.asarray(ckpt["action_low"]), np.asarray(ckpt["action_high"])
+    use_image = ckpt["prior_input"] == "image"
+    critic_layers = args.critic_layers or DEFAULT_CRITIC_LAYERS[args.env]
+
+    env, metric = envs.make_env(args.env, seed=args.seed), envs.env_module(args.env).METRIC
+    obs, _ = env.reset(seed=args.seed)
+    if obs["state"].shape[0] != ckpt["state_dim"] or env.action_space.shape[0] != ckpt["action_dim"]:
+        raise SystemExit(f"skill model has state_dim {ckpt['state_dim']}, action_dim {ckpt['action_dim']}, the env "
+                         f"{obs['state'].shape[0]}, {env.action_space.shape[0]}: retrain it with spirl_vae.py --env {args.env}")
+    if use_image and tuple(obs.get("image", np.zeros(0)).shape) != tuple(ckpt["image_shape"]):
+        raise SystemExit(f"the skill prior sees images {tuple(ckpt['image_shape'])} but env {args.env!r} gives "
+                         f"{obs['image'].shape if 'image' in obs else None}: retrain it with spirl_vae.py --env {args.env}")
+
+    def normalise(state):
+        return (torch.as_tensor(state, dtype=torch.float32) - state_mean) / state_std
+
+    def policy_input(obs):
+        """What the policy sees, as stored in the buffer: the stacked images (uint8) or the normalised state."""
+        return obs["image"] if use_image else normalise(obs["state"]).numpy()
+
+    # policy: the skill prior's architecture; appendix E's ablation keeps the prior's weights, the plain
+    # baseline starts from fresh weights. Batch-norm statistics stay fixed (eval mode) while it runs and learns.
+    policy = skill_prior if args.prior_init else SkillPrior(
+        latent_dim, ckpt["hidden_dim"], ckpt["prior_layers"], state_dim=ckpt["state_dim"],
+        image_shape=tuple(ckpt["image_shape"]) if use_image else None)
+    policy.eval().requires_grad_(True)
+    qf1, qf2, qf1_target, qf2_target = (
+        SoftQNetwork(ckpt["state_dim"], latent_dim, args.critic_hidden_dim, critic_layers) for _ in range(4))
+    qf1_target.load_state_dict(qf1.state_dict())
+    qf2_target.load_state_dict(qf2.state_dict())
+    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
+    actor_optimizer = torch.optim.Adam(policy.parameters(), lr=args.policy_lr)
+    target_entropy = -float(latent_dim) if args.target_entropy is None else args.target_entropy
+    log_alpha = torch.zeros(1, requires_grad=True)
+    alpha = log_alpha.exp().item()
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    example = policy_input(obs)
+    capacity = min(args.buffer_size, args.total_timesteps // horizon + 1)
+    rb = SkillReplayBuffer(capacity, example.shape, example.dtype, ckpt["state_dim"], latent_dim)
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    print(f"run {run_name}: H {horizon}, latent_dim {latent_dim}, policy input {ckpt['prior_input']}, "
+          f"target entropy {target_entropy}, metric {metric}")
+
+    global_step, next_log, last_return, episode_return, episode_length = 0, args.log_interval, float("nan"), 0.0, 0
+    start_time, env_time, update_time, updates, log_start_step = time.time(), 0.0, 0.0, 0, 0  # rates per log interval
+    while global_step < args.total_timesteps:
+        # Alg. 1 lines 4-7 without the prior: z ~ pi(z|s), execute the decoded H-step skill, store the transition
+        skill_obs, skill_state = policy_input(obs), normalise(obs["state"]).numpy()
+        with torch.no_grad():
+            z, _ = sample_skill(*policy(torch.as_tensor(skill_obs).unsqueeze(0)), args.max_skill)
+        skill_reward, hidden = 0.0, None
+        for _ in range(horizon):
+            with torch.no_grad():
+                state_in = normalise(obs["state"]).unsqueeze(0) if ckpt["state_conditioned_decoder"] else None
+                action, hidden = decoder.decode_step(z, state_in, hidden)
+            action = np.clip(action[0].numpy(), action_low, action_high)
+            step_start = time.time()
+            obs, reward, terminated, truncated, info = env.step(action)
+            env_time += time.time() - step_start
+            global_step += 1
+            skill_reward += float(reward)  # section 3.3: H-step summed reward
+            episode_return += float(reward)
+            episode_length += 1
+            if terminated or truncated:
+                break
+        rb.add(skill_obs, skill_state, z[0].numpy(), skill_reward, policy_input(obs), normalise(obs["state"]).numpy(), float(terminated))
+        if terminated or truncated:
+            writer.add_scalar("charts/episodic_return", episode_return, global_step)
+            writer.add_scalar("charts/episodic_length", episode_length, global_step)
+            writer.add_scalar(f"charts/{metric}", float(info[metric]), global_step)
+            obs, _ = env.reset()
+            last_return, episode_return, episode_length = episode_return, 0.0, 0
+
+        # one SAC update per skill transition once the warm-up is collected
+        if global_step >= args.learning_starts:
+            update_start = time.time()
+            obs_b, states, skills, rewards, next_obs_b, next_states, dones = rb.sample(args.batch_size, rng)
+            with torch.no_grad():
+                next_z, next_log_prob = sample_skill(*policy(next_obs_b), args.max_skill)
+                next_q = torch.min(qf1_target(next_states, next_z), qf2_target(next_states, next_z))
+                target_q = soft_q_target(rewards, dones, next_q, next_log_prob, alpha, args.gamma)
+            qf1_loss = F.mse_loss(qf1(states, skills), target_q)
+            qf2_loss = F.mse_loss(qf2(states, skills), target_q)
+            qf_loss = qf1_loss + qf2_loss
+            q_optimizer.zero_grad()
+            qf_loss.backward()
+            q_optimizer.step()
+
+            # policy: maximise min_i Q_i(s, z~pi) + alpha * entropy (no learned prior: that is the ablation)
+            pi_z, log_prob = sample_skill(*policy(obs_b), args.max_skill)
+            min_q = torch.min(qf1(states, pi_z), qf2(states, pi_z))
+            actor_loss = (alpha * log_prob - min_q).mean()
+            actor_optimizer.zero_grad()
+            actor_loss.backward()
+            actor_optimizer.step()
+            alpha_loss = entropy_alpha_loss(log_alpha, log_prob, target_entropy)
+            alpha_optimizer.zero_grad()
+            alpha_loss.backward()
+            alpha_optimizer.step()
+            alpha = log_alpha.exp().item()
+
+            with torch.no_grad():  # Polyak averaging of the target critics
+                for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
+                    for param, target_param in zip(net.parameters(), target.parameters()):
+                        target_param.lerp_(param, args.tau)
+            updates += 1
+            update_time += time.time() - update_start
+
+        if global_step >= next_log:  # rates over the last log interval, tags as in spirl_sac.py
+            elapsed, steps = time.time() - start_time, global_step - log_start_step
+            writer.add_scalar("charts/SPS", steps / elapsed, global_step)
+            writer.add_scalar("charts/env_steps_per_s", steps / max(env_time, 1e-9), global_step)
+            if update_time > 0:
+                writer.add_scalar("charts/grad_steps_per_s", updates / update_time, global_step)
+                writer.add_scalar("losses/qf1_values", qf1(states, skills).mean().item(), global_step)
+                writer.add_scalar("losses/qf1_loss", qf1_loss.item(), global_step)
+                writer.add_scalar("losses/qf2_loss", qf2_loss.item(), global_step)
+                writer.add_scalar("losses/qf_loss", qf_loss.item() / 2.0, global_step)
+                writer.add_scalar("losses/policy_loss", actor_loss.item(), global_step)
+                writer.add_scalar("losses/alpha", alpha, global_step)
+                writer.add_scalar("losses/alpha_loss", alpha_loss.item(), global_step)
+                writer.add_scalar("losses/entropy", -log_prob.mean().item(), global_step)
+            print(f"step {global_step}/{args.total_timesteps} | last return {last_return:.1f} | alpha {alpha:.3f} | "
+                  f"{steps / elapsed:.0f} steps/s overall, env {steps / max(env_time, 1e-9):.0f} steps/s, "
+                  f"{updates / max(update_time, 1e-9):.1f} grad steps/s", flush=True)
+            next_log += args.log_interval
+            start_time, env_time, update_time, updates, log_start_step = time.time(), 0.0, 0.0, 0, global_step
+
+    if args.save_model:
+        path = f"runs/{run_name}/agent.pt"
+        torch.save({"args": vars(args), "policy": policy.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict()}, path + ".tmp")
+        os.replace(path + ".tmp", path)  # atomic: a crash never leaves a half-written checkpoint
+        print(f"saved {path}")
+    env.close()
+    writer.close()
