@@ -353,9 +353,9 @@ def evaluate(model, data, window_starts, skill_horizon, chunk=512, seed=0):
 
 
 @torch.no_grad()
-def decoded_skills_figure(model, data, window_starts, skill_horizon, panel=(110, 70)):
-    """Image (rows: skills, columns: action dims): ground truth (black), reconstruction from the posterior
-    mean (red), decoding of the skill prior's mean from s_1 alone (blue). Returns (H, W, 3) uint8."""
+def decoded_skills_figure(model, data, window_starts, skill_horizon, panel=(160, 90), header=18):
+    """Image (rows: skills, columns: action dims, x: the H steps): ground truth (black), reconstruction from
+    the posterior mean (red), decoding of the skill prior's mean given s_1 alone (blue). (H, W, 3) uint8."""
     from PIL import Image, ImageDraw
 
     model.eval()
@@ -368,15 +368,17 @@ def decoded_skills_figure(model, data, window_starts, skill_horizon, panel=(110,
     model.train()
     rows, cols = actions.shape[0], actions.shape[2]
     width, height = panel
-    image = Image.new("RGB", (cols * width, rows * height), "white")
+    image = Image.new("RGB", (max(cols * width, 420), rows * height + header), "white")
     draw = ImageDraw.Draw(image)
+    draw.text((4, 3), "black: ground truth   red: reconstruction   blue: decoded prior mean", fill=(0, 0, 0))
     for r in range(rows):
         for c in range(cols):
-            curves = [(actions[r, :, c], (0, 0, 0)), (reconstruction[r, :, c], (220, 30, 30)), (from_prior[r, :, c], (40, 80, 230))]
+            curves = [(actions[r, :, c], (0, 0, 0)), (reconstruction[r, :, c], (220, 30, 30)),
+                      (from_prior[r, :, c], (40, 80, 230))]
             low = min(curve.min().item() for curve, _ in curves)
             high = max(curve.max().item() for curve, _ in curves)
             scale = (height - 10) / max(high - low, 1e-6)
-            x0, y0 = c * width, r * height
+            x0, y0 = c * width, header + r * height
             draw.rectangle([x0, y0, x0 + width - 1, y0 + height - 1], outline=(200, 200, 200))
             for curve, color in curves:
                 points = [(x0 + 5 + t * (width - 10) / max(skill_horizon - 1, 1), y0 + height - 5 - (v - low) * scale)
@@ -565,6 +567,6 @@ if __name__ == "__main__":
     spec = env_spec(args.env)
     try:
         dataset = envs.load_dataset(args.env, args.dataset)
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, RuntimeError) as e:  # the env modules' one-line dataset errors
         raise SystemExit(f"error: could not load the {args.env} dataset from {args.dataset!r}: {e}")
     train(args, dataset, spec)
