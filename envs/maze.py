@@ -517,10 +517,12 @@ def load_dataset(path="auto", num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, 
         raise ValueError(f"maze dataset {path} contains NaN or inf values: {regenerate}")
     traj_ends = np.flatnonzero(ends).astype(np.int64) + 1
     # image_t = [frame_{t-1}, frame_t], with frame_{-1} = frame_0 at a trajectory start (as env.reset does)
-    previous = np.concatenate([frames[:1], frames[:-1]])
+    images = np.empty((n, 6, VIEW_PX, VIEW_PX), np.uint8)  # (N, 6, 32, 32), filled in place to save memory
+    images[:, 3:] = frames
+    images[1:, :3] = frames[:-1]
     starts = np.concatenate([[0], traj_ends[:-1]])
-    previous[starts] = frames[starts]
-    images = np.concatenate([previous, frames], axis=1)  # (N, 6, 32, 32)
+    images[starts, :3] = frames[starts]
+    del frames
     return {"states": states.astype(np.float32), "actions": actions.astype(np.float32), "traj_ends": traj_ends,
             "images": images, "source": f"{source}: {len(traj_ends)} trajectories, {n} steps, from {path}"}
 
