@@ -247,6 +247,7 @@ class MazeEnv(gym.Env):
             spaces["image"] = gym.spaces.Box(0, 255, (6, VIEW_PX, VIEW_PX), np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
         self._seed = seed  # used by the first reset() that is given no seed
+        self._frame, self._steps, self._success = None, 0, False
 
     def _observation(self, point_obs: np.ndarray) -> dict:
         if not self.images:
@@ -419,8 +420,8 @@ def _write_dataset(out: Path, num_trajectories, seed, action_noise, max_steps, s
                     done = min(int(f.attrs["num_trajectories"]), num_trajectories)
         except (OSError, KeyError):
             done = 0
-        if done:
-            print(f"maze: resuming {partial} at trajectory {done}")
+        print(f"maze: resuming {partial} at trajectory {done}" if done else
+              f"maze: {partial} is unreadable or has other settings: starting over")
     if not done:
         with h5py.File(partial, "w") as f:
             for name, shape, dtype in (("observations", (4,), np.float32), ("actions", (2,), np.float32),

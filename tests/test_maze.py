@@ -70,6 +70,13 @@ def test_world_cell_conversion_matches_point_maze():
     assert cells.shape == (5, 3, 2) and cells.dtype == np.int64
 
 
+@pytest.mark.filterwarnings("ignore:.*infinity")  # the unbounded state Box is intended
+def test_gymnasium_env_checker_passes():
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(maze.make_env(seed=0), skip_render_check=True)  # spaces, seeding determinism, step API
+
+
 def test_planner_and_controller_reach_the_goal_in_200_training_mazes():
     reached = [maze.collect_trajectory(np.random.default_rng([123, i]), images=False)["reached"] for i in range(200)]
     assert np.mean(reached) >= 0.95, np.mean(reached)
@@ -171,6 +178,14 @@ def test_hdf5_round_trip_and_resume(tmp_path, capsys):
         np.testing.assert_array_equal(data["images"][s + 1 : e, :3], data["images"][s : e - 1, 3:])
         final = data["states"][e - 1, :2] + 0.01 * data["states"][e - 1, 2:]  # one step of dt later
         assert np.linalg.norm(final - maze.cell_to_world(goals[k], (20, 20))) < 0.6
+
+
+def test_auto_dataset_is_generated_once_with_a_log_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(maze, "DEFAULT_DATA_PATH", tmp_path / "data" / "maze.hdf5")
+    data = maze.load_dataset("auto", num_trajectories=1, progress=False)
+    assert "not found -- generating 1" in capsys.readouterr().out and len(data["traj_ends"]) == 1
+    assert envs.load_dataset("maze")["states"].shape == data["states"].shape  # now found, not regenerated
+    assert "generating" not in capsys.readouterr().out
 
 
 def test_trajectory_png(tmp_path):
