@@ -48,7 +48,7 @@ from tqdm import tqdm
 METRIC = "blocks_stacked"
 DEFAULT_PRIOR_INPUT = "image"  # appendix C: the prior sees two stacked 32x32 front views
 DEFAULT_DATASET = Path(__file__).resolve().parent.parent / "data" / "block_stacking.hdf5"
-DEFAULT_NUM_TRAJECTORIES = 500
+DEFAULT_NUM_TRAJECTORIES = 400
 
 HALF = 0.03  # block half size: 6 cm cubes
 STEP_SCALE = 0.025  # metres of carriage target displacement per unit action
@@ -466,7 +466,7 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
     is_random = np.zeros(num_trajectories, bool)
     is_random[rng.choice(num_trajectories, num_random, replace=False)] = True
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp"
+    tmp = f"{out}.{os.getpid()}.tmp"  # unique: concurrent "auto" generations cannot collide
     S, A = env.observation_space["state"].shape[0], 3
     with h5py.File(tmp, "w") as f:
         dsets = {"states": f.create_dataset("states", (0, S), "f4", maxshape=(None, S), chunks=(1024, S)),

@@ -145,7 +145,7 @@ def test_make_env_contract_and_time_limit():
 def test_generated_data_round_trips(tmp_path):
     path = tmp_path / "bs.hdf5"
     bs.generate_dataset(str(path), num_trajectories=3, random_fraction=1 / 3, seed=1)
-    assert not (tmp_path / "bs.hdf5.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bs.hdf5"]  # no temporary file left
     data = envs.load_dataset("block_stacking", str(path), state_blocks=None)
     states, actions, ends, images = data["states"], data["actions"], data["traj_ends"], data["images"]
     N = len(states)
