@@ -30,29 +30,9 @@ import mujoco
 import numpy as np
 from tqdm import tqdm
 
-# D4RL's task definitions: the obs indices of each subtask's element, its goal, and the success distance.
-OBS_ELEMENT_INDICES = {
-    "bottom burner": np.array([11, 12]),
-    "top burner": np.array([15, 16]),
-    "light switch": np.array([17, 18]),
-    "slide cabinet": np.array([19]),
-    "hinge cabinet": np.array([20, 21]),
-    "microwave": np.array([22]),
-    "kettle": np.array([23, 24, 25, 26, 27, 28, 29]),
-}
-OBS_ELEMENT_GOALS = {
-    "bottom burner": np.array([-0.88, -0.01]),
-    "top burner": np.array([-0.92, -0.01]),
-    "light switch": np.array([-0.69, -0.05]),
-    "slide cabinet": np.array([0.37]),
-    "hinge cabinet": np.array([0.0, 1.45]),
-    "microwave": np.array([-0.75]),
-    "kettle": np.array([-0.23, 0.75, 1.62, 0.99, 0.0, 0.0, -0.06]),
-}
-BONUS_THRESH = 0.3
-SUBTASKS = ("microwave", "kettle", "bottom burner", "top burner", "light switch", "slide cabinet", "hinge cabinet")
-DOWNSTREAM_ORDER = ("microwave", "kettle", "bottom burner", "light switch")
-EPISODE_STEPS = 280  # the env's (and D4RL's) episode length
+# Task names, D4RL's goals and success rule, and the env itself come from envs/kitchen.py.
+from envs.kitchen import DOWNSTREAM_TASKS, EPISODE_LENGTH, SUBTASKS, completed_subtasks, goal_vector, make_env
+
 DEFAULT_NUM_SEQUENCES = 150
 DEFAULT_NOISE = 0.1
 DEFAULT_DATASET_PATH = "data/kitchen_scripted.hdf5"
@@ -62,6 +42,7 @@ HOME_QPOS = np.array([0.148, -1.768, 1.844, -2.477, 0.260, 0.713, 1.595])  # the
 # End-effector orientations (columns: site x, y, z axes in world). FORWARD is the home posture's: tool axis
 # (site z) along world +y into the kitchen, fingers closing along world x. DOWN points the tool at the floor.
 FORWARD = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+DOWN = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
 OPEN, CLOSE = 1.0, -1.0  # gripper action: +1 opens both fingers, -1 closes them
 
 
@@ -75,31 +56,9 @@ def rot_z(angle: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])  # tool down, fingers closing along y
-
-
 def subtask_done(qpos: np.ndarray, task: str) -> bool:
-    """D4RL's success rule: the element's state within BONUS_THRESH (L2) of its goal."""
-    distance = np.linalg.norm(qpos[OBS_ELEMENT_INDICES[task]] - OBS_ELEMENT_GOALS[task])
-    return bool(distance < BONUS_THRESH)
-
-
-def d4rl_goal(tasks=DOWNSTREAM_ORDER) -> np.ndarray:
-    """The 30 goal dims of D4RL's observation: each task's goal at its element's indices, zeros elsewhere."""
-    goal = np.zeros(30)
-    for task in tasks:
-        goal[OBS_ELEMENT_INDICES[task]] = OBS_ELEMENT_GOALS[task]
-    return goal
-
-
-def d4rl_observation(env_obs: dict, goal: np.ndarray) -> np.ndarray:
-    """D4RL's 60-dim observation from FrankaKitchen-v1's dict one: robot qpos (9), object qpos (21), goal (30).
-
-    v1's 59-dim "observation" is robot qpos (9) + robot qvel (9) + object qpos (21) + object qvel (20), all
-    with the env's observation noise, like D4RL's.
-    """
-    state = env_obs["observation"]
-    return np.concatenate([state[0:9], state[18:39], goal]).astype(np.float32)
+    """D4RL's success rule (element within BONUS_THRESH of its goal) on the simulator's true state."""
+    return task in completed_subtasks(qpos, (task,))
 
 
 class ScriptedKitchenController:
@@ -191,10 +150,13 @@ class ScriptedKitchenController:
     def solve_ik(self, pos: np.ndarray, rot: np.ndarray, iterations: int = 100) -> np.ndarray:
         """Joint angles that put the end effector at (pos, rot), by iterated DLS on a kinematics-only copy.
 
-        Warm-started from the current joints so the answer is the nearby solution; joints clamped to limits.
+        Started from the home posture, so each pose gets the same well-conditioned solution wherever the arm is
+        now (starting from the current joints drifts into contorted solutions over a sequence); joints clamped
+        to their limits.
         """
         scratch = self.scratch
         scratch.qpos[:] = self.data.qpos
+        scratch.qpos[:7] = HOME_QPOS
         jac_pos, jac_rot = np.zeros((3, self.model.nv)), np.zeros((3, self.model.nv))
         quat, rotvec, error = np.empty(4), np.empty(3), np.empty(6)
         for _ in range(iterations):
@@ -213,7 +175,7 @@ class ScriptedKitchenController:
         return scratch.qpos[:7].copy()
 
     # ---- motion primitives (generators of actions) -------------------------------------------------
-    def move_joints(self, q_goal: np.ndarray, grip: float, max_steps: int, tol: float = 0.03) -> Iterator:
+    def move_joints(self, q_goal: np.ndarray, grip: float, max_steps: int, tol: float = 0.05) -> Iterator:
         """Go to a joint configuration along a straight line in joint space (fast for large reconfigurations,
         where step-wise Cartesian IK crawls: the folded home posture is far from every object in joint space)."""
         for _ in range(max_steps):
@@ -357,3 +319,97 @@ class ScriptedKitchenController:
         if task == "kettle":
             return self.kettle()
         raise ValueError(f"unknown subtask {task!r}: choose from {', '.join(SUBTASKS)}")
+
+    def sequence(self, tasks, retries: int = 1) -> Iterator:
+        """Do the subtasks one after another (each skill backs off, and the next one's joint-space reach starts
+        from there); a subtask that did not complete is tried again from home (``retries`` times)."""
+        for task in tasks:
+            for attempt in range(1 + retries):
+                if attempt > 0:
+                    yield from self.go_home()
+                yield from self.skill(task)
+                if subtask_done(self.data.qpos, task):
+                    break
+
+
+def sample_sequence(rng: np.random.Generator) -> tuple:
+    """4 distinct subtasks in random order, never the downstream task's order (as kitchen-mixed)."""
+    while True:
+        tasks = tuple(str(t) for t in rng.choice(SUBTASKS, size=4, replace=False))
+        if tasks != tuple(DOWNSTREAM_TASKS):
+            return tasks
+
+
+def run_episode(tasks, seed: int, noise: float = DEFAULT_NOISE, max_steps: int = EPISODE_LENGTH,
+                skill_only: bool = False) -> dict:
+    """One scripted episode on the kitchen env (D4RL observation noise), recorded in D4RL's layout.
+
+    ``tasks``: the subtasks, done in this order; ``skill_only`` runs just the first subtask's skill (for
+    measuring a skill alone). Returns observations (T, 60) with the downstream task's goal dims (as in
+    kitchen-mixed-v0, whose env is the downstream one), actions (T, 9), rewards (T,) (+1 when one of ``tasks``
+    completes), terminated (all of ``tasks`` done), and completed (the subtasks done, in order).
+    """
+    env = make_env(seed=seed, tasks=tuple(tasks), strict_order=False, max_episode_steps=max_steps)
+    rng = np.random.default_rng(seed)
+    obs, info = env.reset()
+    controller = ScriptedKitchenController(env.model, env.data, rng, noise)
+    controller.observe(obs["state"])
+    downstream_goal = goal_vector(DOWNSTREAM_TASKS)
+    plan = controller.skill(tasks[0]) if skill_only else controller.sequence(tasks)
+    observations, actions, rewards = [], [], []
+    terminated = False
+    for action in plan:
+        observations.append(np.concatenate([obs["state"][:30], downstream_goal]))
+        actions.append(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        controller.observe(obs["state"])
+        rewards.append(reward)
+        if terminated or truncated:
+            break
+    env.close()
+    return {"observations": np.asarray(observations, dtype=np.float32),
+            "actions": np.asarray(actions, dtype=np.float32),
+            "rewards": np.asarray(rewards, dtype=np.float32),
+            "terminated": bool(terminated), "completed": list(info["completed_tasks"])}
+
+
+def generate_dataset(out_path: str, num_sequences: int = DEFAULT_NUM_SEQUENCES, seed: int = 0,
+                     noise: float = DEFAULT_NOISE, max_steps: int = EPISODE_LENGTH) -> None:
+    """Write ``num_sequences`` scripted 4-subtask episodes to ``out_path`` in D4RL's kitchen HDF5 layout.
+
+    Keys: observations (N, 60) float32, actions (N, 9) float32 in [-1, 1], rewards (N,), terminals (N,) (set on
+    the last step of an episode that completed all its 4 subtasks), timeouts (N,) (set on the last step of every
+    other episode); attributes record the generator, noise, seed and each episode's subtasks. Written to a
+    temporary file first and moved into place, so an interrupted run leaves no half-written dataset.
+    """
+    if num_sequences < 1:
+        raise ValueError(f"num_sequences must be >= 1, got {num_sequences}")
+    rng = np.random.default_rng(seed)
+    episodes, sequences = [], []
+    progress = tqdm(range(num_sequences), desc="kitchen demos", unit="seq")
+    for i in progress:
+        tasks = sample_sequence(rng)
+        episodes.append(run_episode(tasks, seed=int(rng.integers(2**31)), noise=noise, max_steps=max_steps))
+        sequences.append(",".join(tasks))
+        progress.set_postfix(full=f"{np.mean([e['terminated'] for e in episodes]):.0%}",
+                             subtasks=f"{np.mean([len(e['completed']) for e in episodes]):.2f}")
+    lengths = [len(e["actions"]) for e in episodes]
+    ends = np.cumsum(lengths) - 1
+    terminals = np.zeros(sum(lengths), dtype=bool)
+    timeouts = np.zeros(sum(lengths), dtype=bool)
+    for end, episode in zip(ends, episodes):
+        (terminals if episode["terminated"] else timeouts)[end] = True
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(out_dir, exist_ok=True)
+    tmp_path = out_path + ".tmp"
+    with h5py.File(tmp_path, "w") as f:
+        f.create_dataset("observations", data=np.concatenate([e["observations"] for e in episodes]), compression="gzip")
+        f.create_dataset("actions", data=np.concatenate([e["actions"] for e in episodes]), compression="gzip")
+        f.create_dataset("rewards", data=np.concatenate([e["rewards"] for e in episodes]))
+        f.create_dataset("terminals", data=terminals)
+        f.create_dataset("timeouts", data=timeouts)
+        f.attrs["generator"] = "envs/kitchen_demo.py scripted demonstrator on FrankaKitchen-v1"
+        f.attrs["noise"], f.attrs["seed"], f.attrs["max_steps"] = noise, seed, max_steps
+        f.attrs["sequences"] = np.array(sequences, dtype=h5py.string_dtype())
+        f.attrs["completed"] = np.array([",".join(e["completed"]) for e in episodes], dtype=h5py.string_dtype())
+    os.replace(tmp_path, out_path)
