@@ -54,6 +54,8 @@ VIEW_SIZE = 8.0  # metres (= cells) covered by a local view: 4 px per cell, +-4 
 FLOOR_RGB = np.array([225, 225, 215], np.float32)
 WALL_RGB = np.array([70, 60, 110], np.float32)
 AGENT_RGB = np.array([220, 40, 40], np.uint8)
+# colour of a view pixel whose area is k/255 wall, k = 0..255: (3, 256) uint8
+VIEW_COLOURS = (FLOOR_RGB[:, None] + np.arange(256) / 255 * (WALL_RGB - FLOOR_RGB)[:, None]).round().astype(np.uint8)
 
 DEFAULT_NUM_TRAJECTORIES = 200  # ~2 min on a 2-core CPU; the paper uses 85000
 COLLECT_MAX_STEPS = 2000  # a data trajectory that has not reached its goal by then ends as a timeout
@@ -164,20 +166,18 @@ def render_local_view(layout: np.ndarray, xy) -> np.ndarray:
     pixel = VIEW_SIZE / VIEW_PX
     centre = np.array([layout.shape[0] / 2 - xy[1], xy[0] + layout.shape[1] / 2])  # (row, col), continuous
     edges = centre[:, None] - VIEW_SIZE / 2 + pixel * np.arange(VIEW_PX + 1)  # (2, VIEW_PX + 1) pixel edges
-    first = np.floor(edges[:, 0]).astype(np.int64)
-    cells = [np.arange(first[a], int(np.floor(edges[a, -1])) + 1) for a in range(2)]  # cells under the view
-    # overlap[a][i, k]: fraction of pixel i (along axis a) lying in cell cells[a][k]
-    overlap = [np.clip(np.minimum(edges[a, 1:, None], cells[a] + 1) - np.maximum(edges[a, :-1, None], cells[a]),
-                       0, None) / pixel for a in range(2)]
-    rows, cols = cells[0][:, None], cells[1][None, :]
-    inside = (rows >= 0) & (rows < layout.shape[0]) & (cols >= 0) & (cols < layout.shape[1])
-    walls = np.where(inside, layout[rows.clip(0, layout.shape[0] - 1), cols.clip(0, layout.shape[1] - 1)], 1)
-    coverage = overlap[0] @ walls.astype(np.float32) @ overlap[1].T  # (VIEW_PX, VIEW_PX) in [0, 1]
-    image = FLOOR_RGB + coverage[..., None] * (WALL_RGB - FLOOR_RGB)
-    image = image.round().astype(np.uint8)
+    cells = np.floor(edges[:, :1]).astype(np.int64) + np.arange(int(VIEW_SIZE) + 2)  # (2, K) cells under the view
+    # overlap[a, i, k]: fraction of pixel i along axis a (rows, cols) that lies in cell cells[a, k]
+    overlap = np.maximum(np.minimum(edges[:, 1:, None], cells[:, None, :] + 1)
+                         - np.maximum(edges[:, :-1, None], cells[:, None, :]), 0) / pixel  # (2, VIEW_PX, K)
+    inside = (cells >= 0) & (cells < np.array(layout.shape)[:, None])
+    walls = np.ones((cells.shape[1], cells.shape[1]), np.float32)  # (K, K), outside the layout = wall
+    walls[np.ix_(inside[0], inside[1])] = layout[np.ix_(cells[0, inside[0]], cells[1, inside[1]])]
+    coverage = overlap[0] @ walls @ overlap[1].T  # (VIEW_PX, VIEW_PX) wall fraction of every pixel
+    image = VIEW_COLOURS[:, (coverage * 255 + 0.5).astype(np.int64)]  # (3, VIEW_PX, VIEW_PX)
     half = VIEW_PX // 2
-    image[half - 1 : half + 1, half - 1 : half + 1] = AGENT_RGB  # the agent (always at the centre)
-    return image.transpose(2, 0, 1)
+    image[:, half - 1 : half + 1, half - 1 : half + 1] = AGENT_RGB[:, None, None]  # the agent, always centred
+    return image
 
 
 def render_layout(layout: np.ndarray, agent_xy=None, goal_xy=None, start_xy=None, cell_px: int = 8) -> np.ndarray:
@@ -411,7 +411,8 @@ def _write_dataset(out: Path, num_trajectories, seed, action_noise, max_steps, s
     from tqdm import tqdm
 
     partial = out.with_name(out.name + ".partial")
-    settings = {"seed": seed, "action_noise": action_noise, "max_steps": max_steps, "layout_size": size}
+    settings = {"seed": seed, "action_noise": action_noise, "max_steps": max_steps, "layout_size": size,
+                "view_size": VIEW_SIZE}
     done = 0
     if partial.exists():
         try:
@@ -505,6 +506,8 @@ def load_dataset(path="auto", num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, 
             ends = f["terminals"][:].astype(bool) | f["timeouts"][:].astype(bool)
             frames = f["frames"][:]
             source = f.attrs.get("source", "envs/maze.py planner data")
+            if f.attrs.get("view_size", VIEW_SIZE) != VIEW_SIZE:
+                raise ValueError(f"maze dataset {path} has {f.attrs['view_size']} m views, the env {VIEW_SIZE} m: {regenerate}")
     except OSError as e:
         raise ValueError(f"maze dataset {path} is not a readable HDF5 file ({str(e).splitlines()[0]}): {regenerate}") from None
     n = len(states)
