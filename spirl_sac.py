@@ -35,7 +35,7 @@ DEFAULT_DELTA = {"maze": 1.0, "kitchen": 5.0, "block_stacking": 5.0}  # appendix
 DEFAULT_CRITIC_LAYERS = {"maze": 2, "kitchen": 5, "block_stacking": 5}
 DEFAULT_TOTAL_ENV_STEPS = {"maze": 300_000, "kitchen": 300_000, "block_stacking": 300_000}
 SKILL_RANGE = 2.0  # B.2: skills are squashed by tanh into [-2, 2] (the prior is roughly unit variance)
-KL_CLAMP = 100.0  # the per-dim KL is clamped to [0, 100] so one outlier state cannot blow up a batch
+KL_CLAMP = 100.0  # a state's KL is clamped at 100 (as the authors) so one outlier cannot blow up a batch
 CHECKPOINT_FORMAT = "spirl-sac-v1"
 SKILL_MODEL_FORMAT = "spirl-skill-model-v1"
 
@@ -52,6 +52,8 @@ class Args:
     """sets torch.backends.cudnn.deterministic"""
     cuda: bool = False
     """train on the GPU if one is available (the default machine is a CPU)"""
+    torch_threads: int = 1
+    """CPU threads of torch; 1 is the fastest on a small shared CPU (2 threads ran ~10x slower on a busy 2-core box)"""
     exp_name: str = "spirl_sac"
     """name of this experiment (part of the run name under runs/)"""
     total_env_steps: Optional[int] = None
@@ -252,7 +254,7 @@ def prior_divergence(mu_pi, log_sigma_pi, mu_prior, log_sigma_prior):
     fixed bijection applied to policy samples in every state and only keeps skills inside the decoder's
     training range. Why the mean: the paper's delta (1 maze, 5 manipulation) is calibrated to the
     authors' per-dim mean; a sum would need delta * latent_dim. Clamped at 100 against outliers."""
-    return gaussian_kl(mu_pi, log_sigma_pi, mu_prior, log_sigma_prior).clamp(0.0, KL_CLAMP).mean(-1)
+    return gaussian_kl(mu_pi, log_sigma_pi, mu_prior, log_sigma_prior).mean(-1).clamp(max=KL_CLAMP)
 
 
 def sac_update(batch, policy, qf1, qf2, qf1_target, qf2_target, log_alpha,
@@ -582,6 +584,7 @@ def main(args):
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
     rng = np.random.default_rng(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
@@ -826,10 +829,14 @@ def main(args):
     writer.close()
     env.close()
     eval_env.close()
-    print(f"done: {global_step} env steps, {grad_steps} gradient steps, final eval return {eval_return:.2f}, "
-          f"{metric} {eval_metric:.2f}; checkpoint {save_path}")
+    rates = {"env_steps_per_s": (global_step - start_step) / max(env_time, 1e-9),  # collection alone
+             "grad_steps_per_s": (grad_steps - start_grad_steps) / max(update_time, 1e-9),  # updates alone
+             "wall_s": time.time() - start_time}
+    print(f"done: {global_step} env steps, {grad_steps} gradient steps in {rates['wall_s']:.0f} s "
+          f"({rates['env_steps_per_s']:.0f} env steps/s collecting, {rates['grad_steps_per_s']:.1f} gradient steps/s "
+          f"updating); final eval return {eval_return:.2f}, {metric} {eval_metric:.2f}; checkpoint {save_path}")
     return {"checkpoint": save_path, "global_step": global_step, "grad_steps": grad_steps, "eval_return": eval_return,
-            metric: eval_metric, "replay_size": rb.size}
+            metric: eval_metric, "replay_size": rb.size, **rates}
 
 
 if __name__ == "__main__":

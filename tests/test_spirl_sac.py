@@ -90,7 +90,7 @@ def test_prior_divergence_is_per_dim_mean_of_analytic_kl():
                                             torch.distributions.Normal(mu_p, ls_p.exp()))
     torch.testing.assert_close(prior_divergence(mu_q, ls_q, mu_p, ls_p), ref.mean(-1))
     torch.testing.assert_close(gaussian_kl(mu_q, ls_q, mu_p, ls_p), ref)
-    far = prior_divergence(mu_q + 1e3, ls_q, mu_p, ls_p)  # each dim's KL is clamped at 100
+    far = prior_divergence(mu_q + 1e3, ls_q, mu_p, ls_p)  # a state's KL is clamped at 100
     torch.testing.assert_close(far, torch.full_like(far, spirl_sac.KL_CLAMP))
 
 
@@ -239,7 +239,6 @@ def write_skill_model(path, env_name, env, latent=4, horizon=5, closed_loop=Fals
 
 
 def maze_env():
-    pytest.importorskip("envs.maze")
     import envs
 
     return envs.make_env("maze", seed=0)
@@ -287,3 +286,16 @@ def test_smoke_run_on_maze_then_resume_and_evaluate(tmp_path, monkeypatch):
     assert out2["replay_size"] > out["replay_size"]
     result = spirl_sac.main(spirl_sac.Args(env="maze", evaluate="run/sac.pt", eval_episodes=1))
     assert np.isfinite(result["return"])
+    for sampler in ("prior", "uniform"):  # Fig. 5 mode: skill rollouts without learning
+        out = spirl_sac.main(spirl_sac.Args(explore=sampler, total_env_steps=50, **common))
+        with np.load(out["path"]) as saved:
+            assert saved["states"].shape == (1 + 50, 4) and int(saved["env_steps"]) == 50
+
+
+def test_closed_loop_skill_model_runs_on_maze(tmp_path, monkeypatch):
+    env = maze_env()
+    monkeypatch.chdir(tmp_path)
+    write_skill_model("skill_cl.pt", "maze", env, closed_loop=True, prior_input="state")
+    out = spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill_cl.pt", total_env_steps=100, learning_starts=50,
+                                        batch_size=8, eval_interval=0, eval_episodes=1, save_path="cl/sac.pt"))
+    assert out["global_step"] == 100 and out["grad_steps"] > 0
