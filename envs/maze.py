@@ -112,6 +112,17 @@ def downstream_free_cell_count() -> int:
     return int((downstream_layout() == 0).sum())
 
 
+def fraction_free_cells_visited(xy, layout: Optional[np.ndarray] = None) -> float:
+    """Fraction of the free cells of ``layout`` (default: the downstream maze) containing at least one of
+    the world positions ``xy`` (..., 2): the exploration measure of the paper's Fig. 5."""
+    layout = downstream_layout() if layout is None else layout
+    cells = world_to_cell(np.asarray(xy).reshape(-1, 2), layout.shape)
+    cells = cells[((cells >= 0) & (cells < layout.shape)).all(axis=1)]
+    visited = np.zeros(layout.shape, bool)
+    visited[cells[:, 0], cells[:, 1]] = True
+    return float((visited & (layout == 0)).sum() / (layout == 0).sum())
+
+
 def cell_to_world(cell, shape) -> np.ndarray:
     """Centre (x, y) in metres of cell (row, col) in a layout of ``shape`` (PointMaze's convention:
     maze centred at the origin, row 0 at the top = largest y)."""

@@ -68,6 +68,10 @@ def test_world_cell_conversion_matches_point_maze():
     assert tuple(maze.world_to_cell(obs["state"][:2], env.layout.shape)) == maze.DOWNSTREAM_START
     cells = maze.world_to_cell(np.zeros((5, 3, 2)), (40, 40))  # vectorised
     assert cells.shape == (5, 3, 2) and cells.dtype == np.int64
+    # Fig. 5's measure: the planner's path visits exactly its own cells; positions off the map are ignored
+    path = maze.plan_path(env.layout, maze.DOWNSTREAM_START, maze.DOWNSTREAM_GOAL)
+    xy = np.concatenate([maze.cell_to_world(np.array(path), env.layout.shape), [[99.0, 99.0]]])
+    assert maze.fraction_free_cells_visited(xy) == pytest.approx(len(path) / maze.downstream_free_cell_count())
 
 
 @pytest.mark.filterwarnings("ignore:.*infinity")  # the unbounded state Box is intended
