@@ -491,10 +491,11 @@ def _write_dataset(out: Path, num_trajectories, seed, action_noise, max_steps, s
 # ---------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------
-def load_dataset(path="auto", num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, **kwargs) -> dict:
+def load_dataset(path="auto", num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, images: bool = True, **kwargs) -> dict:
     """The skill model's offline data (see envs/__init__.py): states, actions, traj_ends, images, source.
 
-    ``path="auto"`` uses data/maze.hdf5, generating it (``num_trajectories`` trajectories) if missing.
+    ``path="auto"`` uses data/maze.hdf5, generating it (``num_trajectories`` trajectories, ``kwargs`` go
+    to generate_dataset) if missing. ``images=False`` skips the images (0.5 GB for the default data).
     Every problem with the file raises a one-line ValueError / FileNotFoundError saying what to do."""
     import h5py
 
@@ -515,7 +516,8 @@ def load_dataset(path="auto", num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, 
                 raise ValueError(f"maze dataset {path} lacks {', '.join(missing)}: is it a maze file? {regenerate}")
             states, actions = f["observations"][:], f["actions"][:]
             ends = f["terminals"][:].astype(bool) | f["timeouts"][:].astype(bool)
-            frames = f["frames"][:]
+            frames_shape = f["frames"].shape
+            frames = f["frames"][:] if images else None
             source = f.attrs.get("source", "envs/maze.py planner data")
             if f.attrs.get("view_size", VIEW_SIZE) != VIEW_SIZE:
                 raise ValueError(f"maze dataset {path} has {f.attrs['view_size']} m views, the env {VIEW_SIZE} m: {regenerate}")
@@ -523,23 +525,26 @@ def load_dataset(path="auto", num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, 
         raise ValueError(f"maze dataset {path} is not a readable HDF5 file ({str(e).splitlines()[0]}): {regenerate}") from None
     n = len(states)
     if states.ndim != 2 or states.shape[1] != 4 or actions.shape != (n, 2) or ends.shape != (n,) \
-            or frames.shape != (n, 3, VIEW_PX, VIEW_PX):
+            or frames_shape != (n, 3, VIEW_PX, VIEW_PX):
         raise ValueError(f"maze dataset {path} has wrong shapes (observations {states.shape}, actions {actions.shape}, "
-                         f"frames {frames.shape}; expected (N, 4), (N, 2), (N, 3, {VIEW_PX}, {VIEW_PX})): {regenerate}")
+                         f"frames {frames_shape}; expected (N, 4), (N, 2), (N, 3, {VIEW_PX}, {VIEW_PX})): {regenerate}")
     if n == 0 or not ends[-1]:
         raise ValueError(f"maze dataset {path} holds no complete trajectory: {regenerate}")
     if not (np.isfinite(states).all() and np.isfinite(actions).all()):
         raise ValueError(f"maze dataset {path} contains NaN or inf values: {regenerate}")
     traj_ends = np.flatnonzero(ends).astype(np.int64) + 1
+    data = {"states": states.astype(np.float32), "actions": actions.astype(np.float32), "traj_ends": traj_ends,
+            "source": f"{source}: {len(traj_ends)} trajectories, {n} steps, from {path}"}
+    if not images:
+        return data
     # image_t = [frame_{t-1}, frame_t], with frame_{-1} = frame_0 at a trajectory start (as env.reset does)
-    images = np.empty((n, 6, VIEW_PX, VIEW_PX), np.uint8)  # (N, 6, 32, 32), filled in place to save memory
-    images[:, 3:] = frames
-    images[1:, :3] = frames[:-1]
+    stacked = np.empty((n, 6, VIEW_PX, VIEW_PX), np.uint8)  # (N, 6, 32, 32), filled in place to save memory
+    stacked[:, 3:] = frames
+    stacked[1:, :3] = frames[:-1]
     starts = np.concatenate([[0], traj_ends[:-1]])
-    images[starts, :3] = frames[starts]
-    del frames
-    return {"states": states.astype(np.float32), "actions": actions.astype(np.float32), "traj_ends": traj_ends,
-            "images": images, "source": f"{source}: {len(traj_ends)} trajectories, {n} steps, from {path}"}
+    stacked[starts, :3] = frames[starts]
+    data["images"] = stacked
+    return data
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -566,13 +571,14 @@ def _draw_downstream(path: str):
     obs, _ = env.reset()
     controller, xy = WaypointController(env.layout, env.goal_cell), [obs["state"][:2]]
     for _ in range(EPISODE_LENGTH):
-        obs, reward, _, truncated, _ = env.step(controller.act(obs["state"]))
+        obs, reward, _, _, info = env.step(controller.act(obs["state"]))
         xy.append(obs["state"][:2])
         if reward > 0:
             break
     save_trajectories_png(env.layout, [np.array(xy)], path, start_xy=cell_to_world(env.start_cell, env.layout.shape),
                           goal_xy=env.goal_xy)
-    print(f"maze: wrote {path} (downstream {DOWNSTREAM_SIZE}x{DOWNSTREAM_SIZE} maze, planner reached the goal "
+    outcome = "reached the goal" if info[METRIC] else "did not reach the goal"
+    print(f"maze: wrote {path} (downstream {DOWNSTREAM_SIZE}x{DOWNSTREAM_SIZE} maze, planner {outcome} "
           f"in {len(xy) - 1} steps)")
 
 

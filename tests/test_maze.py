@@ -170,6 +170,8 @@ def test_hdf5_round_trip_and_resume(tmp_path, capsys):
     assert np.isfinite(data["states"]).all() and np.isfinite(data["actions"]).all()
     assert np.abs(data["actions"]).max() <= 1.0 and "3 trajectories" in data["source"]
     np.testing.assert_array_equal(data["states"][: first["traj_ends"][-1]], first["states"])
+    lean = maze.load_dataset(out, images=False)
+    assert "images" not in lean and (lean["traj_ends"] == data["traj_ends"]).all()
     with h5py.File(out, "r") as f:
         layouts, terminals, goals = f["layouts"][:], f["terminals"][:], f["goal_cells"][:]
     assert layouts.shape == (3, 20, 20) and terminals.sum() == 3  # every trajectory reached its goal
