@@ -506,7 +506,7 @@ def load_dataset(path="auto", num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, 
                   f"(python -m envs.maze --num-trajectories {num_trajectories} --out {path})")
             generate_dataset(path, num_trajectories, wait_for_other=True, **kwargs)
     path = Path(path)
-    regenerate = f"regenerate it with `python -m envs.maze --out {path}` (or pass path='auto')"
+    regenerate = f"(re)generate it with `python -m envs.maze --out {path}` (or pass path='auto')"
     if not path.is_file():
         raise FileNotFoundError(f"maze dataset {path} not found: {regenerate}")
     try:
