@@ -6,7 +6,9 @@
    in the 5-block training env and, unchanged, in the 11-block downstream env: success rate of single
    stacks (a stack succeeds when the carried block rests on its target block once the policy has moved
    on) and the height of the highest tower at the episode's end (in blocks, and as blocks_stacked).
-2. Env steps/s with uniformly random actions, state-only and image observations, 5 and 11 blocks.
+2. Env steps/s with uniformly random actions, state-only and image observations, 5 and 11 blocks:
+   per wall-clock second and per CPU second of this process (the second is what the env costs when
+   the machine is shared and the process gets only part of a core).
 """
 
 import os
@@ -50,12 +52,12 @@ def scripted_quality(env, episodes, seed):
 def steps_per_s(env, num_steps, seed):
     rng = np.random.default_rng(seed)
     env.reset(seed=seed)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(num_steps):
         _, _, terminated, truncated, _ = env.step(rng.uniform(env.action_space.low, env.action_space.high))
         if terminated or truncated:
             env.reset()
-    return num_steps / (time.perf_counter() - start)
+    return num_steps / (time.perf_counter() - start), num_steps / (time.process_time() - start_cpu)
 
 
 if __name__ == "__main__":
@@ -77,6 +79,7 @@ if __name__ == "__main__":
     for num_blocks in (5, 11):
         for image_obs in (False, True):
             env = bs.make_env(seed=args.seed, num_blocks=num_blocks, image_obs=image_obs)
-            sps = steps_per_s(env, args.num_steps, args.seed)
+            sps, cpu_sps = steps_per_s(env, args.num_steps, args.seed)
             print(f"env steps/s, {num_blocks:2d} blocks, {'state + image' if image_obs else 'state only   '} obs: "
-                  f"{sps:6.0f} over {args.num_steps} random-action steps")
+                  f"{sps:6.0f} per wall s, {cpu_sps:6.0f} per CPU s, over {args.num_steps} random-action steps")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
