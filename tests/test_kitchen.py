@@ -276,6 +276,15 @@ def test_download_failure_falls_back_to_scripted_data_in_seconds(offline_auto):
     assert not any((offline_auto / "d4rl").glob("*.part"))
 
 
+def test_auto_prefers_a_local_d4rl_file(offline_auto, monkeypatch):
+    local = offline_auto / kitchen.D4RL_MIXED_FILE
+    obs, _ = write_d4rl_file(local, lengths=(3, 3, 3))
+    monkeypatch.setattr(kitchen, "_local_candidates", lambda: [offline_auto / "absent.hdf5", local])
+    data = kitchen.load_dataset("auto", url="http://127.0.0.1:9/never-asked.hdf5")
+    assert data["source"].startswith("D4RL kitchen-mixed-v0") and str(local) in data["source"]
+    np.testing.assert_array_equal(data["states"], obs)
+
+
 def serve(directory):
     handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(directory))  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
