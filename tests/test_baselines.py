@@ -1,0 +1,277 @@
+"""Tests of baselines/: what each script adds to SAC, on hand-made tensors, and a short run of each on each env."""
+
+import importlib.util
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution, kl_divergence
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import envs  # noqa: E402
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"baseline_{name}", ROOT / "baselines" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sac, bc_sac, flat_prior, ssp = (load_script(n) for n in ("sac", "bc_sac", "flat_prior", "ssp"))
+
+
+def squashed_gaussian(mean, std, scale, bias):
+    """torch.distributions' tanh-squashed, affinely scaled Gaussian: the reference for our log-likelihoods."""
+    return TransformedDistribution(Normal(mean, std), [TanhTransform(cache_size=1), AffineTransform(bias, scale)])
+
+
+# ---------------------------------------------------------------------------------------------------- sac.py
+
+
+def test_sac_log_prob_matches_torch_distributions():
+    torch.manual_seed(0)
+    low, high = np.array([-2.0, 0.0], np.float32), np.array([2.0, 1.0], np.float32)
+    actor = sac.Actor((3,), low, high, hidden_dim=16, hidden_layers=1)
+    obs = torch.randn(5, 3)
+    torch.manual_seed(1)
+    action, log_prob, _ = actor.get_action(obs)
+    mean, log_std = actor(obs)
+    reference = squashed_gaussian(mean, log_std.exp(), actor.action_scale, actor.action_bias).log_prob(action).sum(-1, keepdim=True)
+    assert torch.all(action >= torch.as_tensor(low)) and torch.all(action <= torch.as_tensor(high))
+    torch.testing.assert_close(log_prob, reference, atol=2e-3, rtol=1e-3)  # 1e-6 inside the log only
+
+
+def test_sac_bellman_target_on_hand_made_batch():
+    rewards, next_q, next_log_prob = torch.tensor([[1.0], [1.0]]), torch.tensor([[2.0], [2.0]]), torch.tensor([[-0.5], [-0.5]])
+    terminated = torch.tensor([[0.0], [1.0]])
+    target = sac.soft_q_target(rewards, terminated, next_q, next_log_prob, alpha=0.2, gamma=0.9)
+    torch.testing.assert_close(target, torch.tensor([[1.0 + 0.9 * (2.0 + 0.2 * 0.5)], [1.0]]))
+
+
+@pytest.mark.parametrize("entropy, rises", [(-5.0, True), (5.0, False)])
+def test_sac_alpha_tracks_entropy_target(entropy, rises):
+    log_alpha = torch.zeros(1, requires_grad=True)
+    loss = sac.entropy_alpha_loss(log_alpha, torch.full((8, 1), -entropy), target_entropy=-1.0)
+    loss.backward()
+    assert (log_alpha.grad.item() < 0) == rises  # gradient descent raises alpha when entropy < target
+
+
+# ---------------------------------------------------------------------------------------------------- bc_sac.py
+
+
+def test_bc_loss_is_negative_log_likelihood_of_squashed_policy():
+    torch.manual_seed(0)
+    low, high = np.array([-1.0, -3.0], np.float32), np.array([1.0, 1.0], np.float32)
+    actor = bc_sac.Actor((4,), low, high, 16, 2, state_mean=np.full(4, 0.5, np.float32), state_std=np.full(4, 2.0, np.float32))
+    obs, actions = torch.randn(6, 4), torch.rand(6, 2) * torch.tensor([1.8, 3.8]) + torch.tensor([-0.9, -2.9])
+    mean, log_std = actor(obs)
+    reference = -squashed_gaussian(mean, log_std.exp(), actor.action_scale, actor.action_bias).log_prob(actions).sum(-1).mean()
+    torch.testing.assert_close(bc_sac.bc_loss(actor, obs, actions), reference, atol=1e-4, rtol=1e-4)
+
+
+def test_behavioural_cloning_recovers_a_linear_controller():
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(2000, 3)).astype(np.float32)
+    actions = np.tanh(states @ np.array([[0.8], [-0.5], [0.3]], np.float32)).astype(np.float32) * 0.9
+    torch.manual_seed(0)
+    actor = bc_sac.Actor((3,), np.array([-1.0], np.float32), np.array([1.0], np.float32), 32, 2,
+                         states.mean(0), states.std(0))
+    before = bc_sac.bc_loss(actor, torch.as_tensor(states), torch.as_tensor(actions)).item()
+    after = bc_sac.behavioural_cloning(actor, states, actions, steps=300, lr=3e-3, batch_size=128, rng=rng)
+    assert after < before - 2.0
+    with torch.no_grad():
+        mean_action = actor.get_action(torch.as_tensor(states[:200]))[2].numpy()
+    assert np.abs(mean_action - actions[:200]).mean() < 0.1
+
+
+def test_bc_dataset_with_wrong_dims_is_a_one_line_error(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, states=np.zeros((10, 5), np.float32), actions=np.zeros((10, 2), np.float32))
+    with pytest.raises(SystemExit, match="made for another env"):
+        bc_sac.load_offline_data("Pendulum-v1", str(path), "state", (3,), 1)
+    with pytest.raises(SystemExit, match="check --dataset"):
+        bc_sac.load_offline_data("Pendulum-v1", str(tmp_path / "missing.npz"), "state", (3,), 1)
+
+
+# ---------------------------------------------------------------------------------------------------- flat_prior.py
+
+
+def test_flat_prior_kl_matches_torch_distributions_mean_over_dims():
+    torch.manual_seed(0)
+    mean_pi, log_std_pi, mean_p, log_std_p = torch.randn(7, 3), torch.randn(7, 3) * 0.5, torch.randn(7, 3), torch.randn(7, 3) * 0.5
+    reference = kl_divergence(Normal(mean_pi, log_std_pi.exp()), Normal(mean_p, log_std_p.exp())).mean(-1, keepdim=True)
+    torch.testing.assert_close(flat_prior.prior_divergence(mean_pi, log_std_pi, mean_p, log_std_p), reference)
+    far = flat_prior.prior_divergence(torch.full((1, 2), 100.0), torch.zeros(1, 2), torch.zeros(1, 2), torch.full((1, 2), -3.0))
+    assert far.item() == 100.0  # clamped
+    zero = flat_prior.prior_divergence(mean_p, log_std_p, mean_p, log_std_p)
+    torch.testing.assert_close(zero, torch.zeros(7, 1))  # a policy copied from the prior starts at KL 0
+
+
+@pytest.mark.parametrize("kl, rises", [(3.0, True), (0.2, False)])
+def test_flat_prior_alpha_rises_when_kl_exceeds_delta(kl, rises):
+    log_alpha = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.Adam([log_alpha], lr=0.1)
+    loss = flat_prior.alpha_loss_fn(log_alpha, torch.full((8, 1), kl, requires_grad=True), target_divergence=1.0)
+    loss.backward()
+    optimizer.step()
+    assert (log_alpha.item() > 0) == rises
+
+
+def test_flat_prior_q_target_subtracts_weighted_kl():
+    target = flat_prior.prior_regularised_q_target(torch.tensor([[1.0], [1.0]]), torch.tensor([[0.0], [1.0]]),
+                                                   torch.tensor([[2.0], [2.0]]), torch.tensor([[0.5], [0.5]]), 0.1, 0.9)
+    torch.testing.assert_close(target, torch.tensor([[1.0 + 0.9 * (2.0 - 0.05)], [1.0]]))
+
+
+# ---------------------------------------------------------------------------------------------------- ssp.py
+
+
+def test_ssp_skill_log_prob_matches_torch_distributions():
+    torch.manual_seed(0)
+    mu, log_sigma = torch.randn(5, 10), torch.randn(5, 10) * 0.3
+    torch.manual_seed(1)
+    z, log_prob = ssp.sample_skill(mu, log_sigma, max_skill=2.0)
+    reference = squashed_gaussian(mu, log_sigma.exp(), torch.tensor(2.0), torch.tensor(0.0)).log_prob(z).sum(-1, keepdim=True)
+    assert z.abs().max() <= 2.0
+    torch.testing.assert_close(log_prob, reference, atol=5e-3, rtol=1e-3)
+
+
+def test_ssp_entropy_term_and_target():
+    # target -latent_dim: a policy whose entropy is below it gets a larger alpha, above it a smaller one
+    latent_dim = 10
+    for entropy, rises in ((-2.0 * latent_dim, True), (0.0, False)):
+        log_alpha = torch.zeros(1, requires_grad=True)
+        ssp.entropy_alpha_loss(log_alpha, torch.full((4, 1), -entropy), -float(latent_dim)).backward()
+        assert (log_alpha.grad.item() < 0) == rises
+    # the Q-target's entropy bonus: -alpha * log pi(z'|s') on H-step summed rewards
+    target = ssp.soft_q_target(torch.tensor([[3.0]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]), torch.tensor([[-4.0]]), 0.5, 0.99)
+    torch.testing.assert_close(target, torch.tensor([[3.0 + 0.99 * (1.0 + 2.0)]]))
+
+
+def write_skill_model(path, env_name, state_dim, action_dim, image_shape=None, closed_loop=False, latent_dim=4):
+    """A checkpoint in the contract's format, built with spirl_vae.py's own classes (untrained)."""
+    import spirl_vae
+
+    model = spirl_vae.SkillModel(state_dim, action_dim, latent_dim, hidden_dim=32, prior_layers=3,
+                                 image_shape=image_shape, state_conditioned_decoder=closed_loop)
+    torch.save({"format": "spirl-skill-model-v1", "env": env_name, "args": {}, "data_source": "test",
+                "prior_input": "image" if image_shape else "state", "state_dim": state_dim,
+                "image_shape": list(image_shape) if image_shape else None, "action_dim": action_dim,
+                "skill_horizon": 5, "latent_dim": latent_dim, "hidden_dim": 32, "prior_layers": 3,
+                "state_conditioned_decoder": closed_loop,
+                "state_mean": np.zeros(state_dim, np.float32), "state_std": np.ones(state_dim, np.float32),
+                "action_low": -np.ones(action_dim, np.float32), "action_high": np.ones(action_dim, np.float32),
+                "model": model.state_dict(), "step": 0}, path)
+    return model
+
+
+@pytest.mark.parametrize("image_shape, closed_loop", [(None, False), ((6, 32, 32), True)])
+def test_ssp_loads_spirl_vae_checkpoint_strictly(tmp_path, image_shape, closed_loop):
+    model = write_skill_model(tmp_path / "m.pt", "kitchen", 7, 3, image_shape, closed_loop)
+    _, decoder, prior = ssp.load_skill_model(str(tmp_path / "m.pt"), "kitchen")
+    z = torch.randn(2, 4)
+    model.eval()
+    states = torch.randn(2, 5, 7) if closed_loop else None
+    torch.testing.assert_close(decoder.decode(z, states, horizon=5), model.decoder.decode(z, states, horizon=5))
+    prior_in = torch.randint(0, 255, (2, *image_shape), dtype=torch.uint8) if image_shape else torch.randn(2, 7)
+    prior.eval()
+    torch.testing.assert_close(prior(prior_in)[0], model.skill_prior(prior_in)[0])
+    with pytest.raises(SystemExit, match="trained on 'kitchen'"):
+        ssp.load_skill_model(str(tmp_path / "m.pt"), "maze")
+    with pytest.raises(SystemExit, match="spirl_vae.py --env maze"):
+        ssp.load_skill_model(str(tmp_path / "missing.pt"), "maze")
+
+
+# ---------------------------------------------------------------------------------------------------- smoke runs
+
+
+def env_or_skip(name):
+    try:
+        module = envs.env_module(name)
+    except ModuleNotFoundError:
+        pytest.skip(f"envs/{name}.py not written yet")
+    return module
+
+
+def run_script(name, argv, monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)  # runs/ goes to tmp_path
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
+    runpy.run_path(str(ROOT / "baselines" / f"{name}.py"), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def synthetic_dataset(path, env_name):
+    """A small random dataset in envs.load_dataset's format, with the downstream env's dimensions."""
+    env = envs.make_env(env_name, seed=0)
+    obs, _ = env.reset(seed=0)
+    rng, n = np.random.default_rng(0), 300
+    low, high = env.action_space.low, env.action_space.high
+    data = {"states": rng.normal(size=(n, obs["state"].shape[0])).astype(np.float32),
+            "actions": rng.uniform(low, high, size=(n, len(low))).astype(np.float32),
+            "traj_ends": np.array([n], np.int64)}
+    if "image" in obs:
+        data["images"] = rng.integers(0, 256, size=(n, *obs["image"].shape), dtype=np.uint8)
+    np.savez(path, **data)
+    env.close()
+
+
+SMALL = ["--hidden-dim", "32", "--batch-size", "32", "--log-interval", "100", "--learning-starts", "100"]
+STEPS = {"kitchen": 300, "maze": 200, "block_stacking": 200}  # kitchen: one full 280-step episode, so its metric is logged
+
+
+@pytest.mark.parametrize("env_name", envs.ENV_NAMES)
+@pytest.mark.parametrize("script", ["sac", "bc_sac", "flat_prior"])
+def test_flat_baseline_smoke(script, env_name, tmp_path, monkeypatch, capsys):
+    module = env_or_skip(env_name)
+    argv = ["--env", env_name, "--total-timesteps", str(STEPS[env_name]), "--policy-layers", "1", *SMALL]
+    if script != "sac":
+        synthetic_dataset(tmp_path / "data.npz", env_name)
+        argv += ["--dataset", str(tmp_path / "data.npz"), "--bc-steps" if script == "bc_sac" else "--prior-steps", "20"]
+    out = run_script(script, argv, monkeypatch, tmp_path, capsys)
+    assert f"step {STEPS[env_name]}/{STEPS[env_name]}" in out
+    run_dir = next((tmp_path / "runs").iterdir())
+    agent = torch.load(run_dir / "agent.pt", map_location="cpu")
+    assert all(torch.isfinite(v).all() for v in agent["actor"].values())
+    if env_name == "kitchen":  # an episode ended: the task metric was logged
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        tags = EventAccumulator(str(run_dir)).Reload().Tags()["scalars"]
+        for tag in ("charts/episodic_return", f"charts/{module.METRIC}", "charts/SPS", "charts/env_steps_per_s", "losses/alpha"):
+            assert tag in tags
+
+
+@pytest.mark.parametrize("env_name", envs.ENV_NAMES)
+@pytest.mark.parametrize("prior_init", [False, True])
+def test_ssp_smoke(env_name, prior_init, tmp_path, monkeypatch, capsys):
+    module = env_or_skip(env_name)
+    env = envs.make_env(env_name, seed=0)
+    obs, _ = env.reset(seed=0)
+    image_shape = obs["image"].shape if module.DEFAULT_PRIOR_INPUT == "image" else None
+    write_skill_model(tmp_path / "m.pt", env_name, obs["state"].shape[0], env.action_space.shape[0], image_shape)
+    env.close()
+    argv = ["--env", env_name, "--skill-model", str(tmp_path / "m.pt"), "--total-timesteps", str(STEPS[env_name]),
+            "--critic-hidden-dim", "32", "--batch-size", "16", "--log-interval", "100", "--learning-starts", "100"]
+    out = run_script("ssp", argv + (["--prior-init"] if prior_init else []), monkeypatch, tmp_path, capsys)
+    assert "target entropy -4.0" in out  # default: -latent_dim
+    assert f"step {STEPS[env_name]}/{STEPS[env_name]}" in out
+    agent = torch.load(next((tmp_path / "runs").iterdir()) / "agent.pt", map_location="cpu")
+    assert all(torch.isfinite(v.float()).all() for v in agent["policy"].values())
+
+
+def test_flat_sac_improves_on_pendulum(tmp_path, monkeypatch, capsys):
+    """End to end: a short flat-SAC run on Pendulum-v1 beats its random-action warm-up episodes."""
+    # small, fast-learning settings (64 units, batch 64, larger learning rates) to stay within seconds
+    out = run_script("sac", ["--env", "Pendulum-v1", "--total-timesteps", "3000", "--learning-starts", "400",
+                             "--policy-layers", "2", "--hidden-dim", "64", "--batch-size", "64", "--policy-lr", "1e-3",
+                             "--q-lr", "3e-3", "--alpha-lr", "3e-3", "--log-interval", "3000"], monkeypatch, tmp_path, capsys)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    returns = [e.value for e in EventAccumulator(str(next((tmp_path / "runs").iterdir()))).Reload().Scalars("charts/episodic_return")]
+    assert "step 3000/3000" in out
+    assert np.mean(returns[-3:]) > np.mean(returns[:3]) + 200, returns
