@@ -121,6 +121,8 @@ class KitchenD4RL(gym.Env):
         unknown = [t for t in tasks if t not in SUBTASKS]
         if unknown or not tasks or len(set(tasks)) != len(tasks):
             raise ValueError(f"kitchen tasks must be distinct names from {', '.join(SUBTASKS)}; got {list(tasks)}")
+        if noise_ratio < 0 or max_episode_steps < 1:
+            raise ValueError(f"kitchen needs noise_ratio >= 0 and max_episode_steps >= 1, got {noise_ratio}, {max_episode_steps}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"kitchen render_mode must be None or 'rgb_array', got {render_mode!r}")
         if render_mode and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
