@@ -244,7 +244,7 @@ def skill_model_losses(model, actions, states, prior_obs):
 # ----------------------------------------------------------------------------------------------------
 
 BETA = {"kitchen": 5e-4, "maze": 1e-2, "block_stacking": 1e-2}  # appendix B.1, calibrated to mean losses
-DEFAULT_TOTAL_STEPS = {"maze": 12_000, "block_stacking": 12_000, "kitchen": 20_000}
+DEFAULT_TOTAL_STEPS = {"maze": 6_000, "block_stacking": 6_000, "kitchen": 15_000}
 
 
 def env_spec(env_name):

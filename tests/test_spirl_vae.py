@@ -195,3 +195,18 @@ def test_bad_input_gives_clear_error_before_training(tmp_path, corrupt, message)
     assert message in str(error.value) and str(error.value).startswith("error:")
     assert "\n" not in str(error.value)
     assert not os.path.exists(tmp_path / "skill_model.pt")
+
+
+def test_short_training_on_generated_maze_data(tmp_path):
+    """The real pipeline on a tiny generated maze dataset (planner trajectories, image prior input)."""
+    maze = pytest.importorskip("envs.maze")
+    path = maze.generate_dataset(tmp_path / "maze.hdf5", 8, seed=0, size=10, progress=False)
+    dataset = maze.load_dataset(str(path))
+    spec = make_spec(image=True)
+    args = short_args(tmp_path, total_steps=250, batch_size=32, val_fraction=0.25)
+    result = spirl_vae.train(args, dataset, spec, run_dir=str(tmp_path / "runs"))
+    first, last = result["first_val"], result["last_val"]
+    # 8 small layouts are too few for the image prior to generalise to held-out layouts; the prior's
+    # learning is asserted on the synthetic data above, the reconstruction here
+    assert last["recon"] < 0.5 * first["recon"], (first, last)
+    assert torch.load(result["save_path"], weights_only=False)["data_source"] == dataset["source"]
