@@ -142,8 +142,8 @@ def tower_heights(blocks: np.ndarray) -> np.ndarray:
             heights[j] = 1
             continue
         below = (np.abs(blocks[:, 0] - x) < 1.5 * HALF) & (np.abs(z - blocks[:, 1] - 2 * HALF) < 0.012)
-        if below.any():
-            heights[j] = heights[below].max() + (heights[below].max() > 0)
+        support = heights[below].max() if below.any() else 0
+        heights[j] = support + 1 if support > 0 else 0  # resting on a held block is no tower
     return heights
 
 
@@ -291,6 +291,8 @@ class BlockStackingEnv(gym.Env):
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (3,):
             raise ValueError(f"action must have shape (3,): (dx, dz) in [-1, 1] and grip in [0, 1]; got {action.shape}")
+        if not np.isfinite(action).all():
+            raise ValueError(f"action must be finite, got {action}")
         action = np.clip(action, self.action_space.low, self.action_space.high)
         q = self.data.qpos
         # facts: target = current position + a * 0.025 m, so the target never winds up ahead

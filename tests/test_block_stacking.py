@@ -191,6 +191,8 @@ def test_bad_inputs_give_clear_one_line_errors(tmp_path):
     env = bs.make_env(seed=0, num_blocks=2, half_width=0.4, image_obs=False)
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         env.step(np.zeros(2))
+    with pytest.raises(ValueError, match="finite"):
+        env.step(np.array([np.nan, 0.0, 1.0]))
     with pytest.raises(ValueError, match="render_mode"):
         env.render()
     with pytest.raises(ValueError, match="num_blocks"):
