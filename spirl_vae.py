@@ -16,7 +16,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -29,11 +29,11 @@ CHECKPOINT_FORMAT = "spirl-skill-model-v1"
 
 @dataclass
 class Args:
-    env: str = "maze"
+    env: Literal["maze", "block_stacking", "kitchen"] = "maze"
     """which environment's offline data to learn skills from: maze, block_stacking or kitchen"""
     dataset: str = "auto"
     """path of the offline dataset, or "auto": the env module finds or builds its default dataset offline"""
-    prior_input: str = "auto"
+    prior_input: Literal["auto", "state", "image"] = "auto"
     """what the skill prior sees: "state", "image" (the two stacked 32x32 RGB frames) or "auto" (the env's DEFAULT_PRIOR_INPUT, as in the paper)"""
     seed: int = 1
     """seed of python, numpy and torch (and of the train/validation split)"""
@@ -495,8 +495,10 @@ def train(args, dataset, spec, run_dir="runs"):
     writer = SummaryWriter(os.path.join(run_dir, run_name), purge_step=step if args.resume else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     writer.add_text("data_source", data_source)
-    print(f"data: {data_source}")
-    print(f"data: {len(states)} steps in {len(trajectories)} trajectories of >= {H} steps; "
+    num_trajectories = len(np.asarray(dataset["traj_ends"]))
+    print(f"DATA SOURCE: {data_source}")
+    print(f"data: {len(states)} steps, {num_trajectories} trajectories, {num_trajectories - len(trajectories)} of them "
+          f"shorter than H={H} and skipped; "
           f"{len(train_starts)} train / {len(val_starts)} validation windows (split by trajectory)")
     print(f"model: prior input {prior_input}, beta {beta}, batch {args.batch_size}, {total_steps} steps, "
           f"{sum(p.numel() for p in model.parameters())} parameters -> {save_path}  (tensorboard: {run_dir}/{run_name})")
