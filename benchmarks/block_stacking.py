@@ -7,6 +7,8 @@
    stacks (a stack succeeds when the carried block rests on its target block once the policy has moved
    on) and the height of the highest tower at the episode's end (in blocks, and as blocks_stacked).
    Episodes may run 1000 steps (the data's limit is 400, which no 5-block episode reaches here).
+   Also, as a reference for the downstream task, the same policy with ``build_tower`` (always stacking
+   onto the highest tower, up to 10 stacks) in the 11-block env within one 1000-step episode.
 2. Env steps/s with uniformly random actions, state-only and image observations, 5 and 11 blocks:
    per wall-clock second and per CPU second of this process (the second is what the env costs when
    the machine is shared and the process gets only part of a core).
@@ -31,6 +33,8 @@ class Args:
     """scripted episodes per env"""
     num_steps: int = 3000
     """env steps to time per speed configuration"""
+    tower_episodes: int = 20
+    """episodes of the tower-building reference in the 11-block env"""
     seed: int = 0
     """seed of the policy, the layouts and the random actions"""
 
@@ -48,6 +52,23 @@ def scripted_quality(env, episodes, seed):
     return {"stack_success": np.mean(outcomes), "attempts": len(outcomes), "first_stack": np.mean(first_stack),
             "blocks_stacked": heights.mean(), "tower": heights.mean() + 1, "max_tower": heights.max() + 1,
             "length": np.mean(lengths)}
+
+
+def tower_reference(env, episodes, seed):
+    """Highest tower (blocks_stacked) the scripted policy builds in one episode when it always
+    stacks onto the highest tower."""
+    rng = np.random.default_rng(seed)
+    heights = []
+    for _ in range(episodes):
+        obs, info = env.reset(seed=int(rng.integers(2**31)))
+        policy = bs.ScriptedStacker(env, rng, num_stacks=10, build_tower=True)
+        for _ in range(env.max_episode_steps):
+            action = policy.act(obs["state"])
+            if policy.done():
+                break
+            obs, _, _, _, info = env.step(action)
+        heights.append(info["blocks_stacked"])
+    return np.array(heights)
 
 
 def steps_per_s(env, num_steps, seed):
@@ -77,6 +98,10 @@ if __name__ == "__main__":
               f"({q['attempts']} stacks; first stack of an episode {q['first_stack']:.3f}), final highest tower "
               f"{q['tower']:.2f} blocks (blocks_stacked {q['blocks_stacked']:.2f}, max {q['max_tower']}), "
               f"{q['length']:.0f} steps/episode, {time.perf_counter() - start:.0f} s")
+    start = time.perf_counter()
+    heights = tower_reference(envs_under_test["downstream env, 11 blocks (on the ground)"], args.tower_episodes, args.seed)
+    print(f"tower-building reference, 11 blocks, {args.tower_episodes} episodes of 1000 steps: blocks_stacked at the "
+          f"end {heights.mean():.2f} (min {heights.min()}, max {heights.max()}), {time.perf_counter() - start:.0f} s")
     for num_blocks in (5, 11):
         for image_obs in (False, True):
             env = bs.make_env(seed=args.seed, num_blocks=num_blocks, image_obs=image_obs)

@@ -337,13 +337,15 @@ class ScriptedStacker:
     A stack is a queue of waypoints (x, z, grip, tolerance, hold steps): rise, move over a free
     block, descend, close, lift above every tower, carry over another free block or tower, lower,
     open, rise. Pseudo-random subgoals are inserted between and within stacks (probability
-    ``subgoal_prob`` at each insertion point), and Gaussian noise is added to every action.
+    ``subgoal_prob`` at each insertion point), and Gaussian noise is added to every action. Source
+    and target are random free blocks (the data); ``build_tower`` always targets the highest tower
+    (an upper-bound reference for the downstream task, not used for the data).
     """
 
     def __init__(self, env: BlockStackingEnv, rng: np.random.Generator, num_stacks: int,
-                 action_noise: float = 0.1, subgoal_prob: float = 0.3):
+                 action_noise: float = 0.1, subgoal_prob: float = 0.3, build_tower: bool = False):
         self.env, self.rng, self.stacks_left = env, rng, num_stacks
-        self.action_noise, self.subgoal_prob = action_noise, subgoal_prob
+        self.action_noise, self.subgoal_prob, self.build_tower = action_noise, subgoal_prob, build_tower
         self.gain = rng.uniform(0.5, 1.0)  # per-trajectory speed, for diverse skills
         self.waypoints, self.hold, self.attempts = [], 0, []  # attempts: (source, target) per stack
 
@@ -360,6 +362,10 @@ class ScriptedStacker:
         free = np.flatnonzero(on_top & (heights > 0) & (np.abs(blocks[:, 2]) < 0.15))
         pairs = [(s, t) for s in free for t in free
                  if abs(blocks[s, 0] - blocks[t, 0]) > 0.08 and blocks[t, 1] + 4 * HALF + 0.1 < GRIP_Z_MAX]
+        if self.build_tower and pairs:
+            tallest = max(heights[t] for _, t in pairs)
+            pairs = [(s, t) for s, t in pairs if heights[t] == tallest]
+            pairs = [(s, t) for s, t in pairs if heights[s] == 1] or pairs  # lone blocks first
         if not pairs:
             return False
         s, t = pairs[self.rng.integers(len(pairs))]
