@@ -809,7 +809,9 @@ def main(args):
             print(f"step {global_step}/{args.total_env_steps} | episodes {episodes} | last return {last_return:.1f} | "
                   f"{metric} {last_metric:.2f} | alpha {info_update.get('alpha', log_alpha.exp().item()):.3f} | "
                   f"KL {info_update.get('kl', float('nan')):.2f} | Q {info_update.get('qf1_values', float('nan')):.2f} | "
-                  f"{(global_step - start_step) / elapsed:.0f} env-steps/s overall", flush=True)
+                  f"{(global_step - start_step) / elapsed:.0f} env-steps/s overall, "
+                  f"{(global_step - start_step) / max(env_time, 1e-9):.0f} collecting, "
+                  f"{(grad_steps - start_grad_steps) / max(update_time, 1e-9):.1f} grad-steps/s updating", flush=True)
         if next_eval is not None and global_step >= next_eval:
             next_eval += args.eval_interval
             video = os.path.join("videos", run_name, f"eval_{global_step}.gif") if args.capture_video else None

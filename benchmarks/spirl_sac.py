@@ -44,14 +44,6 @@ class Args:
     """speed mode: warm-up env steps before the updates start"""
 
 
-def coverage(states, layout):
-    """Fraction of the free cells of layout visited by the (T, >=2) states' x, y."""
-    cells = maze.world_to_cell(states[:, :2], layout.shape)
-    inside = (cells >= 0).all(1) & (cells[:, 0] < layout.shape[0]) & (cells[:, 1] < layout.shape[1])
-    visited = {tuple(c) for c in cells[inside] if layout[tuple(c)] == 0}
-    return len(visited) / int((layout == 0).sum())
-
-
 def explore(args):
     env = maze.make_env(seed=0)
     layout, start_xy, goal_xy = env.layout, maze.cell_to_world(env.start_cell, env.layout.shape), env.goal_xy
@@ -66,7 +58,7 @@ def explore(args):
         goal_reached = [bool((np.linalg.norm(ep[:, :2] - goal_xy, axis=1) <= maze.GOAL_THRESHOLD).any()) for ep in episodes]
         png = os.path.join(args.out_dir, f"spirl_sac_explore_{sampler}.png")
         maze.save_trajectories_png(layout, [ep[:, :2] for ep in episodes], png, start_xy=start_xy, goal_xy=goal_xy)
-        results[sampler] = {"free_cells_visited": coverage(states, layout), "episodes": len(episodes),
+        results[sampler] = {"free_cells_visited": maze.fraction_free_cells_visited(states[:, :2], layout), "episodes": len(episodes),
                             "env_steps": int(len(states) - len(episodes)), "episodes_reaching_goal": int(sum(goal_reached)),
                             "png": png, "wall_s": round(time.time() - t0, 1)}
         print(f"{sampler}: {results[sampler]}", flush=True)
