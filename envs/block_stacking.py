@@ -504,23 +504,19 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
     return out
 
 
-def pad_states(states: np.ndarray, traj_ends: np.ndarray, num_blocks: int, seed: int = 0) -> np.ndarray:
-    """States of a smaller env laid out like a ``num_blocks`` env's: the missing block slots hold
-    blocks resting on the ground at x uniform over the 11-block table (one draw per trajectory).
+def pad_states(states: np.ndarray, num_blocks: int) -> np.ndarray:
+    """States of a smaller env laid out like a ``num_blocks`` env's: the missing block slots repeat
+    the real blocks (slot k holds block k mod n).
 
-    The skill model and the RL critic share one state layout with the downstream env; the data's 5
-    blocks cannot fill its 11 slots, so the extra slots get plausible, constant values rather than
-    zeros (whose zero spread would blow up the per-dim state normalisation downstream).
+    The skill model and the RL critic share one state layout with the downstream env, and the critic's
+    inputs are normalised per dim with the data's statistics; repeated real blocks give every padded
+    dim a real block's spread (constant padding would have none and blow up that normalisation).
     """
     have = (states.shape[1] - 3) // 3
     if num_blocks <= have:
         return states
-    rng = np.random.default_rng(seed)
-    lengths = np.diff(np.concatenate([[0], traj_ends]))
-    extra = np.zeros((len(traj_ends), num_blocks - have, 3), np.float32)
-    extra[:, :, 0] = rng.uniform(-0.75, 0.75, extra.shape[:2])
-    extra[:, :, 1] = HALF
-    return np.concatenate([states, np.repeat(extra.reshape(len(traj_ends), -1), lengths, axis=0)], axis=1)
+    blocks = states[:, 3:].reshape(len(states), have, 3)[:, np.arange(num_blocks) % have]  # (N, num_blocks, 3)
+    return np.concatenate([states[:, :3], blocks.reshape(len(states), -1)], axis=1)
 
 
 def load_dataset(path: str = "auto", images: bool = True, state_blocks: int | None = 11, **generate_kwargs) -> dict:
@@ -563,7 +559,7 @@ def load_dataset(path: str = "auto", images: bool = True, state_blocks: int | No
         ends = np.append(ends, N)  # an unterminated last trajectory still ends at N
     states = data["states"].astype(np.float32)
     if state_blocks is not None:
-        states = pad_states(states, ends, state_blocks)
+        states = pad_states(states, state_blocks)
         source += f"; states padded to {state_blocks} block slots (envs.block_stacking.pad_states)"
     out = {"states": states, "actions": data["actions"].astype(np.float32),
            "traj_ends": ends.astype(np.int64), "source": source}
