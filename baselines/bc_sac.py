@@ -1,7 +1,7 @@
 """Behavioural cloning, then SAC finetuning: the "BC + SAC" baseline of SPiRL, section 4.1.
 
 Paper: "Accelerating Reinforcement Learning with Learned Skill Priors" (Pertsch, Lee, Lim, CoRL 2020).
-A tanh-squashed Gaussian policy is fitted by maximum likelihood to the (state, action) pairs of the
+A tanh-squashed Gaussian policy is fitted by maximum likelihood to the (observation, action) pairs of the
 offline dataset that SPiRL learns its skills from, then finetuned on the downstream task with standard
 max-entropy SAC (appendix B.2 hyperparameters) starting from those weights.
 
@@ -51,7 +51,7 @@ class Args:
     bc_lr: float = 1e-3
     """Adam learning rate of behavioural cloning"""
     bc_batch_size: int = 256
-    """(state, action) pairs per behavioural-cloning step"""
+    """(observation, action) pairs per behavioural-cloning step"""
     seed: int = 1
     """seed of python, numpy, torch and the env"""
     total_timesteps: int = 300_000

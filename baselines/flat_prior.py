@@ -2,7 +2,7 @@
 
 Paper: "Accelerating Reinforcement Learning with Learned Skill Priors" (Pertsch, Lee, Lim, CoRL 2020).
 A single-step action prior p(a|s), a tanh-squashed Gaussian MLP, is fitted by maximum likelihood to the
-offline (state, action) pairs. Downstream, flat SAC is regularised towards it exactly as Algorithm 1
+offline (observation, action) pairs. Downstream, flat SAC is regularised towards it exactly as Algorithm 1
 regularises the skill policy, only on primitive actions instead of skills:
   Q-target   r + gamma * (min_i Q_target_i(s', a') - alpha * KL(pi(.|s') || p(.|s')))   (Alg. 1 line 9)
   policy     minimise alpha * KL(pi(.|s) || p(.|s)) - min_i Q_i(s, a~pi)              (Alg. 1 line 10)
@@ -55,7 +55,7 @@ class Args:
     prior_lr: float = 1e-3
     """Adam learning rate of the action prior"""
     prior_batch_size: int = 256
-    """(state, action) pairs per prior step"""
+    """(observation, action) pairs per prior step"""
     prior_checkpoint: str = ""
     """load a trained action prior (action_prior.pt of an earlier run) instead of fitting one"""
     target_divergence: float = 1.0
