@@ -459,9 +459,9 @@ def train(args, dataset, spec, run_dir="runs"):
     val_qualitative = val_eval[: args.num_qualitative]
 
     states = np.asarray(dataset["states"], dtype=np.float32)
-    train_rows = np.concatenate([np.arange(s, e) for s, e in trajectories])  # stats from usable data
-    state_mean = states[train_rows].mean(0)
-    state_std = np.maximum(states[train_rows].std(0), 1e-2)  # constant dims (e.g. kitchen goals) stay finite
+    usable_rows = np.concatenate([np.arange(s, e) for s, e in trajectories])
+    state_mean = states[usable_rows].mean(0)
+    state_std = np.maximum(states[usable_rows].std(0), 1e-2)  # constant dims (e.g. kitchen goals) stay finite
 
     model = SkillModel(spec["state_dim"], spec["action_dim"], args.latent_dim, args.hidden_dim, args.prior_layers,
                        image_shape=spec["image_shape"] if prior_input == "image" else None,
@@ -519,6 +519,7 @@ def train(args, dataset, spec, run_dir="runs"):
 
     first_val = validate()
     model.train()
+    train_start, start_step = time.time(), step
     log_start, log_step, running = time.time(), step, np.zeros(3)
     while step < total_steps:
         batch = get_batch(data, train_starts[np.random.randint(len(train_starts), size=args.batch_size)], H)
@@ -555,7 +556,8 @@ def train(args, dataset, spec, run_dir="runs"):
     last_val = validate()
     checkpoint_now()
     writer.close()
-    print(f"saved {save_path} (step {step}; data: {data_source})")
+    minutes = (time.time() - train_start) / 60
+    print(f"saved {save_path} (step {step}, {step - start_step} steps trained in {minutes:.1f} min; data: {data_source})")
     return {"first_val": first_val, "last_val": last_val, "save_path": save_path, "run_name": run_name}
 
 
