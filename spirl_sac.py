@@ -95,7 +95,7 @@ class Args:
     eval_episodes: int = 2
     """episodes per evaluation"""
     capture_video: bool = False
-    """save the first episode of every evaluation as an animated GIF under videos/ (env must render rgb_array)"""
+    """save the first episode of every evaluation as an animated GIF under videos/, one frame per skill (env must render rgb_array)"""
     log_interval: int = 100
     """high-level steps between tensorboard scalars of the updates"""
     progress_interval: int = 10_000
@@ -379,7 +379,7 @@ class ReplayBuffer:
 
 
 def execute_skill(env, obs, skill, decoder, skill_horizon, state_mean, state_std, action_low, action_high,
-                  closed_loop, frames=None):
+                  closed_loop):
     """Alg. 1 line 6: decode skill z (latent,) into up to H actions and execute them.
 
     Open loop (paper): all H actions are decoded from z before the first step. Closed loop (a model
@@ -406,8 +406,6 @@ def execute_skill(env, obs, skill, decoder, skill_horizon, state_mean, state_std
         obs, reward, terminated, truncated, info = env.step(np.clip(action, action_low, action_high))
         reward_sum += float(reward)
         visited.append(obs["state"])
-        if frames is not None:
-            frames.append(env.render())
         if terminated or truncated:
             break
     return obs, reward_sum, terminated, truncated, info, t + 1, np.asarray(visited)
@@ -611,8 +609,8 @@ def main(args):
             return torch.as_tensor(obs["image"], device=device).unsqueeze(0)  # (1, 6, 32, 32) uint8
         return torch.as_tensor((obs["state"] - state_mean) / state_std, device=device).unsqueeze(0)
 
-    def run_skill(env, obs, z, frames=None):
-        return execute_skill(env, obs, z, decoder, H, state_mean, state_std, action_low, action_high, closed_loop, frames)
+    def run_skill(env, obs, z):
+        return execute_skill(env, obs, z, decoder, H, state_mean, state_std, action_low, action_high, closed_loop)
 
     # Alg. 1 line 2: policy (initialised from the prior), twin critics and their targets, alpha
     policy = make_policy(skill_prior, meta, args.prior_init).to(device)
@@ -645,10 +643,12 @@ def main(args):
         returns, metrics = [], []
         for episode in range(num_episodes):
             obs, _ = eval_env.reset(seed=args.seed + 10_000 + episode)
-            frames = [] if (video_path is not None and episode == 0) else None
+            frames = [eval_env.render()] if (video_path is not None and episode == 0) else None
             episode_return, done, info = 0.0, False, {}
             while not done:
-                obs, reward, terminated, truncated, info, _, _ = run_skill(eval_env, obs, deterministic_skill(obs), frames)
+                obs, reward, terminated, truncated, info, _, _ = run_skill(eval_env, obs, deterministic_skill(obs))
+                if frames is not None:
+                    frames.append(eval_env.render())  # one frame per skill (every H env steps)
                 episode_return += reward
                 done = terminated or truncated
             returns.append(episode_return)

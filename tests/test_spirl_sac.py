@@ -1,6 +1,7 @@
 """Tests of spirl_sac.py: Algorithm 1's updates on hand-made tensors, the H-step MDP, bad input, a smoke run."""
 
 import copy
+import glob
 import os
 
 import gymnasium as gym
@@ -284,8 +285,9 @@ def test_smoke_run_on_maze_then_resume_and_evaluate(tmp_path, monkeypatch):
     out2 = spirl_sac.main(spirl_sac.Args(resume="run/sac.pt", total_env_steps=400))
     assert out2["global_step"] == 400 and out2["grad_steps"] > out["grad_steps"]
     assert out2["replay_size"] > out["replay_size"]
-    result = spirl_sac.main(spirl_sac.Args(env="maze", evaluate="run/sac.pt", eval_episodes=1))
+    result = spirl_sac.main(spirl_sac.Args(env="maze", evaluate="run/sac.pt", eval_episodes=1, capture_video=True))
     assert np.isfinite(result["return"])
+    assert len(glob.glob("videos/*/evaluate.gif")) == 1
     for sampler in ("prior", "uniform"):  # Fig. 5 mode: skill rollouts without learning
         out = spirl_sac.main(spirl_sac.Args(explore=sampler, total_env_steps=50, **common))
         with np.load(out["path"]) as saved:
