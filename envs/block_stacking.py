@@ -476,30 +476,36 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = f"{out}.{os.getpid()}.tmp"  # unique: concurrent "auto" generations cannot collide
     S, A = env.observation_space["state"].shape[0], 3
-    with h5py.File(tmp, "w") as f:
-        dsets = {"states": f.create_dataset("states", (0, S), "f4", maxshape=(None, S), chunks=(1024, S)),
-                 "actions": f.create_dataset("actions", (0, A), "f4", maxshape=(None, A), chunks=(1024, A)),
-                 "terminals": f.create_dataset("terminals", (0,), bool, maxshape=(None,), chunks=(4096,)),
-                 "timeouts": f.create_dataset("timeouts", (0,), bool, maxshape=(None,), chunks=(4096,)),
-                 "frames": f.create_dataset("frames", (0, 3, 32, 32), "u1", maxshape=(None, 3, 32, 32),
-                                            chunks=(256, 3, 32, 32), compression="lzf")}
-        outcomes, heights = [], []
-        for i in tqdm(range(num_trajectories), desc="block_stacking data", unit="traj"):
-            traj = collect_trajectory(env, rng, random_actions=bool(is_random[i]), max_steps=max_steps)
-            T = len(traj["actions"])
-            ends = np.zeros(T, bool)
-            ends[-1] = True
-            for key, value in (("states", traj["states"]), ("actions", traj["actions"]), ("frames", traj["frames"]),
-                               ("terminals", np.zeros(T, bool)), ("timeouts", ends)):
-                dsets[key].resize(dsets[key].shape[0] + T, axis=0)
-                dsets[key][-T:] = value
-            if not is_random[i]:
-                outcomes += traj["stack_outcomes"]
-                heights.append(traj["info"]["blocks_stacked"])
-        f.attrs.update(num_blocks=5, num_trajectories=num_trajectories, random_fraction=random_fraction, seed=seed,
-                       stack_success_rate=float(np.mean(outcomes)) if outcomes else float("nan"),
-                       source=(f"{num_trajectories} trajectories ({num_random} random-action) of the noisy scripted "
-                               f"stacking policy in the 5-block training env, envs/block_stacking.py, seed {seed}"))
+    try:
+        with h5py.File(tmp, "w") as f:
+            dsets = {"states": f.create_dataset("states", (0, S), "f4", maxshape=(None, S), chunks=(1024, S)),
+                     "actions": f.create_dataset("actions", (0, A), "f4", maxshape=(None, A), chunks=(1024, A)),
+                     "terminals": f.create_dataset("terminals", (0,), bool, maxshape=(None,), chunks=(4096,)),
+                     "timeouts": f.create_dataset("timeouts", (0,), bool, maxshape=(None,), chunks=(4096,)),
+                     "frames": f.create_dataset("frames", (0, 3, 32, 32), "u1", maxshape=(None, 3, 32, 32),
+                                                chunks=(256, 3, 32, 32), compression="lzf")}
+            outcomes, heights = [], []
+            for i in tqdm(range(num_trajectories), desc="block_stacking data", unit="traj"):
+                traj = collect_trajectory(env, rng, random_actions=bool(is_random[i]), max_steps=max_steps)
+                T = len(traj["actions"])
+                ends = np.zeros(T, bool)
+                ends[-1] = True
+                for key, value in (("states", traj["states"]), ("actions", traj["actions"]), ("frames", traj["frames"]),
+                                   ("terminals", np.zeros(T, bool)), ("timeouts", ends)):
+                    dsets[key].resize(dsets[key].shape[0] + T, axis=0)
+                    dsets[key][-T:] = value
+                if not is_random[i]:
+                    outcomes += traj["stack_outcomes"]
+                    heights.append(traj["info"]["blocks_stacked"])
+            f.attrs.update(num_blocks=5, num_trajectories=num_trajectories, random_fraction=random_fraction, seed=seed,
+                           stack_success_rate=float(np.mean(outcomes)) if outcomes else float("nan"),
+                           mean_final_blocks_stacked=float(np.mean(heights)) if heights else float("nan"),
+                           source=(f"{num_trajectories} trajectories ({num_random} random-action) of the noisy scripted "
+                                   f"stacking policy in the 5-block training env, envs/block_stacking.py, seed {seed}"))
+    except BaseException:  # interrupted or failed: leave no partial file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, out)
     return out
 
@@ -586,6 +592,8 @@ def main():
         out = generate_dataset(args.out, args.num_trajectories, args.random_fraction, args.seed)
     except ValueError as e:
         parser.error(str(e))
+    except OSError as e:
+        parser.error(f"cannot write {args.out!r}: {e}")
     with h5py.File(out, "r") as f:
         print(f"wrote {out}: {len(f['actions'])} steps, {args.num_trajectories} trajectories, scripted stack "
               f"success {f.attrs['stack_success_rate']:.2f}, {time.time() - start:.0f} s")
