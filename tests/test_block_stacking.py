@@ -112,7 +112,7 @@ def test_views_have_the_right_shape_and_follow_the_blocks():
     np.testing.assert_array_equal(obs["image"][:3], obs["image"][3:])  # reset: both frames the same
     full = env.render()
     assert full.shape[0] == 240 and full.shape[2] == 3 and full.dtype == np.uint8
-    obs2, *_ = env.step(np.array([1.0, 0.0, 1.0]))
+    obs2, *_ = env.step(np.array([1.0, -1.0, 1.0]))
     np.testing.assert_array_equal(obs2["image"][:3], obs["image"][3:])  # oldest frame first
     assert (obs2["image"][3:] != obs["image"][3:]).any()  # the window follows the gripper
     # moving a block under the (fixed) gripper changes both views where the block is drawn
