@@ -639,34 +639,39 @@ def main(args):
         return (SKILL_RANGE * torch.tanh(mu))[0].cpu().numpy()  # the mean skill, squashed
 
     def evaluate(num_episodes, video_path=None):
-        """Episodes with the deterministic policy -> (mean return, mean final metric)."""
-        returns, metrics = [], []
+        """Episodes with the deterministic policy -> (mean return, mean final metric, [each episode's states])."""
+        returns, metrics, trajectories = [], [], []
         for episode in range(num_episodes):
             obs, _ = eval_env.reset(seed=args.seed + 10_000 + episode)
             frames = [eval_env.render()] if (video_path is not None and episode == 0) else None
-            episode_return, done, info = 0.0, False, {}
+            episode_return, done, info, states = 0.0, False, {}, [obs["state"][None]]
             while not done:
-                obs, reward, terminated, truncated, info, _, _ = run_skill(eval_env, obs, deterministic_skill(obs))
+                obs, reward, terminated, truncated, info, _, visited = run_skill(eval_env, obs, deterministic_skill(obs))
+                states.append(visited)
                 if frames is not None:
                     frames.append(eval_env.render())  # one frame per skill (every H env steps)
                 episode_return += reward
                 done = terminated or truncated
             returns.append(episode_return)
             metrics.append(float(info.get(metric, 0.0)))
+            trajectories.append(np.concatenate(states))
             if frames is not None:
                 if frames and frames[0] is not None:
                     save_gif(frames, video_path)
                 else:
                     print(f"--capture-video: env {args.env} returned no rgb_array frames; no video written")
-        return float(np.mean(returns)), float(np.mean(metrics))
+        return float(np.mean(returns)), float(np.mean(metrics)), trajectories
 
     if eval_ckpt is not None:  # --evaluate: only deterministic episodes of a saved policy
         load_agent(eval_ckpt)
         video = os.path.join("videos", run_name, "evaluate.gif") if args.capture_video else None
-        mean_return, mean_metric = evaluate(args.eval_episodes, video)
+        mean_return, mean_metric, trajectories = evaluate(args.eval_episodes, video)
+        out = os.path.join("runs", run_name, "evaluate.npz")  # every episode's low-dim states, for pictures
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        np.savez(out, **{f"episode_{k}": t for k, t in enumerate(trajectories)})
         print(f"evaluate {args.evaluate} (trained {eval_ckpt['global_step']} env steps): {args.eval_episodes} episodes, "
-              f"mean return {mean_return:.2f}, mean {metric} {mean_metric:.2f}")
-        return {"return": mean_return, metric: mean_metric}
+              f"mean return {mean_return:.2f}, mean {metric} {mean_metric:.2f}; states -> {out}")
+        return {"return": mean_return, metric: mean_metric, "path": out}
 
     if args.explore is not None:  # Fig. 5: where do skills sampled from the prior / uniformly lead?
         states, episode_starts, obs, visited = [], [], None, 0
@@ -815,7 +820,7 @@ def main(args):
         if next_eval is not None and global_step >= next_eval:
             next_eval += args.eval_interval
             video = os.path.join("videos", run_name, f"eval_{global_step}.gif") if args.capture_video else None
-            eval_return, eval_metric = evaluate(args.eval_episodes, video)
+            eval_return, eval_metric, _ = evaluate(args.eval_episodes, video)
             writer.add_scalar("eval/episodic_return", eval_return, global_step)
             writer.add_scalar(f"eval/{metric}", eval_metric, global_step)
             print(f"eval at step {global_step}: return {eval_return:.2f}, {metric} {eval_metric:.2f}", flush=True)
@@ -823,7 +828,7 @@ def main(args):
             next_checkpoint += args.checkpoint_interval
             save_checkpoint()
 
-    eval_return, eval_metric = evaluate(args.eval_episodes,
+    eval_return, eval_metric, _ = evaluate(args.eval_episodes,
                                         os.path.join("videos", run_name, "eval_final.gif") if args.capture_video else None)
     writer.add_scalar("eval/episodic_return", eval_return, global_step)
     writer.add_scalar(f"eval/{metric}", eval_metric, global_step)

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Tuple
 
 import numpy as np
 import tyro
@@ -26,49 +26,74 @@ from envs import maze  # noqa: E402
 
 @dataclass
 class Args:
-    mode: Literal["explore", "speed"] = "explore"
-    """explore: Fig. 5 coverage comparison; speed: throughput of a short training run"""
+    mode: Literal["explore", "speed", "run"] = "explore"
+    """explore: Fig. 5 coverage comparison; speed: throughput of a short training run; run: summary of a
+    training run (success per env-step bin from its tensorboard log, deterministic episodes of its checkpoint drawn)"""
     skill_model: Optional[str] = None
     """skill model of spirl_vae.py --env maze; None: checkpoints/skill_model_maze.pt"""
     explore_env_steps: int = 40_000
-    """env steps per sampling mode (20 whole episodes)"""
-    samplers: tuple = ("prior", "uniform", "normal")
-    """which skill samplers to compare"""
-    seed: int = 1
-    """seed of the rollouts"""
+    """env steps per sampler and seed (20 whole 2000-step episodes)"""
+    samplers: Tuple[str, ...] = ("prior", "uniform", "normal")
+    """which skill samplers to compare (spirl_sac.py --explore values)"""
+    seeds: Tuple[int, ...] = (1, 2, 3)
+    """seeds of the rollouts; the pictures show the first"""
     out_dir: str = "docs"
     """where the PNGs and the JSON of figures go"""
+    name: str = "spirl_sac_explore"
+    """file name prefix of the outputs in out_dir"""
+    run_dir: Optional[str] = None
+    """run mode: the run's tensorboard directory (runs/<run>)"""
+    checkpoint: Optional[str] = None
+    """run mode: the run's checkpoint, whose deterministic policy is drawn"""
+    bin_env_steps: int = 50_000
+    """run mode: width of the env-step bins of the success table"""
     speed_env_steps: int = 6000
-    """speed mode: env steps of the training run (the first 5000 are warm-up collection, then updates)"""
+    """speed mode: env steps of the training run"""
     speed_learning_starts: int = 3000
     """speed mode: warm-up env steps before the updates start"""
 
 
 def explore(args):
+    from PIL import Image
+
     env = maze.make_env(seed=0)
     layout, start_xy, goal_xy = env.layout, maze.cell_to_world(env.start_cell, env.layout.shape), env.goal_xy
     results = {}
     for sampler in args.samplers:
-        t0 = time.time()
-        out = spirl_sac.main(spirl_sac.Args(env="maze", skill_model=args.skill_model, explore=sampler, seed=args.seed,
-                                            total_env_steps=args.explore_env_steps, exp_name=f"explore_{sampler}"))
-        with np.load(out["path"]) as saved:
-            states, starts = saved["states"], saved["episode_starts"]
-        episodes = np.split(states, starts[1:] + np.arange(1, len(starts)))  # each episode's states (+ its reset state)
-        goal_reached = [bool((np.linalg.norm(ep[:, :2] - goal_xy, axis=1) <= maze.GOAL_THRESHOLD).any()) for ep in episodes]
-        png = os.path.join(args.out_dir, f"spirl_sac_explore_{sampler}.png")
-        maze.save_trajectories_png(layout, [ep[:, :2] for ep in episodes], png, start_xy=start_xy, goal_xy=goal_xy)
-        results[sampler] = {"free_cells_visited": maze.fraction_free_cells_visited(states[:, :2], layout), "episodes": len(episodes),
-                            "env_steps": int(len(states) - len(episodes)), "episodes_reaching_goal": int(sum(goal_reached)),
-                            "png": png, "wall_s": round(time.time() - t0, 1)}
-        print(f"{sampler}: {results[sampler]}", flush=True)
-    with open(os.path.join(args.out_dir, "spirl_sac_explore.json"), "w") as f:
-        json.dump({"skill_model": args.skill_model or spirl_sac.default_skill_model_path("maze"), "seed": args.seed,
-                   "free_cells": int((layout == 0).sum()), "results": results}, f, indent=1)
-    print("| sampler | env steps | episodes | free cells visited | episodes reaching the goal |")
+        runs = []
+        for seed in args.seeds:
+            t0 = time.time()
+            out = spirl_sac.main(spirl_sac.Args(env="maze", skill_model=args.skill_model, explore=sampler, seed=seed,
+                                                total_env_steps=args.explore_env_steps, exp_name=f"explore_{sampler}"))
+            with np.load(out["path"]) as saved:
+                states, starts = saved["states"], saved["episode_starts"]
+            episodes = np.split(states, starts[1:] + np.arange(1, len(starts)))  # each episode's states (+ its reset state)
+            runs.append({"seed": seed, "free_cells_visited": maze.fraction_free_cells_visited(states[:, :2], layout),
+                         "episodes": len(episodes), "env_steps": int(len(states) - len(episodes)),
+                         "episodes_reaching_goal": int(sum(bool((np.linalg.norm(ep[:, :2] - goal_xy, axis=1)
+                                                                 <= maze.GOAL_THRESHOLD).any()) for ep in episodes)),
+                         "wall_s": round(time.time() - t0, 1)})
+            if seed == args.seeds[0]:
+                png = os.path.join(args.out_dir, f"{args.name}_{sampler}.png")
+                maze.save_trajectories_png(layout, [ep[:, :2] for ep in episodes], png, start_xy=start_xy, goal_xy=goal_xy)
+            print(f"{sampler}: {runs[-1]}", flush=True)
+        coverage = [r["free_cells_visited"] for r in runs]
+        results[sampler] = {"mean_free_cells_visited": float(np.mean(coverage)), "std": float(np.std(coverage)),
+                            "png": png, "runs": runs}
+    pictures = [Image.open(results[s]["png"]) for s in args.samplers]  # side by side, in sampler order
+    row = Image.new("RGB", (sum(p.width for p in pictures) + 8 * (len(pictures) - 1), pictures[0].height), "white")
+    for k, picture in enumerate(pictures):
+        row.paste(picture, (k * (picture.width + 8), 0))
+    row.save(os.path.join(args.out_dir, f"{args.name}.png"))
+    with open(os.path.join(args.out_dir, f"{args.name}.json"), "w") as f:
+        json.dump({"skill_model": args.skill_model or spirl_sac.default_skill_model_path("maze"),
+                   "free_cells": int((layout == 0).sum()), "env_steps_per_run": args.explore_env_steps,
+                   "results": results}, f, indent=1)
+    print("| sampler | env steps per seed | free cells visited, mean +- std over seeds | per seed | episodes reaching the goal |")
     for sampler, r in results.items():
-        print(f"| {sampler} | {r['env_steps']} | {r['episodes']} | {100 * r['free_cells_visited']:.1f} % | "
-              f"{r['episodes_reaching_goal']} |")
+        print(f"| {sampler} | {r['runs'][0]['env_steps']} | {100 * r['mean_free_cells_visited']:.1f} +- {100 * r['std']:.1f} % | "
+              + ", ".join(f"{100 * x['free_cells_visited']:.1f}" for x in r["runs"]) + " | "
+              + " + ".join(str(x["episodes_reaching_goal"]) for x in r["runs"]) + " |")
 
 
 def speed(args):
@@ -80,9 +105,38 @@ def speed(args):
           f"{out['env_steps_per_s']:.0f} env steps/s collecting | {out['grad_steps_per_s']:.1f} gradient steps/s |")
 
 
+def summarize_run(args):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(args.run_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    success = [(e.step, e.value) for e in events.Scalars("charts/success")]
+    returns = [(e.step, e.value) for e in events.Scalars("charts/episodic_return")]
+    first = next((step for step, value in success if value > 0), None)
+    print(f"{args.run_dir}: {len(success)} training episodes up to env step {success[-1][0]}; "
+          f"first training episode reaching the goal ends at env step {first}")
+    print("| env steps | training episodes | episodes reaching the goal | mean return |")
+    for lo in range(0, success[-1][0] + 1, args.bin_env_steps):
+        s = [v for step, v in success if lo < step <= lo + args.bin_env_steps]
+        r = [v for step, v in returns if lo < step <= lo + args.bin_env_steps]
+        if s:
+            print(f"| {lo // 1000}k-{(lo + args.bin_env_steps) // 1000}k | {len(s)} | {int(sum(s))} | {np.mean(r):.1f} |")
+    if "eval/success" in events.Tags()["scalars"]:
+        print("eval (deterministic policy): " + ", ".join(f"{e.step}: success {e.value:.2f}" for e in events.Scalars("eval/success")))
+    if args.checkpoint:
+        out = spirl_sac.main(spirl_sac.Args(env="maze", evaluate=args.checkpoint, eval_episodes=3))
+        env = maze.make_env(seed=0)
+        with np.load(out["path"]) as saved:
+            episodes = [saved[k][:, :2] for k in saved.files]
+        png = os.path.join(args.out_dir, f"{args.name}_policy.png")
+        maze.save_trajectories_png(env.layout, episodes, png, start_xy=maze.cell_to_world(env.start_cell, env.layout.shape),
+                                   goal_xy=env.goal_xy)
+        print(f"deterministic policy episodes drawn -> {png}")
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     try:
-        explore(args) if args.mode == "explore" else speed(args)
+        {"explore": explore, "speed": speed, "run": summarize_run}[args.mode](args)
     except spirl_sac.SetupError as e:
         sys.exit(f"benchmarks/spirl_sac.py: error: {e}")

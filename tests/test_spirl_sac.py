@@ -239,10 +239,14 @@ def write_skill_model(path, env_name, env, latent=4, horizon=5, closed_loop=Fals
     }, path)
 
 
-def maze_env():
+def maze_module():
     import envs
 
-    return envs.make_env("maze", seed=0)
+    return envs.env_module("maze")
+
+
+def maze_env():
+    return maze_module().make_env(seed=0)
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, monkeypatch):
@@ -288,6 +292,8 @@ def test_smoke_run_on_maze_then_resume_and_evaluate(tmp_path, monkeypatch):
     result = spirl_sac.main(spirl_sac.Args(env="maze", evaluate="run/sac.pt", eval_episodes=1, capture_video=True))
     assert np.isfinite(result["return"])
     assert len(glob.glob("videos/*/evaluate.gif")) == 1
+    with np.load(result["path"]) as saved:
+        assert saved["episode_0"].shape == (1 + maze_module().EPISODE_LENGTH, 4)
     for sampler in ("prior", "uniform"):  # Fig. 5 mode: skill rollouts without learning
         out = spirl_sac.main(spirl_sac.Args(explore=sampler, total_env_steps=50, **common))
         with np.load(out["path"]) as saved:
