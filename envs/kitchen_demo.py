@@ -53,6 +53,11 @@ def rot_y(angle: float) -> np.ndarray:
     return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
 
 
+def rot_x(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
+
 def rot_z(angle: float) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
@@ -293,22 +298,25 @@ class ScriptedKitchenController:
         The bar runs along x, 6.4 cm thick against an 8 cm finger opening, 11 cm above the kettle's body: the
         tool points down and the fingers close along y around it.
         """
+        # Tool down, tilted forward a little: that keeps the wrist low and toward the robot, clear of the burner
+        # knobs above the stove.
+        hold_rot = rot_x(self.rng.uniform(0.25, 0.4)) @ DOWN
         bar = self.site("kettle_site") + self.jitter([0.01, 0.0, 0.0])
         grasp = bar + [0.0, 0.0, self.rng.uniform(0.005, 0.015)]
-        yield from self.reach(grasp + [0.0, 0.0, 0.10], DOWN, OPEN)
-        yield from self.move(grasp, DOWN, OPEN, 8, tol=0.008, max_step=0.04)
+        yield from self.reach(grasp + [0.0, 0.0, 0.10], hold_rot, OPEN)
+        yield from self.move(grasp, hold_rot, OPEN, 8, tol=0.008, max_step=0.04)
         yield from self.hold(CLOSE, 4)
         # Lift clear before carrying: a kettle dragged over the stove pivots about the bar and tilts.
-        lift = self.rng.uniform(0.05, 0.08)
-        yield from self.move(grasp + [0.0, 0.0, lift], DOWN, CLOSE, 8, tol=0.01, max_step=0.03)
-        # Over the top-left burner, 5 cm short of the kettle's goal (still well inside the 0.3 success distance):
-        # further back the hand runs into the burner knobs above the stove. The handle's height above the
+        lift = self.rng.uniform(0.05, 0.07)
+        yield from self.move(grasp + [0.0, 0.0, lift], hold_rot, CLOSE, 8, tol=0.01, max_step=0.03)
+        # Over the top-left burner, 10 cm short of the kettle's goal (well inside the 0.3 success distance):
+        # further back the wrist runs into the burner knobs above the stove. The handle's height above the
         # kettle's base is 0.26 m.
-        place = np.array([-0.234, 0.70, 1.879]) + self.jitter([0.015, 0.015, 0.0]) + grasp - bar
-        yield from self.move(place + [0.0, 0.0, lift], DOWN, CLOSE, 22, tol=0.02, max_step=0.03)
-        yield from self.move(place + [0.0, 0.0, 0.01], DOWN, CLOSE, 6, tol=0.015, max_step=0.02)
+        place = np.array([-0.234, 0.65, 1.879]) + self.jitter([0.015, 0.01, 0.0]) + grasp - bar
+        yield from self.move(place + [0.0, 0.0, lift], hold_rot, CLOSE, 22, tol=0.02, max_step=0.03)
+        yield from self.move(place + [0.0, 0.0, 0.01], hold_rot, CLOSE, 6, tol=0.015, max_step=0.02)
         # Back off toward the robot before rising: straight up, the hand catches the bottom-burner knob.
-        yield from self.back_off([0.0, -0.10, 0.03], DOWN)
+        yield from self.back_off([0.0, -0.10, 0.03], hold_rot)
 
     def skill(self, task: str) -> Iterator:
         """The scripted skill of one D4RL subtask."""
