@@ -81,7 +81,7 @@ class ScriptedKitchenController:
     MAX_STEP = 0.03  # m of end-effector travel commanded per env step near objects
     MAX_TURN = 0.15  # rad of end-effector rotation commanded per env step
     NULL_GAIN = 0.1  # pull of the redundant degree of freedom toward the home posture, per step
-    HOME_BEFORE = {"hinge cabinet": True}  # subtasks whose reach from another object's pose gets stuck
+    VIA_HOME_TOL = 0.6  # rad: how close to home the arm passes between two subtasks
 
     def __init__(self, model: mujoco.MjModel, data: mujoco.MjData, rng: np.random.Generator,
                  noise: float = DEFAULT_NOISE):
@@ -195,7 +195,7 @@ class ScriptedKitchenController:
     def reach(self, pos, rot, grip, max_steps: int = 40) -> Iterator:
         """Go to a pre-grasp pose: joint-space move to its IK solution, then a Cartesian finish."""
         yield from self.move_joints(self.solve_ik(pos, rot), grip, max_steps)
-        yield from self.move(pos, rot, grip, 8, tol=0.01)
+        yield from self.move(pos, rot, grip, 6, tol=0.012)
 
     def move(self, pos, rot, grip, max_steps: int, tol=0.01, max_step=MAX_STEP, max_turn=MAX_TURN) -> Iterator:
         """Go to an end-effector pose; stop within tol, or after max_steps (contacts can block the last cm)."""
@@ -210,9 +210,9 @@ class ScriptedKitchenController:
         for _ in range(steps):
             yield self.ik_action(pos, rot, grip)
 
-    def go_home(self, max_steps: int = 30) -> Iterator:
+    def go_home(self, max_steps: int = 30, tol: float = 0.05) -> Iterator:
         """Return to a jittered home posture in joint space (keeps the IK out of awkward poses)."""
-        yield from self.move_joints(HOME_QPOS + self.rng.uniform(-0.05, 0.05, 7), OPEN, max_steps)
+        yield from self.move_joints(HOME_QPOS + self.rng.uniform(-0.05, 0.05, 7), OPEN, max_steps, tol)
 
     def back_off(self, offset, rot=None, steps: int = 8) -> Iterator:
         """Open and retreat by ``offset`` keeping the orientation, so the gripper leaves the object cleanly."""
@@ -244,7 +244,7 @@ class ScriptedKitchenController:
         # disc. Pushing further only presses them into the disc, whose friction then blocks the lateral fix.
         knob = self.site(site) + self.jitter([0.003, 0.0, 0.003]) + [0.0, -0.035, 0.0]
         yield from self.reach(knob + [0.0, -0.10, 0.0], FORWARD, OPEN)
-        yield from self.move(knob, FORWARD, OPEN, 10, tol=0.006)
+        yield from self.move(knob, FORWARD, OPEN, 8, tol=0.006)
         yield from self.hold(CLOSE, 4)
         twist = self.rng.uniform(1.7, 1.9)
         yield from self.move(knob, rot_y(twist) @ FORWARD, CLOSE, 18, tol=-1.0, max_turn=0.14)
@@ -260,7 +260,7 @@ class ScriptedKitchenController:
         """
         handle = self.site(site) + self.jitter([0.004, 0.0, 0.02])
         yield from self.reach(handle + 0.08 * normal, rot, OPEN)
-        yield from self.move(handle + 0.01 * normal, rot, OPEN, 8, tol=0.01, max_step=0.04)
+        yield from self.move(handle + 0.01 * normal, rot, OPEN, 6, tol=0.012, max_step=0.04)
         yield from self.hold(CLOSE, 3)
         grasp = self.ee_pos()
         angle0 = self.data.joint(joint).qpos[0]
@@ -290,7 +290,7 @@ class ScriptedKitchenController:
         hinge = self.data.joint("right_hinge_cabinet").xanchor.copy()
         target = self.rng.uniform(1.3, 1.45)
         yield from self.door("hinge_site2", "right_hinge_cabinet", hinge, 1.0, FORWARD, np.array([0.0, -1.0, 0.0]),
-                             target, 30, lead=self.rng.uniform(0.25, 0.35))
+                             target, 30, lead=self.rng.uniform(0.4, 0.5))
 
     def kettle(self) -> Iterator:
         """Pick the kettle up by its handle bar from above and set it down on the top-left burner.
@@ -337,12 +337,16 @@ class ScriptedKitchenController:
         raise ValueError(f"unknown subtask {task!r}: choose from {', '.join(SUBTASKS)}")
 
     def sequence(self, tasks, retries: int = 1) -> Iterator:
-        """Do the subtasks one after another (each skill backs off, and the next one's joint-space reach starts
-        from there); a subtask that did not complete is tried again from home (``retries`` times)."""
-        for task in tasks:
+        """Do the subtasks one after another, passing near home in between; a subtask that did not complete is
+        tried again from home (``retries`` times)."""
+        for i, task in enumerate(tasks):
             for attempt in range(1 + retries):
-                if attempt > 0 or self.HOME_BEFORE.get(task, False):
+                if attempt > 0:
                     yield from self.go_home()
+                elif i > 0:
+                    # Pass near home on the way to the next object: the straight joint-space line between two
+                    # objects' postures can sweep the arm through the kettle or a door.
+                    yield from self.go_home(tol=self.VIA_HOME_TOL)
                 yield from self.skill(task)
                 if subtask_done(self.data.qpos, task):
                     break
