@@ -24,6 +24,9 @@ import spirl_sac  # noqa: E402
 from envs import maze  # noqa: E402
 
 
+SAMPLER_NAMES = {"prior": "skills from the learned prior", "uniform": "uniform skills U[-2,2]^d", "normal": "skills from N(0, I)"}
+
+
 @dataclass
 class Args:
     mode: Literal["explore", "speed", "run"] = "explore"
@@ -54,7 +57,7 @@ class Args:
 
 
 def explore(args):
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     env = maze.make_env(seed=0)
     layout, start_xy, goal_xy = env.layout, maze.cell_to_world(env.start_cell, env.layout.shape), env.goal_xy
@@ -80,10 +83,14 @@ def explore(args):
         coverage = [r["free_cells_visited"] for r in runs]
         results[sampler] = {"mean_free_cells_visited": float(np.mean(coverage)), "std": float(np.std(coverage)),
                             "png": png, "runs": runs}
-    pictures = [Image.open(results[s]["png"]) for s in args.samplers]  # side by side, in sampler order
-    row = Image.new("RGB", (sum(p.width for p in pictures) + 8 * (len(pictures) - 1), pictures[0].height), "white")
-    for k, picture in enumerate(pictures):
-        row.paste(picture, (k * (picture.width + 8), 0))
+    pictures = [Image.open(results[s]["png"]) for s in args.samplers]  # side by side, in sampler order, labelled
+    row = Image.new("RGB", (sum(p.width for p in pictures) + 8 * (len(pictures) - 1), pictures[0].height + 24), "white")
+    draw = ImageDraw.Draw(row)
+    for k, (sampler, picture) in enumerate(zip(args.samplers, pictures)):
+        row.paste(picture, (k * (picture.width + 8), 24))
+        r = results[sampler]
+        draw.text((k * (picture.width + 8) + 4, 6), f"{SAMPLER_NAMES.get(sampler, sampler)}: "
+                  f"{100 * r['mean_free_cells_visited']:.1f} % of free cells (mean of {len(r['runs'])} seeds)", fill="black")
     row.save(os.path.join(args.out_dir, f"{args.name}.png"))
     with open(os.path.join(args.out_dir, f"{args.name}.json"), "w") as f:
         json.dump({"skill_model": args.skill_model or spirl_sac.default_skill_model_path("maze"),
