@@ -29,9 +29,10 @@ SAMPLER_NAMES = {"prior": "skills from the learned prior", "uniform": "uniform s
 
 @dataclass
 class Args:
-    mode: Literal["explore", "speed", "run"] = "explore"
+    mode: Literal["explore", "speed", "run", "near_goal"] = "explore"
     """explore: Fig. 5 coverage comparison; speed: throughput of a short training run; run: summary of a
-    training run (success per env-step bin from its tensorboard log, deterministic episodes of its checkpoint drawn)"""
+    training run (success per env-step bin from its tensorboard log, deterministic episodes of its checkpoint drawn);
+    near_goal: a spirl_sac.py training run on the downstream maze with the goal moved to --goal-cell (a diagnostic)"""
     skill_model: Optional[str] = None
     """skill model of spirl_vae.py --env maze; None: checkpoints/skill_model_maze.pt"""
     explore_env_steps: int = 40_000
@@ -48,6 +49,10 @@ class Args:
     """run mode: the run's tensorboard directory (runs/<run>)"""
     checkpoint: Optional[str] = None
     """run mode: the run's checkpoint, whose deterministic policy is drawn"""
+    goal_cell: Tuple[int, int] = (19, 18)
+    """near_goal mode: the goal cell (row, col); (19, 18) is 24 BFS cells from the start, inside the prior's reach"""
+    total_env_steps: int = 300_000
+    """near_goal mode: env steps of the training run"""
     bin_env_steps: int = 50_000
     """run mode: width of the env-step bins of the success table"""
     speed_env_steps: int = 6000
@@ -141,9 +146,16 @@ def summarize_run(args):
         print(f"deterministic policy episodes drawn -> {png}")
 
 
+def near_goal(args):
+    maze.DOWNSTREAM_GOAL = tuple(args.goal_cell)  # maze.make_env reads its default goal from here at each call
+    spirl_sac.main(spirl_sac.Args(env="maze", skill_model=args.skill_model, seed=args.seeds[0], total_env_steps=args.total_env_steps,
+                                  exp_name=f"near_goal_{args.goal_cell[0]}_{args.goal_cell[1]}", checkpoint_interval=50_000,
+                                  progress_interval=5000))
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     try:
-        {"explore": explore, "speed": speed, "run": summarize_run}[args.mode](args)
+        {"explore": explore, "speed": speed, "run": summarize_run, "near_goal": near_goal}[args.mode](args)
     except spirl_sac.SetupError as e:
         sys.exit(f"benchmarks/spirl_sac.py: error: {e}")
