@@ -109,12 +109,15 @@ def explore(args):
 
 
 def speed(args):
-    out = spirl_sac.main(spirl_sac.Args(env="maze", skill_model=args.skill_model, seed=args.seed, exp_name="speed",
+    cpu0 = time.process_time()
+    out = spirl_sac.main(spirl_sac.Args(env="maze", skill_model=args.skill_model, seed=args.seeds[0], exp_name="speed",
                                         total_env_steps=args.speed_env_steps, learning_starts=args.speed_learning_starts,
                                         eval_interval=0, eval_episodes=1, save_replay_buffer=False,
                                         save_path=os.path.join("runs", "speed", "spirl_sac.pt")))
-    print(f"| maze (image prior, 2x256 critics), batch 256, 1 gradient step per high-level step | "
-          f"{out['env_steps_per_s']:.0f} env steps/s collecting | {out['grad_steps_per_s']:.1f} gradient steps/s |")
+    cpu_share = (time.process_time() - cpu0) / out["wall_s"]  # < 1 when other jobs share the cores
+    print(f"| maze, image prior, 2x256 critics, batch 256, 1 gradient step per high-level step, 1 torch thread | "
+          f"{out['env_steps_per_s']:.0f} env steps/s collecting | {out['grad_steps_per_s']:.1f} gradient steps/s updating | "
+          f"process got {cpu_share:.2f} CPU cores on average |")
 
 
 def summarize_run(args):
