@@ -377,7 +377,9 @@ def decoded_skills_figure(model, data, window_starts, skill_horizon, panel=(160,
                       (from_prior[r, :, c], (40, 80, 230))]
             low = min(curve.min().item() for curve, _ in curves)
             high = max(curve.max().item() for curve, _ in curves)
-            scale = (height - 10) / max(high - low, 1e-6)
+            pad = max(0.0, 0.2 - (high - low)) / 2  # a panel spans >= 0.2 so tiny errors do not look large
+            low, high = low - pad, high + pad
+            scale = (height - 10) / (high - low)
             x0, y0 = c * width, header + r * height
             draw.rectangle([x0, y0, x0 + width - 1, y0 + height - 1], outline=(200, 200, 200))
             for curve, color in curves:
