@@ -23,8 +23,8 @@ about half of a commanded move, hence the IK gain of 1.5.
 
 import os
 import time
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import h5py
 import mujoco
@@ -114,7 +114,7 @@ class ScriptedKitchenController:
         return self.rng.uniform(-1.0, 1.0, 3) * np.asarray(scale, dtype=float)
 
     # ---- actions -----------------------------------------------------------------------------------
-    def _finish(self, joint_delta: np.ndarray, grip: float) -> np.ndarray:
+    def joint_action(self, joint_delta: np.ndarray, grip: float) -> np.ndarray:
         """Joint-position increment -> env action, with gravity-sag compensation and action noise."""
         # The env's target is q_observed + 2 * a * 0.08, q_observed being its noisy reading: aim from the true q,
         # and add the gravity torque over kp so the arm holds its pose instead of sagging.
@@ -153,7 +153,7 @@ class ScriptedKitchenController:
             if not blocked.any():
                 break
             active &= ~blocked
-        return self._finish(self.IK_GAIN * delta, grip)
+        return self.joint_action(self.IK_GAIN * delta, grip)
 
     def solve_ik(self, pos: np.ndarray, rot: np.ndarray, iterations: int = 100) -> np.ndarray:
         """Joint angles that put the end effector at (pos, rot), by iterated DLS on a kinematics-only copy.
@@ -190,7 +190,7 @@ class ScriptedKitchenController:
             error = q_goal - self.data.qpos[:7]
             if np.abs(error).max() < tol:
                 return
-            yield self._finish(self.IK_GAIN * np.clip(error, -0.1, 0.1), grip)
+            yield self.joint_action(self.IK_GAIN * np.clip(error, -0.1, 0.1), grip)
 
     def reach(self, pos, rot, grip, max_steps: int = 40) -> Iterator:
         """Go to a pre-grasp pose: joint-space move to its IK solution, then a Cartesian finish."""
@@ -238,7 +238,7 @@ class ScriptedKitchenController:
         yield from self.move(handle + [0.22 + self.rng.uniform(0, 0.08), 0.0, 0.0], FORWARD, CLOSE, 20, max_step=0.025)
         yield from self.back_off([0.0, -0.12, 0.0])
 
-    def knob(self, site: str, task: str) -> Iterator:
+    def knob(self, site: str) -> Iterator:
         """Grasp a burner knob from the front and twist it about world +y (the knob's angle goes negative)."""
         # The end-effector site sits mid-finger: at 3.5 cm in front of the knob the fingertips reach its base
         # disc. Pushing further only presses them into the disc, whose friction then blocks the lateral fix.
@@ -246,6 +246,7 @@ class ScriptedKitchenController:
         yield from self.reach(knob + [0.0, -0.10, 0.0], FORWARD, OPEN)
         yield from self.move(knob, FORWARD, OPEN, 8, tol=0.006)
         yield from self.hold(CLOSE, 4)
+        # The damped knob slips in the fingers for about half of the twist: ~1.8 rad of wrist for ~0.9 of knob.
         twist = self.rng.uniform(1.7, 1.9)
         yield from self.move(knob, rot_y(twist) @ FORWARD, CLOSE, 18, tol=-1.0, max_turn=0.14)
         yield from self.back_off([0.0, -0.12, 0.0])
@@ -303,8 +304,10 @@ class ScriptedKitchenController:
         hold_rot = rot_x(self.rng.uniform(0.25, 0.4)) @ DOWN
         bar = self.site("kettle_site") + self.jitter([0.01, 0.0, 0.0])
         grasp = bar + [0.0, 0.0, self.rng.uniform(0.005, 0.015)]
+        # The bar leaves 8 mm on either side of the fingers: line up precisely above it, then descend slowly.
         yield from self.reach(grasp + [0.0, 0.0, 0.10], hold_rot, OPEN)
-        yield from self.move(grasp, hold_rot, OPEN, 8, tol=0.008, max_step=0.04)
+        yield from self.move(grasp + [0.0, 0.0, 0.10], hold_rot, OPEN, 4, tol=0.006)
+        yield from self.move(grasp, hold_rot, OPEN, 8, tol=0.008, max_step=0.03)
         yield from self.hold(CLOSE, 4)
         # Lift clear before carrying: a kettle dragged over the stove pivots about the bar and tilts.
         lift = self.rng.uniform(0.05, 0.07)
@@ -325,9 +328,9 @@ class ScriptedKitchenController:
         if task == "slide cabinet":
             return self.slide_cabinet()
         if task == "bottom burner":
-            return self.knob("knob2_site", task)
+            return self.knob("knob2_site")
         if task == "top burner":
-            return self.knob("knob4_site", task)
+            return self.knob("knob4_site")
         if task == "microwave":
             return self.microwave()
         if task == "hinge cabinet":
@@ -414,7 +417,7 @@ def generate_dataset(out_path: str, num_sequences: int = DEFAULT_NUM_SEQUENCES, 
     rng = np.random.default_rng(seed)
     episodes, sequences = [], []
     progress = tqdm(range(num_sequences), desc="kitchen demos", unit="seq")
-    for i in progress:
+    for _ in progress:
         tasks = sample_sequence(rng)
         episodes.append(run_episode(tasks, seed=int(rng.integers(2**31)), noise=noise, max_steps=max_steps))
         sequences.append(",".join(tasks))

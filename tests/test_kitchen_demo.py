@@ -6,11 +6,12 @@ import sys
 from pathlib import Path
 
 import h5py
+import mujoco
 import numpy as np
 import pytest
 
 from envs import kitchen
-from envs.kitchen_demo import (DOWNSTREAM_TASKS, SUBTASKS, ScriptedKitchenController, generate_dataset, run_episode,
+from envs.kitchen_demo import (DOWN, DOWNSTREAM_TASKS, SUBTASKS, ScriptedKitchenController, generate_dataset, run_episode,
                                sample_sequence, subtask_done)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +53,7 @@ def test_gravity_compensation_holds_the_arm():
         start = controller.ee_pos()
         for _ in range(20):
             controller.observe(obs["state"])
-            action = controller._finish(np.zeros(7), 1.0) if compensate else np.zeros(9)
+            action = controller.joint_action(np.zeros(7), 1.0) if compensate else np.zeros(9)
             obs, *_ = env.step(action)
         drift[compensate] = np.linalg.norm(controller.ee_pos() - start)
         env.close()
@@ -60,17 +61,18 @@ def test_gravity_compensation_holds_the_arm():
 
 
 def test_solve_ik_reaches_a_pregrasp_pose():
+    """The kinematics-only IK finds joints within limits that put the end effector on the kettle's pre-grasp
+    pose (tool down), a pose 2.5 rad of wrist rotation away from the home posture."""
     env = kitchen.make_env(seed=0)
     env.reset()
     controller = ScriptedKitchenController(env.model, env.data, np.random.default_rng(0))
-    target = controller.site("knob2_site") + [0.0, -0.14, 0.0]
-    from envs.kitchen_demo import FORWARD
-    import mujoco
-    q = controller.solve_ik(target, FORWARD)
+    target = controller.site("kettle_site") + [0.0, 0.0, 0.1]
+    q = controller.solve_ik(target, DOWN)
     scratch = controller.scratch
     scratch.qpos[:7] = q
     mujoco.mj_kinematics(env.model, scratch)
-    assert np.linalg.norm(scratch.site_xpos[controller.ee] - target) < 0.005
+    assert np.linalg.norm(scratch.site_xpos[controller.ee] - target) < 0.002
+    assert np.allclose(scratch.site_xmat[controller.ee].reshape(3, 3), DOWN, atol=0.01)
     assert np.all(q >= env.model.jnt_range[:7, 0]) and np.all(q <= env.model.jnt_range[:7, 1])
     env.close()
 
