@@ -527,6 +527,8 @@ def train(args, dataset, spec, run_dir="runs"):
         batch = get_batch(data, train_starts[np.random.randint(len(train_starts), size=args.batch_size)], H)
         recon, kl, prior = skill_model_losses(model, *batch)
         loss = recon + beta * kl + prior  # eq. (4)
+        if not math.isfinite(loss.item()):
+            raise SystemExit(f"error: loss became {loss.item()} at step {step}: lower --learning-rate")
         optimizer.zero_grad()
         loss.backward()
         if step < args.init_grad_clip_steps:  # the authors clip hard early on to avoid NaNs
@@ -534,8 +536,6 @@ def train(args, dataset, spec, run_dir="runs"):
         optimizer.step()
         step += 1
         running += [recon.item(), kl.item(), prior.item()]
-        if not math.isfinite(loss.item()):
-            raise SystemExit(f"error: loss became {loss.item()} at step {step}: lower --learning-rate")
 
         if step % args.log_interval == 0 or step == total_steps:
             elapsed = time.time() - log_start
