@@ -82,6 +82,9 @@ class ScriptedKitchenController:
     MAX_TURN = 0.15  # rad of end-effector rotation commanded per env step
     NULL_GAIN = 0.1  # pull of the redundant degree of freedom toward the home posture, per step
     VIA_HOME_TOL = 0.6  # rad: how close to home the arm passes between two subtasks
+    # Subtasks on the back wall, handled with the same forward-pointing gripper: the arm goes straight from one
+    # to another without passing near home.
+    NEIGHBOURS = frozenset({"light switch", "slide cabinet", "bottom burner", "top burner"})
 
     def __init__(self, model: mujoco.MjModel, data: mujoco.MjData, rng: np.random.Generator,
                  noise: float = DEFAULT_NOISE):
@@ -340,13 +343,13 @@ class ScriptedKitchenController:
         raise ValueError(f"unknown subtask {task!r}: choose from {', '.join(SUBTASKS)}")
 
     def sequence(self, tasks, retries: int = 1) -> Iterator:
-        """Do the subtasks one after another, passing near home in between; a subtask that did not complete is
-        tried again from home (``retries`` times)."""
+        """Do the subtasks one after another, passing near home in between (except between NEIGHBOURS); a
+        subtask that did not complete is tried again from home (``retries`` times)."""
         for i, task in enumerate(tasks):
             for attempt in range(1 + retries):
                 if attempt > 0:
                     yield from self.go_home()
-                elif i > 0:
+                elif i > 0 and not {tasks[i - 1], task} <= self.NEIGHBOURS:
                     # Pass near home on the way to the next object: the straight joint-space line between two
                     # objects' postures can sweep the arm through the kettle or a door.
                     yield from self.go_home(tol=self.VIA_HOME_TOL)
