@@ -499,6 +499,8 @@ class Args:
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    if args.num_sequences < 1 or args.trials < 1 or args.max_steps < 1 or args.noise < 0:
+        raise SystemExit("error: --num-sequences, --trials and --max-steps must be >= 1 and --noise >= 0")
     start = time.time()
     if args.evaluate:
         report = evaluate(args.trials, args.seed, args.noise, args.max_steps)
