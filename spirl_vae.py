@@ -390,7 +390,7 @@ def decoded_skills_figure(model, data, window_starts, skill_horizon, panel=(160,
 
 
 def save_checkpoint(path, model, optimizer, step, args, spec, prior_input, norm, data_source, run_name):
-    """Write the checkpoint of SKILL_MODEL_CONTRACT (format spirl-skill-model-v1) atomically."""
+    """Write the checkpoint (format spirl-skill-model-v1, see docs/skill_model_format.md) atomically."""
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "env": args.env,
