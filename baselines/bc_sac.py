@@ -9,8 +9,8 @@ max-entropy SAC (appendix B.2 hyperparameters) starting from those weights.
     python baselines/bc_sac.py --env Pendulum-v1 --dataset d.npz   # any .npz with "states" and "actions"
 
 Inputs: the critics see obs["state"]; the policy sees what SPiRL's skill prior sees in that env (--obs
-auto: the stacked 32x32 frames in maze and block stacking, whose training data has other layouts and
-block counts, so only images transfer; the state in kitchen), or --obs state / image.
+auto: the stacked 32x32 frames in maze and block stacking, as the paper's baselines, whose training data
+come from other layouts and block counts; the state in kitchen), or --obs state / image.
 Warm-up steps are collected with the cloned policy, not uniformly at random, so that the buffer starts
 with the behaviour the finetuning begins from.
 """
@@ -209,8 +209,7 @@ def load_offline_data(env_name, path, obs_key, obs_shape, action_dim):
     inputs = inputs.astype(np.float32) if obs_key == "state" else inputs.astype(np.uint8)
     if inputs.shape[1:] != tuple(obs_shape) or actions.ndim != 2 or actions.shape[1] != action_dim:
         raise SystemExit(f"dataset {path!r} has {data_key} {inputs.shape} and actions {actions.shape}, the env needs "
-                         f"(N, {', '.join(map(str, obs_shape))}) and (N, {action_dim}): was it made for another env?"
-                         + (" (block stacking trains on 5 blocks: use --obs image)" if obs_key == "state" else ""))
+                         f"(N, {', '.join(map(str, obs_shape))}) and (N, {action_dim}): was it made for another env?")
     return inputs, actions
 
 
