@@ -528,16 +528,26 @@ def save_gif(frames, path, max_frames=300):
 # ----------------------------------------------------------------------------------------------------
 
 
+def load_sac_checkpoint(path, flag):
+    if not os.path.isfile(path):
+        raise SetupError(f"{flag} {path}: no such checkpoint (spirl_sac.py writes runs/<run>/spirl_sac.pt)")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        raise SetupError(f"{flag} {path} is not a spirl_sac.py checkpoint")
+    return saved
+
+
 def resolve_args(args):
-    """Per-env defaults, checks of the user's values, and the saved settings when resuming."""
+    """Per-env defaults and checks of the user's values -> (args, the --resume / --evaluate checkpoint or None).
+    --resume continues with the saved settings; --evaluate runs the saved policy on its own env."""
+    saved = None
     if args.resume is not None:
-        if not os.path.isfile(args.resume):
-            raise SetupError(f"--resume {args.resume}: no such checkpoint (spirl_sac.py writes runs/<run>/spirl_sac.pt)")
-        saved = torch.load(args.resume, map_location="cpu", weights_only=False)
-        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-            raise SetupError(f"--resume {args.resume} is not a spirl_sac.py checkpoint")
+        saved = load_sac_checkpoint(args.resume, "--resume")
         kept = {"resume": args.resume, "total_env_steps": args.total_env_steps or saved["args"]["total_env_steps"]}
         args = Args(**{**saved["args"], **kept})
+    elif args.evaluate is not None:
+        saved = load_sac_checkpoint(args.evaluate, "--evaluate")
+        args.env = saved["env"]
     if args.env not in envs.ENV_NAMES:
         raise SetupError(f"unknown env {args.env!r}: choose one of {', '.join(envs.ENV_NAMES)}")
     args.skill_model = args.skill_model or default_skill_model_path(args.env)
@@ -551,7 +561,7 @@ def resolve_args(args):
             raise SetupError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.alpha_init <= 0:
         raise SetupError(f"--alpha-init must be > 0, got {args.alpha_init}")
-    return args
+    return args, saved
 
 
 def make_env(args, seed, render_mode=None):
@@ -562,20 +572,9 @@ def make_env(args, seed, render_mode=None):
 
 
 def main(args):
-    args = resolve_args(args)
-    env_module = envs.env_module(args.env)
-    metric = env_module.METRIC
-    run_name = f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    resume_ckpt = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
-    eval_ckpt = None
-    if args.evaluate is not None:
-        if not os.path.isfile(args.evaluate):
-            raise SetupError(f"--evaluate {args.evaluate}: no such checkpoint")
-        eval_ckpt = torch.load(args.evaluate, map_location="cpu", weights_only=False)
-        if not isinstance(eval_ckpt, dict) or eval_ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise SetupError(f"--evaluate {args.evaluate} is not a spirl_sac.py checkpoint")
-    if resume_ckpt is not None:
-        run_name = resume_ckpt["run_name"]
+    args, saved = resolve_args(args)
+    resume_ckpt, eval_ckpt = (saved, None) if args.resume is not None else (None, saved)
+    run_name = resume_ckpt["run_name"] if resume_ckpt else f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
     save_path = args.save_path or os.path.join("runs", run_name, "spirl_sac.pt")
 
     random.seed(args.seed)
@@ -592,6 +591,7 @@ def main(args):
     skill_ckpt = skill_ckpt or read_skill_model(args.skill_model, args.env)
     env = make_env(args, args.seed)
     eval_env = make_env(args, args.seed + 10_000, render_mode="rgb_array" if args.capture_video else None)
+    metric = envs.env_module(args.env).METRIC
     decoder, skill_prior, meta = build_skill_model(skill_ckpt, args.env, env, skill_source)
     skill_prior = skill_prior.to(device)
     H, latent_dim, closed_loop = meta["skill_horizon"], meta["latent_dim"], bool(meta["state_conditioned_decoder"])
@@ -626,13 +626,6 @@ def main(args):
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, betas=(0.9, 0.999))
     global_step, grad_steps, episodes = 0, 0, 0
 
-    def load_agent(ckpt):
-        policy.load_state_dict(ckpt["policy"])
-        for net, key in ((qf1, "qf1"), (qf2, "qf2"), (qf1_target, "qf1_target"), (qf2_target, "qf2_target")):
-            net.load_state_dict(ckpt[key])
-        with torch.no_grad():
-            log_alpha.copy_(torch.as_tensor(ckpt["log_alpha"]))
-
     def deterministic_skill(obs):
         with torch.no_grad():
             mu, _ = policy(policy_input(obs))
@@ -663,7 +656,7 @@ def main(args):
         return float(np.mean(returns)), float(np.mean(metrics)), trajectories
 
     if eval_ckpt is not None:  # --evaluate: only deterministic episodes of a saved policy
-        load_agent(eval_ckpt)
+        policy.load_state_dict(eval_ckpt["policy"])
         video = os.path.join("videos", run_name, "evaluate.gif") if args.capture_video else None
         mean_return, mean_metric, trajectories = evaluate(args.eval_episodes, video)
         out = os.path.join("runs", run_name, "evaluate.npz")  # every episode's low-dim states, for pictures
@@ -703,7 +696,11 @@ def main(args):
     rb = ReplayBuffer(min(args.buffer_size, args.total_env_steps), meta["state_dim"], latent_dim, state_mean, state_std,
                       meta["image_shape"], device)
     if resume_ckpt is not None:
-        load_agent(resume_ckpt)
+        policy.load_state_dict(resume_ckpt["policy"])
+        for net, key in ((qf1, "qf1"), (qf2, "qf2"), (qf1_target, "qf1_target"), (qf2_target, "qf2_target")):
+            net.load_state_dict(resume_ckpt[key])
+        with torch.no_grad():
+            log_alpha.copy_(torch.as_tensor(resume_ckpt["log_alpha"]))
         policy_optimizer.load_state_dict(resume_ckpt["policy_optimizer"])
         q_optimizer.load_state_dict(resume_ckpt["q_optimizer"])
         alpha_optimizer.load_state_dict(resume_ckpt["alpha_optimizer"])

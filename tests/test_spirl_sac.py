@@ -260,6 +260,8 @@ def test_bad_inputs_give_clear_errors(tmp_path, monkeypatch):
     for delta in (0.0, -1.0):
         with pytest.raises(SetupError, match="target divergence must be > 0"):
             spirl_sac.main(spirl_sac.Args(env="maze", delta=delta))
+    with pytest.raises(SetupError, match="--evaluate missing.pt: no such checkpoint"):
+        spirl_sac.main(spirl_sac.Args(evaluate="missing.pt"))
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SetupError, match="cannot read skill model"):
         spirl_sac.load_skill_model("garbage.pt", "maze", None)
