@@ -463,7 +463,9 @@ def train(args, dataset, spec, run_dir="runs"):
     states = np.asarray(dataset["states"], dtype=np.float32)
     usable_rows = np.concatenate([np.arange(s, e) for s, e in trajectories])
     state_mean = states[usable_rows].mean(0)
-    state_std = np.maximum(states[usable_rows].std(0), 1e-2)  # constant dims (e.g. kitchen goals) stay finite
+    # Floor 0.1, not ~0: a dim that barely moves in the data (a kitchen knob no demo touches, the constant
+    # goal dims) would otherwise turn a small push during RL into inputs of 50+ std that wreck the critics.
+    state_std = np.maximum(states[usable_rows].std(0), 0.1)
 
     model = SkillModel(spec["state_dim"], spec["action_dim"], args.latent_dim, args.hidden_dim, args.prior_layers,
                        image_shape=spec["image_shape"] if prior_input == "image" else None,

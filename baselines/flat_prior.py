@@ -299,7 +299,7 @@ if __name__ == "__main__":
     print(f"offline data: {len(data_obs)} ({obs_key}, action) pairs")
     state_mean, state_std = None, None
     if obs_key == "state":  # standardise the state input with the data's statistics; constant dims must not blow up
-        state_mean, state_std = data_obs.mean(0), np.maximum(data_obs.std(0), 1e-3)
+        state_mean, state_std = data_obs.mean(0), np.maximum(data_obs.std(0), 0.1)  # floor: dims the data never moves
     prior = Actor(obs_shape, action_low, action_high, args.hidden_dim, args.policy_layers, state_mean, state_std)
     qf1, qf2 = (SoftQNetwork(state_dim, action_dim, args.hidden_dim, args.critic_layers) for _ in range(2))
     qf1_target, qf2_target = (SoftQNetwork(state_dim, action_dim, args.hidden_dim, args.critic_layers) for _ in range(2))
