@@ -302,10 +302,17 @@ def test_smoke_run_on_maze_then_resume_and_evaluate(tmp_path, monkeypatch):
             assert saved["states"].shape == (1 + 50, 4) and int(saved["env_steps"]) == 50
 
 
-def test_closed_loop_skill_model_runs_on_maze(tmp_path, monkeypatch):
+def test_closed_loop_skill_model_without_prior_init_runs_on_maze(tmp_path, monkeypatch):
     env = maze_env()
     monkeypatch.chdir(tmp_path)
     write_skill_model("skill_cl.pt", "maze", env, closed_loop=True, prior_input="state")
     out = spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill_cl.pt", total_env_steps=100, learning_starts=50,
-                                        batch_size=8, eval_interval=0, eval_episodes=1, save_path="cl/sac.pt"))
+                                        batch_size=8, eval_interval=0, eval_episodes=1, save_path="cl/sac.pt",
+                                        prior_init=False, omega_constant_steps=60, omega_anneal_steps=20))
     assert out["global_step"] == 100 and out["grad_steps"] > 0
+    saved = torch.load("cl/sac.pt", weights_only=False)
+    decoder, prior, meta = spirl_sac.build_skill_model(saved["skill_model"], "maze", env)
+    policy = make_policy(prior, meta, prior_init=False)
+    policy.load_state_dict(saved["policy"])
+    states = torch.randn(5, 4)
+    assert prior_divergence(*policy(states), *prior(states)).min() > 0  # a policy of its own, not the prior
