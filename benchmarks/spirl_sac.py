@@ -127,9 +127,11 @@ def summarize_run(args):
     events.Reload()
     success = [(e.step, e.value) for e in events.Scalars("charts/success")]
     returns = [(e.step, e.value) for e in events.Scalars("charts/episodic_return")]
-    first = next((step for step, value in success if value > 0), None)
-    print(f"{args.run_dir}: {len(success)} training episodes up to env step {success[-1][0]}; "
-          f"first training episode reaching the goal ends at env step {first}")
+    start = min(e.wall_time for e in events.Scalars("charts/episodic_return"))  # end of the first episode
+    first = next((e for e in events.Scalars("charts/success") if e.value > 0), None)
+    print(f"{args.run_dir}: {len(success)} training episodes up to env step {success[-1][0]}; first training episode "
+          f"reaching the goal ends at env step {first and first.step} "
+          f"({first and (first.wall_time - start) / 60:.0f} min after the first episode ended)")
     print("| env steps | training episodes | episodes reaching the goal | mean return |")
     for lo in range(0, success[-1][0] + 1, args.bin_env_steps):
         s = [v for step, v in success if lo < step <= lo + args.bin_env_steps]
