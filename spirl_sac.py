@@ -112,6 +112,8 @@ class Args:
     """only run --eval-episodes deterministic episodes of this checkpoint's policy, then exit"""
     explore: Optional[Literal["prior", "uniform", "normal"]] = None
     """no learning: roll out skills from the prior, z ~ U[-2, 2]^d ("uniform") or N(0, I) ("normal") for --total-env-steps and save the visited states (Fig. 5)"""
+    strict_order: bool = True
+    """kitchen only: a subtask counts only once all before it are done, as in the paper's numbers; --no-strict-order counts them in any order (upstream D4RL, easier, not comparable)"""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -566,7 +568,8 @@ def resolve_args(args):
 
 def make_env(args, seed, render_mode=None):
     try:
-        return envs.make_env(args.env, seed=seed, render_mode=render_mode)
+        options = {"strict_order": args.strict_order} if args.env == "kitchen" else {}
+        return envs.make_env(args.env, seed=seed, render_mode=render_mode, **options)
     except ModuleNotFoundError as e:
         raise SetupError(f"env {args.env!r} cannot be built: module {e.name} is missing ({e})") from None
 

@@ -316,3 +316,12 @@ def test_closed_loop_skill_model_without_prior_init_runs_on_maze(tmp_path, monke
     policy.load_state_dict(saved["policy"])
     states = torch.randn(5, 4)
     assert prior_divergence(*policy(states), *prior(states)).min() > 0  # a policy of its own, not the prior
+
+
+def test_kitchen_subtask_order_flag():
+    """--no-strict-order reaches the kitchen env (any-order counting); the default is the paper's strict order."""
+    pytest.importorskip("envs.kitchen")
+    for strict in (True, False):
+        env = spirl_sac.make_env(spirl_sac.Args(env="kitchen", strict_order=strict), seed=0)
+        assert env.unwrapped.strict_order is strict
+        env.close()
