@@ -129,9 +129,9 @@ def summarize_run(args):
     returns = [(e.step, e.value) for e in events.Scalars("charts/episodic_return")]
     start = min(e.wall_time for e in events.Scalars("charts/episodic_return"))  # end of the first episode
     first = next((e for e in events.Scalars("charts/success") if e.value > 0), None)
-    print(f"{args.run_dir}: {len(success)} training episodes up to env step {success[-1][0]}; first training episode "
-          f"reaching the goal ends at env step {first and first.step} "
-          f"({first and (first.wall_time - start) / 60:.0f} min after the first episode ended)")
+    reached = f"at env step {first.step} ({(first.wall_time - start) / 60:.0f} min after the first episode ended)" if first else "never"
+    print(f"{args.run_dir}: {len(success)} training episodes up to env step {success[-1][0]}; a training episode "
+          f"first reached the goal {reached}")
     print("| env steps | training episodes | episodes reaching the goal | mean return |")
     for lo in range(0, success[-1][0] + 1, args.bin_env_steps):
         s = [v for step, v in success if lo < step <= lo + args.bin_env_steps]
