@@ -811,9 +811,9 @@ def main(args):
         if global_step >= next_progress or global_step >= args.total_env_steps:
             next_progress += args.progress_interval
             elapsed = time.time() - start_time
+            updates = (f"KL {info_update['kl']:.2f} | Q {info_update['qf1_values']:.2f}" if info_update else "warm-up")
             print(f"step {global_step}/{args.total_env_steps} | episodes {episodes} | last return {last_return:.1f} | "
-                  f"{metric} {last_metric:.2f} | alpha {info_update.get('alpha', log_alpha.exp().item()):.3f} | "
-                  f"KL {info_update.get('kl', float('nan')):.2f} | Q {info_update.get('qf1_values', float('nan')):.2f} | "
+                  f"{metric} {last_metric:.2f} | alpha {info_update.get('alpha', log_alpha.exp().item()):.3f} | {updates} | "
                   f"{(global_step - start_step) / elapsed:.0f} env-steps/s overall, "
                   f"{(global_step - start_step) / max(env_time, 1e-9):.0f} collecting, "
                   f"{(grad_steps - start_grad_steps) / max(update_time, 1e-9):.1f} grad-steps/s updating", flush=True)
