@@ -18,8 +18,46 @@ Every env module (``envs/maze.py``, ``envs/block_stacking.py``, ``envs/kitchen.p
 """
 
 import importlib
+import os
+import tempfile
 
 ENV_NAMES = ("maze", "block_stacking", "kitchen")
+
+
+def _silence_adroit_notice():
+    """gymnasium-robotics 1.4.2 prints, on import, a notice that its Adroit-hand envs' rewards changed in 1.2.1
+    (from the farama_notifications package). We use no Adroit env: drop that one notice, by its text, before
+    any env module imports gymnasium_robotics. Every other notice and warning stays."""
+    try:
+        from farama_notifications import notifications
+    except ImportError:
+        return
+    robotics = notifications.get("gymnasium_robotics", {})
+    for version in [v for v, message in robotics.items() if "AdroitHand" in message and "reward functions" in message]:
+        del robotics[version]
+
+
+_silence_adroit_notice()
+
+
+class UnwritablePathError(OSError):
+    """An output path that cannot be written; its message is one line naming the path."""
+
+
+def ensure_writable(path, what="output"):
+    """Raise UnwritablePathError unless a file can be created at ``path`` (its parent directories are made).
+
+    Called by every script before any work starts, so that a bad --save-path / --out fails in seconds, not
+    after an hour of training. The check writes and deletes a temporary file next to ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(21, "it is a directory")
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise UnwritablePathError(f"cannot write the {what} {path}: {e.strerror or e}") from None
 
 
 def env_module(name: str):
