@@ -579,6 +579,23 @@ def main(args):
     resume_ckpt, eval_ckpt = (saved, None) if args.resume is not None else (None, saved)
     run_name = resume_ckpt["run_name"] if resume_ckpt else f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
     save_path = args.save_path or os.path.join("runs", run_name, "spirl_sac.pt")
+    # Output paths (relative to the current directory, like every default path). --evaluate writes next to
+    # the evaluated checkpoint. All are checked before any work, so a bad path fails now, not after training.
+    log_dir, video_dir = os.path.join("runs", run_name), os.path.join("videos", run_name)
+    eval_prefix = os.path.splitext(args.evaluate)[0] + "_evaluate" if args.evaluate is not None else None
+    if eval_prefix is not None:
+        outputs = {eval_prefix + ".npz": "evaluation output"}
+    elif args.explore is not None:
+        outputs = {os.path.join(log_dir, f"explore_{args.explore}.npz"): "exploration output"}
+    else:
+        outputs = {save_path: "checkpoint", os.path.join(log_dir, "events.out"): "tensorboard log"}
+        if args.capture_video:
+            outputs[os.path.join(video_dir, "eval.gif")] = "video"
+    for path, what in outputs.items():
+        try:
+            envs.ensure_writable(path, what)
+        except envs.UnwritablePathError as e:
+            raise SetupError(str(e)) from None
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -660,13 +677,14 @@ def main(args):
 
     if eval_ckpt is not None:  # --evaluate: only deterministic episodes of a saved policy
         policy.load_state_dict(eval_ckpt["policy"])
-        video = os.path.join("videos", run_name, "evaluate.gif") if args.capture_video else None
+        video = eval_prefix + ".gif" if args.capture_video else None
         mean_return, mean_metric, trajectories = evaluate(args.eval_episodes, video)
-        out = os.path.join("runs", run_name, "evaluate.npz")  # every episode's low-dim states, for pictures
-        os.makedirs(os.path.dirname(out), exist_ok=True)
+        out = eval_prefix + ".npz"  # every episode's low-dim states, for pictures
         np.savez(out, **{f"episode_{k}": t for k, t in enumerate(trajectories)})
-        print(f"evaluate {args.evaluate} (trained {eval_ckpt['global_step']} env steps): {args.eval_episodes} episodes, "
-              f"mean return {mean_return:.2f}, mean {metric} {mean_metric:.2f}; states -> {out}")
+        episodes_text = f"{args.eval_episodes} episode{'s' if args.eval_episodes != 1 else ''}"
+        print(f"evaluate {args.evaluate} (trained {eval_ckpt['global_step']} env steps): {episodes_text}, "
+              f"mean return {mean_return:.2f}, mean {metric} {mean_metric:.2f}")
+        print(f"wrote {out} (each episode's states)" + (f" and {video} (first episode)" if video and os.path.isfile(video) else ""))
         return {"return": mean_return, metric: mean_metric, "path": out}
 
     if args.explore is not None:  # Fig. 5: where do skills sampled from the prior / uniformly lead?
@@ -688,8 +706,7 @@ def main(args):
             visited += steps
             if terminated or truncated:
                 obs = None
-        out = os.path.join("runs", run_name, f"explore_{args.explore}.npz")
-        os.makedirs(os.path.dirname(out), exist_ok=True)
+        out = os.path.join(log_dir, f"explore_{args.explore}.npz")
         np.savez(out, states=np.concatenate(states), episode_starts=np.asarray(episode_starts), env=args.env,
                  mode=args.explore, env_steps=visited)
         print(f"explore {args.explore}: {visited} env steps in {len(episode_starts)} episodes -> {out}")
