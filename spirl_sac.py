@@ -19,6 +19,7 @@ import os
 import random
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
 
@@ -506,9 +507,13 @@ def save_atomic(obj, path, save=torch.save):
 
 
 def save_replay(rb, path):
+    """The replay buffer as an .npz (np.load reads it), deflated at level 1: a maze buffer of 30 000 transitions
+    shrinks 376 -> 44 MB for 1.2 s more per save (np.savez_compressed's level 6: 35 MB but 6 s more)."""
     def save(obj, tmp):
-        with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the temp name
-            np.savez(f, **obj)
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+            for key, value in obj.items():
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
     save_atomic(rb.state_dict(), path, save)
 
 
