@@ -535,6 +535,16 @@ def save_gif(frames, path, max_frames=300):
 # ----------------------------------------------------------------------------------------------------
 
 
+def format_duration(seconds):
+    """'42s', '12m05s' or '3h07m', for progress lines."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def load_sac_checkpoint(path, flag):
     if not os.path.isfile(path):
         raise SetupError(f"{flag} {path}: no such checkpoint (spirl_sac.py writes runs/<run>/spirl_sac.pt)")
@@ -742,9 +752,26 @@ def main(args):
             print(f"--resume: {replay_path} not found, the replay buffer starts empty (refilled by the current policy)")
         print(f"resumed {args.resume} at env step {global_step}, {grad_steps} gradient steps, replay {rb.size}")
 
-    writer = SummaryWriter(os.path.join("runs", run_name))
+    writer = SummaryWriter(log_dir)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     writer.add_text("skill_model", f"{skill_source}; data: {meta.get('data_source', '?')}")
+    print(f"checkpoint -> {save_path} (every {args.checkpoint_interval} env steps and at the end); "
+          f"tensorboard -> {log_dir} (`tensorboard --logdir runs`)" + (f"; videos -> {video_dir}" if args.capture_video else ""))
+    transition_bytes = sum(array.itemsize * int(np.prod(array.shape[1:])) for array in rb.data.values())
+    max_transitions = min(rb.capacity, rb.size + -(-(args.total_env_steps - global_step) // H))
+    replay_mb = max_transitions * transition_bytes / 1e6
+    if args.save_replay_buffer:
+        print(f"replay buffer: up to {max_transitions} transitions, {replay_mb:.0f} MB in memory; every checkpoint also "
+              f"saves it (deflated) to {save_path}.replay.npz so that --resume continues exactly; "
+              f"--no-save-replay-buffer skips that")
+    else:
+        print(f"replay buffer: up to {max_transitions} transitions, {replay_mb:.0f} MB in memory, not saved "
+              f"(--no-save-replay-buffer): --resume would refill it with the current policy")
+    warmup_env_steps = args.learning_starts * H
+    if args.total_env_steps <= warmup_env_steps:
+        print(f"note: --total-env-steps {args.total_env_steps} ends inside the warm-up (--learning-starts "
+              f"{args.learning_starts} skills = {warmup_env_steps} env steps at H = {H}): no gradient step will run "
+              f"and the policy stays the prior; raise --total-env-steps or lower --learning-starts")
 
     def save_checkpoint():
         save_atomic({
@@ -769,6 +796,7 @@ def main(args):
     start_step, start_grad_steps, start_time, env_time, update_time = global_step, grad_steps, time.time(), 0.0, 0.0
     next_eval = global_step + args.eval_interval if args.eval_interval > 0 else None
     next_checkpoint, next_progress = global_step + args.checkpoint_interval, global_step + args.progress_interval
+    first_progress_time, eval_step = start_time + 5.0, None
     high_level_steps = 0
 
     while global_step < args.total_env_steps:  # Alg. 1 line 3
@@ -826,34 +854,49 @@ def main(args):
 
         if high_level_steps % args.log_interval == 0:
             elapsed = time.time() - start_time
-            writer.add_scalar("charts/SPS", (global_step - start_step) / elapsed, global_step)
-            writer.add_scalar("charts/env_steps_per_s", (global_step - start_step) / max(env_time, 1e-9), global_step)
+            # env steps per second of wall clock (everything), of time spent collecting, gradient steps per
+            # second of time spent updating
+            writer.add_scalar("charts/env_steps_per_s_overall", (global_step - start_step) / elapsed, global_step)
+            writer.add_scalar("charts/env_steps_per_s_collecting", (global_step - start_step) / max(env_time, 1e-9), global_step)
             if update_time > 0:
-                writer.add_scalar("charts/grad_steps_per_s", (grad_steps - start_grad_steps) / update_time, global_step)
-        if global_step >= next_progress or global_step >= args.total_env_steps:
-            next_progress += args.progress_interval
+                writer.add_scalar("charts/grad_steps_per_s_updating", (grad_steps - start_grad_steps) / update_time, global_step)
+        # progress: every --progress-interval env steps, the first after 5 s at the latest
+        if global_step >= next_progress or global_step >= args.total_env_steps or time.time() >= first_progress_time:
+            next_progress = (global_step // args.progress_interval + 1) * args.progress_interval
+            first_progress_time = float("inf")
             elapsed = time.time() - start_time
             updates = (f"KL {info_update['kl']:.2f} | Q {info_update['qf1_values']:.2f}" if info_update else "warm-up")
-            print(f"step {global_step}/{args.total_env_steps} | episodes {episodes} | last return {last_return:.1f} | "
+            # ETA: the remaining env steps at the collection rate plus their gradient steps at the update rate
+            remaining = args.total_env_steps - global_step
+            eta = remaining / max((global_step - start_step) / max(env_time, 1e-9), 1e-9)
+            if grad_steps > start_grad_steps:
+                remaining_grad_steps = remaining / ((global_step - start_step) / high_level_steps) * args.gradient_steps
+                eta += remaining_grad_steps * update_time / (grad_steps - start_grad_steps)
+            eta_text = format_duration(eta) if grad_steps > start_grad_steps or remaining == 0 else f"> {format_duration(eta)} (updates not timed yet)"
+            print(f"step {global_step}/{args.total_env_steps} | {format_duration(elapsed)} elapsed, eta {eta_text} | "
+                  f"episodes {episodes} | last return {last_return:.1f} | "
                   f"{metric} {last_metric:.2f} | alpha {info_update.get('alpha', log_alpha.exp().item()):.3f} | {updates} | "
                   f"{(global_step - start_step) / elapsed:.0f} env-steps/s overall, "
                   f"{(global_step - start_step) / max(env_time, 1e-9):.0f} collecting, "
                   f"{(grad_steps - start_grad_steps) / max(update_time, 1e-9):.1f} grad-steps/s updating", flush=True)
         if next_eval is not None and global_step >= next_eval:
             next_eval += args.eval_interval
-            video = os.path.join("videos", run_name, f"eval_{global_step}.gif") if args.capture_video else None
+            video = os.path.join(video_dir, f"eval_{global_step}.gif") if args.capture_video else None
             eval_return, eval_metric, _ = evaluate(args.eval_episodes, video)
+            eval_step = global_step
             writer.add_scalar("eval/episodic_return", eval_return, global_step)
             writer.add_scalar(f"eval/{metric}", eval_metric, global_step)
             print(f"eval at step {global_step}: return {eval_return:.2f}, {metric} {eval_metric:.2f}", flush=True)
         if global_step >= next_checkpoint:
             next_checkpoint += args.checkpoint_interval
             save_checkpoint()
+            print(f"checkpoint {save_path} at step {global_step}", flush=True)
 
-    eval_return, eval_metric, _ = evaluate(args.eval_episodes,
-                                        os.path.join("videos", run_name, "eval_final.gif") if args.capture_video else None)
-    writer.add_scalar("eval/episodic_return", eval_return, global_step)
-    writer.add_scalar(f"eval/{metric}", eval_metric, global_step)
+    if eval_step != global_step:  # the final evaluation, unless the periodic one just ran at this step
+        video = os.path.join(video_dir, "eval_final.gif") if args.capture_video else None
+        eval_return, eval_metric, _ = evaluate(args.eval_episodes, video)
+        writer.add_scalar("eval/episodic_return", eval_return, global_step)
+        writer.add_scalar(f"eval/{metric}", eval_metric, global_step)
     save_checkpoint()
     writer.close()
     env.close()
