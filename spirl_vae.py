@@ -576,6 +576,13 @@ if __name__ == "__main__":
 
     args = tyro.cli(Args)
     torch.set_num_threads(args.threads)
+    # every output path, relative to the current directory, checked before the data are made or training starts
+    for path, what in ((args.save_path or f"checkpoints/skill_model_{args.env}.pt", "checkpoint"),
+                       (os.path.join("runs", "events.out"), "tensorboard log")):
+        try:
+            envs.ensure_writable(path, what)
+        except envs.UnwritablePathError as e:
+            raise SystemExit(f"error: {e}")
     spec = env_spec(args.env)
     try:
         dataset = envs.load_dataset(args.env, args.dataset)

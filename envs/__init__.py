@@ -50,9 +50,14 @@ def ensure_writable(path, what="output"):
     Called by every script before any work starts, so that a bad --save-path / --out fails in seconds, not
     after an hour of training. The check writes and deletes a temporary file next to ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
+    existing = directory
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
     try:
         if os.path.isdir(path):
             raise IsADirectoryError(21, "it is a directory")
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(20, f"{existing} is a file, not a directory")
         os.makedirs(directory, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
             pass
