@@ -45,9 +45,11 @@ import mujoco
 import numpy as np
 from tqdm import tqdm
 
+from envs import UnwritablePathError, ensure_writable
+
 METRIC = "blocks_stacked"
 DEFAULT_PRIOR_INPUT = "image"  # appendix C: the prior sees two stacked 32x32 front views
-DEFAULT_DATASET = Path(__file__).resolve().parent.parent / "data" / "block_stacking.hdf5"
+DEFAULT_DATASET = Path("data") / "block_stacking.hdf5"  # relative to the current directory, like runs/ and checkpoints/
 DEFAULT_NUM_TRAJECTORIES = 400
 
 HALF = 0.03  # block half size: 6 cm cubes
@@ -473,7 +475,7 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
     num_random = int(round(random_fraction * num_trajectories))
     is_random = np.zeros(num_trajectories, bool)
     is_random[rng.choice(num_trajectories, num_random, replace=False)] = True
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    ensure_writable(out, "dataset")  # fails now, not after the collection
     tmp = f"{out}.{os.getpid()}.tmp"  # unique: concurrent "auto" generations cannot collide
     S, A = env.observation_space["state"].shape[0], 3
     try:
@@ -592,6 +594,8 @@ def main():
         out = generate_dataset(args.out, args.num_trajectories, args.random_fraction, args.seed)
     except ValueError as e:
         parser.error(str(e))
+    except UnwritablePathError as e:
+        raise SystemExit(f"error: {e}")
     except OSError as e:
         parser.error(f"cannot write {args.out!r}: {e}")
     with h5py.File(out, "r") as f:
