@@ -45,6 +45,8 @@ from typing import Optional
 import gymnasium as gym
 import numpy as np
 
+from envs import UnwritablePathError, ensure_writable
+
 METRIC = "success"
 DEFAULT_PRIOR_INPUT = "image"  # appendix C / authors' config: the maze prior sees the two stacked views
 
@@ -74,7 +76,7 @@ DEFAULT_NUM_TRAJECTORIES = 1500  # ~10 min with 2 workers on the shared 2-core b
 DATA_GOAL_RADIUS = 0.5  # a data trajectory ends within 0.5 m of its goal cell's centre
 COLLECT_MAX_STEPS = 2000  # a data trajectory that has not reached its goal by then ends as a timeout
 LAZY_IMAGES_BYTES = 2 * 2**30  # load_dataset keeps the frames on disk above this size (stacked images)
-DEFAULT_DATA_PATH = Path(__file__).resolve().parent.parent / "data" / "maze.hdf5"
+DEFAULT_DATA_PATH = Path("data") / "maze.hdf5"  # relative to the current directory, like runs/ and checkpoints/
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -471,7 +473,7 @@ def generate_dataset(out, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, seed
     if workers < 1:
         raise ValueError(f"maze: --workers must be at least 1, got {workers}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable(out, "dataset")  # fails now, not after the collection
     with _generation_lock(out, wait=wait_for_other):
         if wait_for_other and out.exists():  # another process generated it while we waited
             return out
@@ -745,5 +747,5 @@ if __name__ == "__main__":
             data = load_dataset(out, images=False)
             print(f"maze: wrote {out}: {len(data['traj_ends'])} trajectories, {len(data['states'])} steps, "
                   f"{out.stat().st_size / 2**20:.0f} MB in {time.time() - start:.0f} s with {args.workers} workers")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, UnwritablePathError) as e:
         raise SystemExit(f"error: {e}")
