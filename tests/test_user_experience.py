@@ -19,3 +19,68 @@ def test_gymnasium_robotics_adroit_notice_is_silenced():
     assert result.returncode == 0, result.stderr
     assert "Adroit" not in result.stderr + result.stdout
     assert "gymnasium_robotics" in result.stdout  # only the Adroit message was dropped, not the table
+
+
+# ---------------------------------------------------------------------------------------------------- output paths
+
+
+@pytest.fixture
+def blocked(tmp_path):
+    """A directory path under a regular file: unwritable even for root (chmod would not stop root)."""
+    (tmp_path / "a_file").write_text("")
+    return tmp_path / "a_file" / "sub"
+
+
+@pytest.mark.parametrize("script", ["spirl_sac.py", "spirl_vae.py"])
+def test_unwritable_checkpoint_fails_at_once_in_one_line(script, blocked):
+    target = blocked / "model.pt"
+    result = subprocess.run([sys.executable, str(ROOT / script), "--env", "maze", "--save-path", str(target)],
+                            cwd=blocked.parent.parent, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"cannot write the checkpoint {target}" in lines[0] and "a_file is a file, not a directory" in lines[0]
+
+
+def test_runs_directory_that_is_a_file_is_named(tmp_path, monkeypatch):
+    import spirl_sac
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("")  # runs/ cannot be made: tensorboard logs and the default checkpoint go there
+    with pytest.raises(spirl_sac.SetupError, match=r"cannot write the checkpoint runs/.*runs is a file, not a directory"):
+        spirl_sac.main(spirl_sac.Args(env="maze"))  # fails before it looks for the skill model
+
+
+def test_data_generators_check_their_output_first(blocked):
+    import envs
+    from envs import block_stacking, maze
+
+    for generate in (maze.generate_dataset, block_stacking.generate_dataset):
+        with pytest.raises(envs.UnwritablePathError, match=f"cannot write the dataset {blocked / 'd.hdf5'}"):
+            generate(str(blocked / "d.hdf5"), 1)
+    assert not os.path.exists(blocked)
+
+
+# ---------------------------------------------------------------------------------------------------- spirl_sac.py
+
+
+def test_short_run_says_it_ends_in_warm_up_and_evaluate_writes_next_to_checkpoint(tmp_path, monkeypatch, capsys):
+    import spirl_sac
+    from test_spirl_sac import maze_env, write_skill_model
+
+    monkeypatch.chdir(tmp_path)
+    write_skill_model("skill.pt", "maze", maze_env())  # H = 5
+    common = dict(env="maze", skill_model="skill.pt", batch_size=8, eval_interval=0, eval_episodes=1, save_path="run/sac.pt")
+    spirl_sac.main(spirl_sac.Args(total_env_steps=50, learning_starts=20, **common))
+    out = capsys.readouterr().out
+    assert "--total-env-steps 50 ends inside the warm-up (--learning-starts 20 skills = 100 env steps at H = 5)" in out
+    assert "checkpoint -> run/sac.pt" in out and "replay buffer: up to 10 transitions" in out
+    assert "elapsed, eta" in out
+
+    runs_before = sorted(os.listdir("runs"))
+    result = spirl_sac.main(spirl_sac.Args(evaluate="run/sac.pt", eval_episodes=1, capture_video=True))
+    out = capsys.readouterr().out
+    assert "1 episode," in out
+    assert "wrote run/sac_evaluate.npz (each episode's states) and run/sac_evaluate.gif (first episode)" in out
+    assert result["path"] == "run/sac_evaluate.npz" and os.path.isfile("run/sac_evaluate.gif")
+    assert sorted(os.listdir("runs")) == runs_before and not os.path.exists("videos")  # no new run directory
