@@ -87,6 +87,12 @@ class Args:
     """name of this experiment (part of the tensorboard run name under runs/)"""
     num_qualitative: int = 4
     """validation skills drawn in the qualitative figure (ground truth vs decoded)"""
+    track: bool = False
+    """log to Weights & Biases too (pip install wandb; WANDB_MODE=offline works without a network)"""
+    wandb_project_name: str = "spirl"
+    """the W&B project"""
+    wandb_entity: Optional[str] = None
+    """the W&B entity (team); None: your default"""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -500,6 +506,11 @@ def train(args, dataset, spec, run_dir="runs"):
     if prior_input == "image":
         data["images"] = torch.from_numpy(np.ascontiguousarray(dataset["images"]))
 
+    if args.track:  # CleanRL's convention: W&B mirrors the tensorboard scalars
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+                   name=run_name, save_code=True)
     writer = SummaryWriter(os.path.join(run_dir, run_name), purge_step=step if args.resume else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     writer.add_text("data_source", data_source)

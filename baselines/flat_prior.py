@@ -25,6 +25,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `import envs`
 
@@ -97,7 +98,21 @@ class Args:
     exp_name: str = "flat_prior"
     """name of the experiment (first part of the run name under runs/)"""
     save_model: bool = True
-    """write the action prior (action_prior.pt) and the final policy and critics (agent.pt) to runs/<run_name>/"""
+    """write the action prior (action_prior.pt) and checkpoints (agent.pt: prior, policy, critics, optimizers, alpha, rng; periodic and final) to <run_dir>/"""
+    run_dir: Optional[str] = None
+    """directory of the tensorboard events and the checkpoint; None: runs/<run_name> (with --resume: the checkpoint's directory)"""
+    checkpoint_interval: int = 50_000
+    """env steps between periodic checkpoints, each written at the next episode end (atomically)"""
+    save_replay_buffer: bool = True
+    """also save the replay buffer (<checkpoint>.replay.npz) so that --resume continues exactly"""
+    resume: Optional[str] = None
+    """continue the run of this checkpoint (agent.pt); pass the run's other flags unchanged, --total-timesteps may grow"""
+    track: bool = False
+    """log to Weights & Biases too (pip install wandb; WANDB_MODE=offline works without a network)"""
+    wandb_project_name: str = "spirl"
+    """the W&B project"""
+    wandb_entity: Optional[str] = None
+    """the W&B entity (team); None: your default"""
 
 
 def make_env(name: str, seed: int, obs_mode: str = "auto"):
@@ -257,6 +272,21 @@ class ReplayBuffer:
         arrays = (self.obs, self.states, self.actions, self.rewards, self.next_obs, self.next_states, self.terminated)
         return [torch.as_tensor(x[idx]) for x in arrays]
 
+    KEYS = ("obs", "next_obs", "states", "next_states", "actions", "rewards", "terminated")
+
+    def state_dict(self):
+        return {"pos": self.pos, "size": self.size, **{key: getattr(self, key)[: self.size] for key in self.KEYS}}
+
+    def load_state_dict(self, saved):
+        size = int(saved["size"])
+        if size > self.capacity:
+            raise SystemExit(f"the saved replay buffer holds {size} transitions, more than this run's capacity {self.capacity}: "
+                             f"raise --total-timesteps or --buffer-size")
+        for key in self.KEYS:
+            getattr(self, key)[:size] = saved[key]
+        # a buffer saved full (its run's whole budget) continues after its rows when this run's buffer is larger
+        self.size, self.pos = size, size % self.capacity if size < self.capacity else int(saved["pos"]) % self.capacity
+
 
 def prior_divergence(mean_pi, log_std_pi, mean_prior, log_std_prior):
     """Analytic KL(pi || prior) of the diagonal Gaussians before tanh, averaged over action dims and clamped
@@ -278,14 +308,68 @@ def alpha_loss_fn(log_alpha, divergence, target_divergence):
     return (log_alpha.exp() * (target_divergence - divergence.detach())).mean()
 
 
+CHECKPOINT_FORMAT = "baselines-flat-prior-v1"
+# flags that may differ between a run and its --resume; every other flag must be the same
+RESUME_MAY_CHANGE = {"total_timesteps", "resume", "run_dir", "log_interval", "checkpoint_interval", "save_replay_buffer",
+                     "torch_threads", "track", "wandb_project_name", "wandb_entity"}
+
+
+def load_resume_checkpoint(path, args):
+    """The checkpoint of an interrupted run, checked against this run's flags."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"--resume {path}: no such checkpoint (this script writes <run_dir>/agent.pt)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise SystemExit(f"--resume {path}: not a resumable checkpoint of this script ({CHECKPOINT_FORMAT})")
+    changed = [key for key, value in ckpt["args"].items() if key not in RESUME_MAY_CHANGE and getattr(args, key, value) != value]
+    if changed:
+        raise SystemExit(f"--resume {path}: the run was started with " + ", ".join(
+            f"--{key.replace('_', '-')} {ckpt['args'][key]}" for key in changed) + ": pass the run's flags unchanged")
+    return ckpt
+
+
+def save_atomic(obj, path, save=torch.save):
+    """Write to a temporary file, then rename it: a crash never leaves a half-written file."""
+    save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def save_npz(arrays, path):
+    with open(path, "wb") as f:  # a file object, so numpy does not append ".npz" to the temporary name
+        np.savez(f, **arrays)
+
+
+def rng_state(rng, env):
+    """Every random stream of a run, so that --resume continues it exactly."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "generator": rng.bit_generator.state, "action_space": env.action_space.np_random.bit_generator.state}
+
+
+def set_rng_state(state, rng, env):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    rng.bit_generator.state = state["generator"]
+    env.action_space.np_random.bit_generator.state = state["action_space"]
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    run_name = f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    resume_ckpt = load_resume_checkpoint(args.resume, args) if args.resume else None
+    run_dir = args.run_dir or (os.path.dirname(args.resume) if args.resume else
+                               f"runs/{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}")
+    run_name = os.path.basename(os.path.normpath(run_dir))
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.torch_threads)
     rng = np.random.default_rng(args.seed)
+    if args.total_timesteps < 1:
+        raise SystemExit(f"error: --total-timesteps must be >= 1, got {args.total_timesteps}")
+    try:  # the checkpoint and tensorboard directory (relative to the current directory), before any work
+        envs.ensure_writable(os.path.join(run_dir, "agent.pt"), "checkpoint")
+    except envs.UnwritablePathError as e:
+        raise SystemExit(f"error: {e}")
 
     env, metric, obs_key = make_env(args.env, args.seed, args.obs)
     action_low, action_high = env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
@@ -311,29 +395,68 @@ if __name__ == "__main__":
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_shape, obs[obs_key].dtype, state_dim, action_dim)
 
-    writer = SummaryWriter(f"runs/{run_name}")
+    if args.track:  # CleanRL's convention: W&B mirrors the tensorboard scalars
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+                   name=run_name, save_code=True)
+    # a resumed run drops the events its interrupted run logged after the checkpoint
+    writer = SummaryWriter(run_dir, purge_step=resume_ckpt["global_step"] + 1 if resume_ckpt else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     print(f"run {run_name}: policy input {obs_key} {tuple(obs_shape)}, state_dim {state_dim}, action_dim {action_dim}, metric {metric}")
 
     # the single-step action prior p(a|s), fitted to the offline data (or loaded), then frozen
-    if args.prior_checkpoint:
+    if resume_ckpt is not None:
+        prior.load_state_dict(resume_ckpt["prior"])
+    elif args.prior_checkpoint:
         try:
             prior.load_state_dict(torch.load(args.prior_checkpoint, map_location="cpu"))
         except (OSError, RuntimeError) as error:
             raise SystemExit(f"cannot load --prior-checkpoint {args.prior_checkpoint!r}: {error}")
     else:
         fit_action_prior(prior, data_obs, data_actions, args.prior_steps, args.prior_lr, args.prior_batch_size, rng, writer)
-    if args.save_model:
-        torch.save(prior.state_dict(), f"runs/{run_name}/action_prior.pt.tmp")
-        os.replace(f"runs/{run_name}/action_prior.pt.tmp", f"runs/{run_name}/action_prior.pt")
+    if args.save_model and resume_ckpt is None:
+        save_atomic(prior.state_dict(), os.path.join(run_dir, "action_prior.pt"))
     prior.requires_grad_(False)
     # appendix B.2: the policy is initialised with the prior's weights
     actor = copy.deepcopy(prior).requires_grad_(True)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    global_step, episodes = 0, 0
+    if resume_ckpt is not None:  # continue exactly where the checkpoint left off (it was written at an episode end)
+        for module, key in ((actor, "actor"), (qf1, "qf1"), (qf2, "qf2"), (qf1_target, "qf1_target"), (qf2_target, "qf2_target"),
+                            (q_optimizer, "q_optimizer"), (actor_optimizer, "actor_optimizer"), (alpha_optimizer, "alpha_optimizer")):
+            module.load_state_dict(resume_ckpt[key])
+        with torch.no_grad():
+            log_alpha.copy_(resume_ckpt["log_alpha"])
+        alpha = log_alpha.exp().item()
+        global_step, episodes = resume_ckpt["global_step"], resume_ckpt["episodes"]
+        set_rng_state(resume_ckpt["rng"], rng, env)
+        obs, _ = env.reset(seed=args.seed + episodes)
+        replay_path = args.resume + ".replay.npz"
+        if os.path.isfile(replay_path):
+            with np.load(replay_path) as saved:
+                if int(saved["global_step"]) == global_step:
+                    rb.load_state_dict(saved)
+        print(f"resumed {args.resume} at env step {global_step}, replay buffer {rb.size}"
+              + ("" if rb.size else f" ({replay_path} missing or from another step: it refills from the current policy)"))
+
+    def save_checkpoint(step):
+        path = os.path.join(run_dir, "agent.pt")
+        if args.save_replay_buffer:  # first: a checkpoint never refers to an older buffer
+            save_atomic({**rb.state_dict(), "global_step": step}, path + ".replay.npz", save_npz)
+        save_atomic({"format": CHECKPOINT_FORMAT, "args": vars(args), "global_step": step, "episodes": episodes,
+                     "prior": prior.state_dict(), "actor": actor.state_dict(),
+                     "qf1": qf1.state_dict(), "qf2": qf2.state_dict(),
+                     "qf1_target": qf1_target.state_dict(), "qf2_target": qf2_target.state_dict(),
+                     "q_optimizer": q_optimizer.state_dict(), "actor_optimizer": actor_optimizer.state_dict(),
+                     "alpha_optimizer": alpha_optimizer.state_dict(), "log_alpha": log_alpha.detach().clone(),
+                     "rng": rng_state(rng, env)}, path)
+        return path
 
     episode_return, episode_length, last_return = 0.0, 0, float("nan")
     start_time, env_time, update_time, updates = time.time(), 0.0, 0.0, 0  # for the rates of each log interval
-    for global_step in range(1, args.total_timesteps + 1):
+    next_checkpoint = global_step + args.checkpoint_interval
+    for global_step in range(global_step + 1, args.total_timesteps + 1):
         # collect with the (prior-initialised) stochastic policy, warm-up included
         with torch.no_grad():
             action = actor.get_action(torch.as_tensor(obs[obs_key]).unsqueeze(0))[0][0].numpy()
@@ -349,7 +472,8 @@ if __name__ == "__main__":
             writer.add_scalar("charts/episodic_length", episode_length, global_step)
             if metric is not None:
                 writer.add_scalar(f"charts/{metric}", float(info[metric]), global_step)
-            obs, _ = env.reset()
+            episodes += 1
+            obs, _ = env.reset(seed=args.seed + episodes)
             last_return, episode_return, episode_length = episode_return, 0.0, 0
 
         if global_step > args.learning_starts:
@@ -405,19 +529,19 @@ if __name__ == "__main__":
 
         if global_step % args.log_interval == 0:  # rates over the last log interval, tags as in spirl_sac.py
             elapsed = time.time() - start_time
-            writer.add_scalar("charts/SPS", args.log_interval / elapsed, global_step)
-            writer.add_scalar("charts/env_steps_per_s", args.log_interval / max(env_time, 1e-9), global_step)
+            writer.add_scalar("charts/env_steps_per_s_overall", args.log_interval / elapsed, global_step)
+            writer.add_scalar("charts/env_steps_per_s_collecting", args.log_interval / max(env_time, 1e-9), global_step)
             if update_time > 0:
-                writer.add_scalar("charts/grad_steps_per_s", updates / update_time, global_step)
+                writer.add_scalar("charts/grad_steps_per_s_updating", updates / update_time, global_step)
             print(f"step {global_step}/{args.total_timesteps} | last return {last_return:.1f} | alpha {alpha:.3f} | "
                   f"{args.log_interval / elapsed:.0f} steps/s overall, env {args.log_interval / max(env_time, 1e-9):.0f} "
                   f"steps/s, {updates / max(update_time, 1e-9):.0f} grad steps/s", flush=True)
             start_time, env_time, update_time, updates = time.time(), 0.0, 0.0, 0
+        if args.save_model and (terminated or truncated) and next_checkpoint <= global_step < args.total_timesteps:
+            next_checkpoint = global_step + args.checkpoint_interval
+            print(f"checkpoint {save_checkpoint(global_step)} at env step {global_step}", flush=True)
 
     if args.save_model:
-        path = f"runs/{run_name}/agent.pt"
-        torch.save({"args": vars(args), "actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict()}, path + ".tmp")
-        os.replace(path + ".tmp", path)  # atomic: a crash never leaves a half-written checkpoint
-        print(f"saved {path}")
+        print(f"saved {save_checkpoint(global_step)}")
     env.close()
     writer.close()

@@ -81,7 +81,21 @@ class Args:
     exp_name: str = "ssp"
     """name of the experiment (first part of the run name under runs/; --prior-init appends _prior_init)"""
     save_model: bool = True
-    """write the final policy and critics to runs/<run_name>/agent.pt"""
+    """write checkpoints (<run_dir>/agent.pt: policy, critics, optimizers, alpha, rng; periodic and final)"""
+    run_dir: Optional[str] = None
+    """directory of the tensorboard events and the checkpoint; None: runs/<run_name> (with --resume: the checkpoint's directory)"""
+    checkpoint_interval: int = 50_000
+    """env steps between periodic checkpoints, each written at the next episode end (atomically)"""
+    save_replay_buffer: bool = True
+    """also save the replay buffer (<checkpoint>.replay.npz) so that --resume continues exactly"""
+    resume: Optional[str] = None
+    """continue the run of this checkpoint (agent.pt); pass the run's other flags unchanged, --total-timesteps may grow"""
+    track: bool = False
+    """log to Weights & Biases too (pip install wandb; WANDB_MODE=offline works without a network)"""
+    wandb_project_name: str = "spirl"
+    """the W&B project"""
+    wandb_entity: Optional[str] = None
+    """the W&B entity (team); None: your default"""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -263,18 +277,86 @@ class SkillReplayBuffer:
         arrays = (self.obs, self.states, self.skills, self.rewards, self.next_obs, self.next_states, self.terminated)
         return [torch.as_tensor(x[idx]) for x in arrays]
 
+    KEYS = ("obs", "next_obs", "states", "next_states", "skills", "rewards", "terminated")
+
+    def state_dict(self):
+        return {"pos": self.pos, "size": self.size, **{key: getattr(self, key)[: self.size] for key in self.KEYS}}
+
+    def load_state_dict(self, saved):
+        size = int(saved["size"])
+        if size > self.capacity:
+            raise SystemExit(f"the saved replay buffer holds {size} transitions, more than this run's capacity {self.capacity}: "
+                             f"raise --total-timesteps or --buffer-size")
+        for key in self.KEYS:
+            getattr(self, key)[:size] = saved[key]
+        # a buffer saved full (its run's whole budget) continues after its rows when this run's buffer is larger
+        self.size, self.pos = size, size % self.capacity if size < self.capacity else int(saved["pos"]) % self.capacity
+
+
+RUN_CHECKPOINT_FORMAT = "baselines-ssp-v1"
+# flags that may differ between a run and its --resume; every other flag must be the same
+RESUME_MAY_CHANGE = {"total_timesteps", "resume", "run_dir", "log_interval", "checkpoint_interval", "save_replay_buffer",
+                     "torch_threads", "track", "wandb_project_name", "wandb_entity"}
+
+
+def load_resume_checkpoint(path, args):
+    """The checkpoint of an interrupted run, checked against this run's flags."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"--resume {path}: no such checkpoint (this script writes <run_dir>/agent.pt)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != RUN_CHECKPOINT_FORMAT:
+        raise SystemExit(f"--resume {path}: not a resumable checkpoint of this script ({RUN_CHECKPOINT_FORMAT})")
+    changed = [key for key, value in ckpt["args"].items() if key not in RESUME_MAY_CHANGE and getattr(args, key, value) != value]
+    if changed:
+        raise SystemExit(f"--resume {path}: the run was started with " + ", ".join(
+            f"--{key.replace('_', '-')} {ckpt['args'][key]}" for key in changed) + ": pass the run's flags unchanged")
+    return ckpt
+
+
+def save_atomic(obj, path, save=torch.save):
+    """Write to a temporary file, then rename it: a crash never leaves a half-written file."""
+    save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def save_npz(arrays, path):
+    with open(path, "wb") as f:  # a file object, so numpy does not append ".npz" to the temporary name
+        np.savez(f, **arrays)
+
+
+def rng_state(rng, env):
+    """Every random stream of a run, so that --resume continues it exactly."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "generator": rng.bit_generator.state, "action_space": env.action_space.np_random.bit_generator.state}
+
+
+def set_rng_state(state, rng, env):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    rng.bit_generator.state = state["generator"]
+    env.action_space.np_random.bit_generator.state = state["action_space"]
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
     if args.env not in envs.ENV_NAMES:
         raise SystemExit(f"unknown env {args.env!r}: choose one of {', '.join(envs.ENV_NAMES)}")
     exp_name = args.exp_name + ("_prior_init" if args.prior_init else "")
-    run_name = f"{args.env}__{exp_name}__{args.seed}__{int(time.time())}"
+    resume_ckpt = load_resume_checkpoint(args.resume, args) if args.resume else None
+    run_dir = args.run_dir or (os.path.dirname(args.resume) if args.resume else
+                               f"runs/{args.env}__{exp_name}__{args.seed}__{int(time.time())}")
+    run_name = os.path.basename(os.path.normpath(run_dir))
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.torch_threads)
     rng = np.random.default_rng(args.seed)
+    if args.total_timesteps < 1:
+        raise SystemExit(f"error: --total-timesteps must be >= 1, got {args.total_timesteps}")
+    try:  # the checkpoint and tensorboard directory (relative to the current directory), before any work
+        envs.ensure_writable(os.path.join(run_dir, "agent.pt"), "checkpoint")
+    except envs.UnwritablePathError as e:
+        raise SystemExit(f"error: {e}")
 
     ckpt, decoder, skill_prior = load_skill_model(args.skill_model or f"checkpoints/skill_model_{args.env}.pt", args.env)
     horizon, latent_dim = ckpt["skill_horizon"], ckpt["latent_dim"]
@@ -318,13 +400,49 @@ if __name__ == "__main__":
     example = policy_input(obs)
     capacity = min(args.buffer_size, args.total_timesteps // horizon + 1)
     rb = SkillReplayBuffer(capacity, example.shape, example.dtype, ckpt["state_dim"], latent_dim)
+    global_step, episodes = 0, 0
+    if resume_ckpt is not None:  # continue exactly where the checkpoint left off (it was written at an episode end)
+        for module, key in ((policy, "policy"), (qf1, "qf1"), (qf2, "qf2"), (qf1_target, "qf1_target"), (qf2_target, "qf2_target"),
+                            (q_optimizer, "q_optimizer"), (actor_optimizer, "actor_optimizer"), (alpha_optimizer, "alpha_optimizer")):
+            module.load_state_dict(resume_ckpt[key])
+        with torch.no_grad():
+            log_alpha.copy_(resume_ckpt["log_alpha"])
+        alpha = log_alpha.exp().item()
+        global_step, episodes = resume_ckpt["global_step"], resume_ckpt["episodes"]
+        set_rng_state(resume_ckpt["rng"], rng, env)
+        obs, _ = env.reset(seed=args.seed + episodes)
+        replay_path = args.resume + ".replay.npz"
+        if os.path.isfile(replay_path):
+            with np.load(replay_path) as saved:
+                if int(saved["global_step"]) == global_step:
+                    rb.load_state_dict(saved)
+        print(f"resumed {args.resume} at env step {global_step}, replay buffer {rb.size}"
+              + ("" if rb.size else f" ({replay_path} missing or from another step: it refills from the current policy)"))
 
-    writer = SummaryWriter(f"runs/{run_name}")
+    if args.track:  # CleanRL's convention: W&B mirrors the tensorboard scalars
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+                   name=run_name, save_code=True)
+    writer = SummaryWriter(run_dir, purge_step=global_step + 1 if resume_ckpt else None)  # drop events after the checkpoint
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     print(f"run {run_name}: H {horizon}, latent_dim {latent_dim}, policy input {ckpt['prior_input']}, "
           f"target entropy {target_entropy}, metric {metric}")
 
-    global_step, next_log, last_return, episode_return, episode_length = 0, args.log_interval, float("nan"), 0.0, 0
+    def save_checkpoint(step):
+        path = os.path.join(run_dir, "agent.pt")
+        if args.save_replay_buffer:  # first: a checkpoint never refers to an older buffer
+            save_atomic({**rb.state_dict(), "global_step": step}, path + ".replay.npz", save_npz)
+        save_atomic({"format": RUN_CHECKPOINT_FORMAT, "args": vars(args), "global_step": step, "episodes": episodes,
+                     "policy": policy.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(),
+                     "qf1_target": qf1_target.state_dict(), "qf2_target": qf2_target.state_dict(),
+                     "q_optimizer": q_optimizer.state_dict(), "actor_optimizer": actor_optimizer.state_dict(),
+                     "alpha_optimizer": alpha_optimizer.state_dict(), "log_alpha": log_alpha.detach().clone(),
+                     "rng": rng_state(rng, env)}, path)
+        return path
+
+    next_log, last_return, episode_return, episode_length = global_step + args.log_interval, float("nan"), 0.0, 0
+    next_checkpoint = global_step + args.checkpoint_interval
     start_time, env_time, update_time, updates, log_start_step = time.time(), 0.0, 0.0, 0, 0  # rates per log interval
     while global_step < args.total_timesteps:
         # Alg. 1 lines 4-7 without the prior: z ~ pi(z|s), execute the decoded H-step skill, store the transition
@@ -351,7 +469,8 @@ if __name__ == "__main__":
             writer.add_scalar("charts/episodic_return", episode_return, global_step)
             writer.add_scalar("charts/episodic_length", episode_length, global_step)
             writer.add_scalar(f"charts/{metric}", float(info[metric]), global_step)
-            obs, _ = env.reset()
+            episodes += 1
+            obs, _ = env.reset(seed=args.seed + episodes)
             last_return, episode_return, episode_length = episode_return, 0.0, 0
 
         # one SAC update per skill transition once the warm-up is collected
@@ -391,10 +510,10 @@ if __name__ == "__main__":
 
         if global_step >= next_log:  # rates over the last log interval, tags as in spirl_sac.py
             elapsed, steps = time.time() - start_time, global_step - log_start_step
-            writer.add_scalar("charts/SPS", steps / elapsed, global_step)
-            writer.add_scalar("charts/env_steps_per_s", steps / max(env_time, 1e-9), global_step)
+            writer.add_scalar("charts/env_steps_per_s_overall", steps / elapsed, global_step)
+            writer.add_scalar("charts/env_steps_per_s_collecting", steps / max(env_time, 1e-9), global_step)
             if update_time > 0:
-                writer.add_scalar("charts/grad_steps_per_s", updates / update_time, global_step)
+                writer.add_scalar("charts/grad_steps_per_s_updating", updates / update_time, global_step)
                 writer.add_scalar("losses/qf1_values", qf1(states, skills).mean().item(), global_step)
                 writer.add_scalar("losses/qf1_loss", qf1_loss.item(), global_step)
                 writer.add_scalar("losses/qf2_loss", qf2_loss.item(), global_step)
@@ -408,11 +527,11 @@ if __name__ == "__main__":
                   f"{updates / max(update_time, 1e-9):.1f} grad steps/s", flush=True)
             next_log += args.log_interval
             start_time, env_time, update_time, updates, log_start_step = time.time(), 0.0, 0.0, 0, global_step
+        if args.save_model and (terminated or truncated) and next_checkpoint <= global_step < args.total_timesteps:
+            next_checkpoint = global_step + args.checkpoint_interval
+            print(f"checkpoint {save_checkpoint(global_step)} at env step {global_step}", flush=True)
 
     if args.save_model:
-        path = f"runs/{run_name}/agent.pt"
-        torch.save({"args": vars(args), "policy": policy.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict()}, path + ".tmp")
-        os.replace(path + ".tmp", path)  # atomic: a crash never leaves a half-written checkpoint
-        print(f"saved {path}")
+        print(f"saved {save_checkpoint(global_step)}")
     env.close()
     writer.close()
