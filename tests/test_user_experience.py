@@ -84,3 +84,23 @@ def test_short_run_says_it_ends_in_warm_up_and_evaluate_writes_next_to_checkpoin
     assert "wrote run/sac_evaluate.npz (each episode's states) and run/sac_evaluate.gif (first episode)" in out
     assert result["path"] == "run/sac_evaluate.npz" and os.path.isfile("run/sac_evaluate.gif")
     assert sorted(os.listdir("runs")) == runs_before and not os.path.exists("videos")  # no new run directory
+
+
+# ---------------------------------------------------------------------------------------------------- baselines
+
+
+def run_baseline(name, argv, monkeypatch):
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
+    runpy.run_path(str(ROOT / "baselines" / f"{name}.py"), run_name="__main__")
+
+
+@pytest.mark.parametrize("script", ["sac", "bc_sac", "flat_prior", "ssp"])
+def test_baselines_reject_empty_budget_and_unwritable_runs(script, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="^error: --total-timesteps must be >= 1, got 0$"):
+        run_baseline(script, ["--env", "maze", "--total-timesteps", "0"], monkeypatch)
+    (tmp_path / "runs").write_text("")
+    with pytest.raises(SystemExit, match=r"^error: cannot write the checkpoint runs/.*runs is a file, not a directory$"):
+        run_baseline(script, ["--env", "maze", "--total-timesteps", "10"], monkeypatch)
