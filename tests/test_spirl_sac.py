@@ -52,12 +52,13 @@ def make_batch(prior, batch=8, seed=1, prior_shift=0.0):
     }
 
 
-def run_update(nets, batch, delta=1.0, gamma=0.9, tau=0.1):
+def run_update(nets, batch, delta=1.0, gamma=0.9, tau=0.1, kl_reduction="sum"):
     prior, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, (po, qo, ao) = nets
-    return sac_update(batch, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, po, qo, ao, gamma, tau, delta)
+    return sac_update(batch, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, po, qo, ao, gamma, tau, delta, kl_reduction)
 
 
-def test_q_target_by_hand():
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_q_target_by_hand(reduction):
     nets = make_nets()
     prior, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, _ = nets
     with torch.no_grad():
@@ -73,25 +74,138 @@ def test_q_target_by_hand():
         kl_dims = torch.distributions.kl_divergence(
             torch.distributions.Normal(mu, ls.exp()),
             torch.distributions.Normal(batch["next_prior_mu"], batch["next_prior_log_sigma"].exp()))
-        kl = kl_dims.mean(-1)  # mean over latent dims
+        kl = kl_dims.sum(-1) if reduction == "sum" else kl_dims.mean(-1)  # over the latent dims
         expected = batch["reward"] + gamma * (1 - batch["done"]) * (q_min - 0.7 * kl)
     assert kl.min() > 0.01
     torch.manual_seed(123)
-    info = run_update(nets, batch, gamma=gamma)
+    info = run_update(nets, batch, gamma=gamma, kl_reduction=reduction)
     torch.testing.assert_close(info["q_target"], expected)
     # a true terminal does not bootstrap: the target is the reward
     torch.testing.assert_close(info["q_target"][1::2], batch["reward"][1::2])
 
 
-def test_prior_divergence_is_per_dim_mean_of_analytic_kl():
+def test_prior_divergence_is_the_kl_of_the_whole_skill_by_default():
     g = torch.Generator().manual_seed(0)
     mu_q, ls_q, mu_p, ls_p = (0.5 * torch.randn(6, 10, generator=g) for _ in range(4))
     ref = torch.distributions.kl_divergence(torch.distributions.Normal(mu_q, ls_q.exp()),
                                             torch.distributions.Normal(mu_p, ls_p.exp()))
-    torch.testing.assert_close(prior_divergence(mu_q, ls_q, mu_p, ls_p), ref.mean(-1))
+    whole = torch.distributions.kl_divergence(  # KL between the 10-dim skill distributions
+        torch.distributions.Independent(torch.distributions.Normal(mu_q, ls_q.exp()), 1),
+        torch.distributions.Independent(torch.distributions.Normal(mu_p, ls_p.exp()), 1))
+    torch.testing.assert_close(prior_divergence(mu_q, ls_q, mu_p, ls_p), whole)
+    torch.testing.assert_close(prior_divergence(mu_q, ls_q, mu_p, ls_p, "mean"), ref.mean(-1))
+    assert spirl_sac.Args().kl_reduction == "sum"
     torch.testing.assert_close(gaussian_kl(mu_q, ls_q, mu_p, ls_p), ref)
     far = prior_divergence(mu_q + 1e3, ls_q, mu_p, ls_p)  # a state's KL is clamped at 100
     torch.testing.assert_close(far, torch.full_like(far, spirl_sac.KL_CLAMP))
+
+
+def plain_reference_update(batch, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, gamma, tau, delta, lr):
+    """Alg. 1 lines 9-13 written the plain way, independent of sac_update's code: every network run separately,
+    the KL of torch.distributions over the whole skill, gradients by autograd.grad and SGD steps of size lr.
+    Returns the expected parameters of every network after the update, and the Q-target."""
+    dist = lambda mu, log_sigma: torch.distributions.Independent(torch.distributions.Normal(mu, log_sigma.exp()), 1)
+    alpha = log_alpha.exp().detach()
+    with torch.no_grad():  # line 9
+        mu2, ls2 = policy(batch["next_policy_obs"])
+        z2 = 2.0 * torch.tanh(mu2 + ls2.exp() * torch.randn_like(mu2))
+        kl2 = torch.distributions.kl_divergence(dist(mu2, ls2), dist(batch["next_prior_mu"], batch["next_prior_log_sigma"]))
+        q2 = torch.min(qf1_t(batch["next_critic_obs"], z2), qf2_t(batch["next_critic_obs"], z2))
+        q_target = batch["reward"] + gamma * (1 - batch["done"]) * (q2 - alpha * kl2)
+    mu, ls = policy(batch["policy_obs"])  # line 10: the policy's gradient comes through the critics' input z
+    z = 2.0 * torch.tanh(mu + ls.exp() * torch.randn_like(mu))
+    kl = torch.distributions.kl_divergence(dist(mu, ls), dist(batch["prior_mu"], batch["prior_log_sigma"]))
+    policy_loss = (alpha * kl - torch.min(qf1(batch["critic_obs"], z), qf2(batch["critic_obs"], z))).mean()
+    policy_params = [p for p in policy.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(policy_loss, policy_params)
+    expected = {"policy": [p.detach() - lr * g for p, g in zip(policy_params, grads)]}
+    for name, net in (("qf1", qf1), ("qf2", qf2)):  # line 11: each critic regresses on the target
+        q = net(batch["critic_obs"], batch["skill"])
+        grads = torch.autograd.grad(0.5 * ((q - q_target) ** 2).mean(), list(net.parameters()))
+        expected[name] = [p.detach() - lr * g for p, g in zip(net.parameters(), grads)]
+    # line 12 (appendix A's sign): d/d log alpha of alpha * (delta - KL) is alpha * (delta - KL)
+    expected["log_alpha"] = log_alpha.detach() - lr * alpha * (delta - kl.detach()).mean()
+    for name, target in (("qf1", qf1_t), ("qf2", qf2_t)):  # line 13
+        expected[name + "_target"] = [tau * new + (1 - tau) * old.detach()
+                                      for new, old in zip(expected[name], target.parameters())]
+    return expected, q_target
+
+
+def test_update_equals_plain_reference_computation():
+    """sac_update (fused and frozen-critic tricks included) gives the numbers of a plain computation of the same
+    maths: policy, critics, alpha and targets after one step, with SGD so that the step is the gradient itself."""
+    nets = make_nets()
+    prior, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, _ = nets
+    with torch.no_grad():
+        log_alpha.fill_(np.log(0.3))
+    batch = make_batch(prior, batch=16, prior_shift=0.4)
+    gamma, tau, delta, lr = 0.9, 0.1, 0.5, 0.05
+    reference_nets = copy.deepcopy((policy, qf1, qf2, qf1_t, qf2_t, log_alpha))
+    torch.manual_seed(7)
+    expected, q_target = plain_reference_update(batch, *reference_nets, gamma, tau, delta, lr)
+    sgd = lambda params: torch.optim.SGD(params, lr=lr)
+    torch.manual_seed(7)
+    info = sac_update(batch, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, sgd(policy.parameters()),
+                      sgd(list(qf1.parameters()) + list(qf2.parameters())), sgd([log_alpha]), gamma, tau, delta)
+    torch.testing.assert_close(info["q_target"], q_target)
+    got = {"policy": [p for p in policy.parameters() if p.requires_grad], "qf1": list(qf1.parameters()),
+           "qf2": list(qf2.parameters()), "qf1_target": list(qf1_t.parameters()), "qf2_target": list(qf2_t.parameters())}
+    for name, params in got.items():
+        assert len(params) == len(expected[name])
+        for p, e in zip(params, expected[name]):
+            torch.testing.assert_close(p.detach(), e, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(log_alpha.detach(), expected["log_alpha"])
+    assert not torch.equal(expected["policy"][0], reference_nets[0].state_dict()["mlp.0.weight"])  # it did move
+
+
+def test_actor_loss_value_and_its_gradient_through_the_critics():
+    nets = make_nets()
+    prior, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, (po, qo, ao) = nets
+    with torch.no_grad():
+        log_alpha.fill_(np.log(0.5))
+    batch = make_batch(prior, prior_shift=0.3)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        torch.randn(8, LATENT)  # the draw of z' in the Q-target comes first
+        mu, ls = policy(batch["policy_obs"])
+        z = 2.0 * torch.tanh(mu + ls.exp() * torch.randn_like(mu))
+        kl = prior_divergence(mu, ls, batch["prior_mu"], batch["prior_log_sigma"])
+        expected = (0.5 * kl - torch.min(qf1(batch["critic_obs"], z), qf2(batch["critic_obs"], z))).mean()
+    torch.manual_seed(3)
+    info = run_update(nets, batch)
+    assert info["policy_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    # with alpha ~ 0 the policy still learns: its whole gradient then comes through Q(s, z(pi)), and the
+    # critics' own weights are not moved by the actor loss (the critic step alone moves them)
+    nets = make_nets()
+    prior, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, _ = nets
+    with torch.no_grad():
+        log_alpha.fill_(-30.0)
+    before = copy.deepcopy(policy.state_dict())
+    critics_before = copy.deepcopy((qf1.state_dict(), qf2.state_dict()))
+    sgd = lambda params, lr: torch.optim.SGD(params, lr=lr)
+    sac_update(batch, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, sgd(policy.parameters(), 0.1),
+               sgd(list(qf1.parameters()) + list(qf2.parameters()), 0.0), sgd([log_alpha], 0.0), 0.9, 0.1, 1.0)
+    assert any(not torch.equal(v, before[k]) for k, v in policy.state_dict().items() if "running" not in k)
+    for net, saved in zip((qf1, qf2), critics_before):
+        for k, v in net.state_dict().items():
+            torch.testing.assert_close(v, saved[k], rtol=0, atol=0)
+        assert all(p.requires_grad for p in net.parameters())  # unfrozen again after the actor loss
+
+
+def test_critic_architecture_and_per_env_defaults():
+    """The authors' builder: input layer, n hidden blocks, head; Xavier-normal weights, zero biases; their run
+    lengths, n and delta per env; the warm-up counted in skills; the KL summed over latent dims."""
+    torch.manual_seed(0)
+    critic = Critic(60, 10, 256, 5)
+    linears = [m for m in critic.mlp if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(70, 256)] + [(256, 256)] * 5 + [(256, 1)]
+    assert all(torch.all(m.bias == 0) for m in linears)
+    assert linears[1].weight.std().item() == pytest.approx(np.sqrt(2 / 512), rel=0.05)  # Xavier normal
+    expected = {"maze": (2, 3_000_000, 1.0), "kitchen": (5, 1_500_000, 5.0), "block_stacking": (2, 10_000_000, 5.0)}
+    for env_name, (blocks, steps, delta) in expected.items():
+        args, _ = spirl_sac.resolve_args(spirl_sac.Args(env=env_name))
+        assert (args.critic_layers, args.total_env_steps, args.delta) == (blocks, steps, delta)
+        assert args.learning_starts == 5000 and args.kl_reduction == "sum"
 
 
 @pytest.mark.parametrize("shift, delta, direction", [(1.5, 0.1, +1), (0.0, 1.0, -1)])
@@ -282,7 +396,7 @@ def test_smoke_run_on_maze_then_resume_and_evaluate(tmp_path, monkeypatch):
     env = maze_env()
     monkeypatch.chdir(tmp_path)
     write_skill_model("skill.pt", "maze", env)
-    common = dict(env="maze", skill_model="skill.pt", learning_starts=100, batch_size=16, eval_interval=0,
+    common = dict(env="maze", skill_model="skill.pt", learning_starts=20, batch_size=16, eval_interval=0,
                   eval_episodes=1, progress_interval=200, log_interval=5)
     out = spirl_sac.main(spirl_sac.Args(total_env_steps=300, save_path="run/sac.pt", **common))
     assert out["global_step"] == 300 and out["grad_steps"] > 0
@@ -305,7 +419,7 @@ def test_closed_loop_skill_model_without_prior_init_runs_on_maze(tmp_path, monke
     env = maze_env()
     monkeypatch.chdir(tmp_path)
     write_skill_model("skill_cl.pt", "maze", env, closed_loop=True, prior_input="state")
-    out = spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill_cl.pt", total_env_steps=100, learning_starts=50,
+    out = spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill_cl.pt", total_env_steps=100, learning_starts=10,
                                         batch_size=8, eval_interval=0, eval_episodes=1, save_path="cl/sac.pt",
                                         prior_init=False, omega_constant_steps=60, omega_anneal_steps=20))
     assert out["global_step"] == 100 and out["grad_steps"] > 0
@@ -324,3 +438,58 @@ def test_kitchen_subtask_order_flag():
         env = spirl_sac.make_env(spirl_sac.Args(env="kitchen", strict_order=strict), seed=0)
         assert env.unwrapped.strict_order is strict
         env.close()
+
+
+@pytest.mark.parametrize("prior_init", [True, False])
+def test_main_wiring(tmp_path, monkeypatch, prior_init):
+    """What main() passes on: the warm-up counted in skills, gamma / tau / delta / the KL reduction per H-step
+    transition, the policy initialised from the prior, the prior's Gaussian stored for s, skills squashed into
+    [-2, 2] in training and evaluation, and the evaluation's deterministic skill 2 tanh(mu(normalised s))."""
+    env = maze_env()
+    monkeypatch.chdir(tmp_path)
+    write_skill_model("skill.pt", "maze", env, prior_input="state", horizon=5)
+    ckpt = torch.load("skill.pt", weights_only=False)
+    head = max((k for k in ckpt["model"] if k.startswith("skill_prior.mlp.") and k.endswith(".bias")),
+               key=lambda k: int(k.split(".")[2]))
+    ckpt["model"][head][:4] = 3.0  # prior mean ~3: a skill that is not squashed would leave [-2, 2]
+    torch.save(ckpt, "skill.pt")
+    updates, skills = [], []
+    real_update, real_execute = spirl_sac.sac_update, spirl_sac.execute_skill
+
+    def recording_update(batch, policy, *rest):
+        gamma, tau, delta, kl_reduction = rest[-4:]
+        with torch.no_grad():
+            mu, log_sigma = policy(batch["policy_obs"])
+        updates.append({"gamma": gamma, "tau": tau, "delta": delta, "kl_reduction": kl_reduction, "skills": len(skills),
+                        "policy_is_prior": bool(torch.allclose(mu, batch["prior_mu"], atol=1e-5)
+                                                and torch.allclose(log_sigma, batch["prior_log_sigma"], atol=1e-5))})
+        return real_update(batch, policy, *rest)
+
+    def recording_execute(env, obs, skill, *rest):
+        skills.append((id(env), obs["state"].copy(), np.array(skill)))
+        return real_execute(env, obs, skill, *rest)
+
+    monkeypatch.setattr(spirl_sac, "sac_update", recording_update)
+    monkeypatch.setattr(spirl_sac, "execute_skill", recording_execute)
+    out = spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill.pt", total_env_steps=150, learning_starts=10,
+                                        batch_size=8, gamma=0.8, tau=0.2, delta=0.7, kl_reduction="mean",
+                                        eval_interval=0, eval_episodes=1, save_path="run/sac.pt", prior_init=prior_init,
+                                        omega_constant_steps=0, omega_anneal_steps=1))
+    train_env = skills[0][0]
+    train = [z for env_id, _, z in skills if env_id == train_env]
+    evaluation = [(state, z) for env_id, state, z in skills if env_id != train_env]
+    assert len(train) == 30 and out["global_step"] == 150  # 30 skills of H = 5 env steps
+    assert updates[0]["skills"] == 10 and len(updates) == 30 - 10 + 1  # first update once 10 skills are in
+    assert all((u["gamma"], u["tau"], u["delta"], u["kl_reduction"]) == (0.8, 0.2, 0.7, "mean") for u in updates)
+    assert updates[0]["policy_is_prior"] == prior_init
+    train = np.stack(train)
+    assert np.abs(train).max() <= 2.0 and np.abs(train).max() > 1.9  # squashed, and the test can see it
+    saved = torch.load("run/sac.pt", weights_only=False)
+    decoder, prior, meta = spirl_sac.build_skill_model(saved["skill_model"], "maze", env)
+    policy = make_policy(prior, meta, prior_init=False)
+    policy.load_state_dict(saved["policy"])
+    state, z = evaluation[0]
+    with torch.no_grad():
+        mu, _ = policy(torch.as_tensor((state - meta["state_mean"]) / meta["state_std"])[None])
+    np.testing.assert_allclose(z, 2.0 * np.tanh(mu[0].numpy()), rtol=1e-5, atol=1e-6)
+    assert len(evaluation) == maze_module().EPISODE_LENGTH // 5

@@ -1,0 +1,174 @@
+"""How close one spirl_sac.py gradient step comes to this CPU's arithmetic floor (issue: update speed).
+
+    python benchmarks/spirl_sac_update.py                            # kitchen and maze configs, this checkout
+    python benchmarks/spirl_sac_update.py --reference-commit c3d3c34  # and the same maths at an older commit
+
+For each config (kitchen: 60-dim state prior, critics 256 x (input + 5 blocks + head); maze: the image prior
+over two stacked 32x32 frames, critics with 2 blocks) it builds spirl_sac.py's networks at batch 256 and times
+`sac_update` on one torch thread. The floor is the update's FLOPs (counted by torch's FlopCounterMode: every
+matmul and convolution of the forward and backward passes that the update really computes) divided by the
+rate at which this process multiplies 256 x 256 matrices on one thread. ratio = ms per update / floor.
+With --reference-commit, spirl_sac.py of that commit is loaded from git and timed on the same configs (its
+own FLOPs counted the same way), interleaved with the current one so that both see the same machine load.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+import tyro
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+@dataclass
+class Args:
+    configs: Tuple[str, ...] = ("kitchen", "maze")
+    """which update configurations to measure"""
+    reference_commit: Optional[str] = None
+    """also time spirl_sac.py as it was at this git commit (the 'before' column)"""
+    updates: int = 200
+    """timed updates per repeat (after 20 warm-up updates)"""
+    repeats: int = 5
+    """repeats of the timing; the median repeat is reported"""
+    batch_size: int = 256
+    """high-level transitions per update (B.2)"""
+    json_out: Optional[str] = None
+    """write the results as JSON here"""
+
+
+CONFIGS = {
+    # state_dim, image_shape, critic hidden blocks n (the authors' configs), latent dim, prior layers
+    "kitchen": dict(state_dim=60, image_shape=None, critic_blocks=5, latent_dim=10, prior_layers=6),
+    "maze": dict(state_dim=4, image_shape=(6, 32, 32), critic_blocks=2, latent_dim=10, prior_layers=6),
+}
+
+
+def load_module(commit):
+    """spirl_sac.py of the working tree (commit None) or of a git commit, as a module."""
+    if commit is None:
+        import spirl_sac
+        return spirl_sac
+    source = subprocess.run(["git", "show", f"{commit}:spirl_sac.py"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout
+    path = os.path.join(tempfile.mkdtemp(), f"spirl_sac_{commit}.py")
+    with open(path, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location(f"spirl_sac_{commit}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def gemm_gflops(seconds=1.0, n=256):
+    """GFLOP/s of one thread multiplying n x n matrices (the size of the updates' largest matmuls)."""
+    a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    for _ in range(50):
+        torch.mm(a, b, out=out)
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(50):
+            torch.mm(a, b, out=out)
+        count += 50
+    return 2 * n ** 3 * count / (time.perf_counter() - t0) / 1e9
+
+
+def build(module, config, batch_size, seed=0):
+    """Networks, optimizers and a batch for `module.sac_update`, whichever critic API the module has."""
+    torch.manual_seed(seed)
+    c = CONFIGS[config]
+    prior = module.SkillPrior(c["latent_dim"], 128, c["prior_layers"], state_dim=c["state_dim"],
+                              image_shape=c["image_shape"]).eval().requires_grad_(False)
+    meta = {"latent_dim": c["latent_dim"], "hidden_dim": 128, "prior_layers": c["prior_layers"],
+            "state_dim": c["state_dim"], "image_shape": c["image_shape"]}
+    policy = module.make_policy(prior, meta, prior_init=True)
+    # a replay buffer of random transitions: every timed update samples its batch, as in training
+    rng = np.random.default_rng(seed)
+    rb = module.ReplayBuffer(4 * batch_size, c["state_dim"], c["latent_dim"], np.zeros(c["state_dim"]),
+                             np.ones(c["state_dim"]), c["image_shape"])
+    for _ in range(4 * batch_size):
+        images = {}
+        if c["image_shape"] is not None:
+            images = {k: rng.integers(0, 256, c["image_shape"], dtype=np.uint8) for k in ("image", "next_image")}
+        rb.add(state=rng.standard_normal(c["state_dim"]), next_state=rng.standard_normal(c["state_dim"]),
+               skill=rng.uniform(-2, 2, c["latent_dim"]), reward=rng.random(), done=float(rng.random() < 0.05),
+               **{k: 0.5 * rng.standard_normal(c["latent_dim"]) for k in
+                  ("prior_mu", "prior_log_sigma", "next_prior_mu", "next_prior_log_sigma")}, **images)
+    log_alpha = torch.zeros((), requires_grad=True)
+    adam = getattr(module, "make_adam", lambda params, lr: torch.optim.Adam(params, lr=lr))  # as the module's main()
+    # the same critic architecture in every version: input layer, n blocks, head (older code counted linear layers)
+    critic_layers = c["critic_blocks"] if hasattr(module, "make_adam") else c["critic_blocks"] + 2
+    critics = [module.Critic(c["state_dim"], c["latent_dim"], 256, critic_layers) for _ in range(4)]
+    critics[2].load_state_dict(critics[0].state_dict())
+    critics[3].load_state_dict(critics[1].state_dict())
+    policy_optimizer, alpha_optimizer = adam(policy.parameters(), 3e-4), adam([log_alpha], 3e-4)
+    q_optimizer = adam(list(critics[0].parameters()) + list(critics[1].parameters()), 3e-4)
+
+    def update():
+        batch = rb.sample(batch_size, rng)
+        return module.sac_update(batch, policy, *critics, log_alpha, policy_optimizer, q_optimizer, alpha_optimizer,
+                                 0.99, 5e-3, 5.0)
+    return update
+
+
+def count_flops(update):
+    with FlopCounterMode(display=False) as counter:
+        update()
+    return counter.get_total_flops()
+
+
+def time_updates(update, n):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        update()
+    return (time.perf_counter() - t0) / n
+
+
+def main(args):
+    torch.set_num_threads(1)
+    modules = {"current": load_module(None)}
+    if args.reference_commit:
+        modules[f"at {args.reference_commit}"] = load_module(args.reference_commit)
+    results = {"load_average_1min": os.getloadavg()[0], "torch": torch.__version__, "batch_size": args.batch_size,
+               "configs": {}}
+    for config in args.configs:
+        updates = {name: build(module, config, args.batch_size) for name, module in modules.items()}
+        flops = {name: count_flops(update) for name, update in updates.items()}
+        for update in updates.values():
+            time_updates(update, 20)
+        times = {name: [] for name in updates}
+        rates = []
+        for _ in range(args.repeats):  # interleaved, so every version sees the same load
+            rates.append(gemm_gflops(0.5))
+            for name, update in updates.items():
+                times[name].append(time_updates(update, args.updates))
+        rate = float(np.median(rates))
+        floor_flops = min(flops.values())  # the fewest FLOPs any version needs for the same maths
+        row = {"gemm_gflops": rate, "floor_ms": 1e3 * floor_flops / (rate * 1e9)}
+        for name in updates:
+            ms = 1e3 * float(np.median(times[name]))
+            row[name] = {"ms_per_update": ms, "gflop_per_update": flops[name] / 1e9,
+                         "ms_at_own_flops": 1e3 * flops[name] / (rate * 1e9),
+                         "ratio_to_floor": ms / row["floor_ms"]}
+            print(f"{config:8s} {name:>18s}: {ms:6.1f} ms/update | {flops[name] / 1e9:.2f} GFLOP/update | "
+                  f"GEMM {rate:.0f} GFLOP/s | floor {row['floor_ms']:.1f} ms | ratio {ms / row['floor_ms']:.2f}", flush=True)
+        results["configs"][config] = row
+    results["load_average_1min_end"] = os.getloadavg()[0]
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
