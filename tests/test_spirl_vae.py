@@ -95,6 +95,44 @@ def test_analytic_kl_matches_torch_distributions():
     torch.testing.assert_close(kl, expected)
 
 
+def test_prior_loss_is_kl_from_the_posterior_to_the_prior_by_value():
+    """eq. (4): KL(sg(q(z|a)) || p_a(z|s_1)), in that direction (the reverse KL has another value), mean over
+    batch and latent dims; and the reconstruction term is 0.5 * squared error averaged over every element."""
+    torch.manual_seed(0)
+    model = SkillModel(4, 2).eval()
+    with torch.no_grad():  # a prior far from the posterior, with other widths, so the two directions differ
+        model.skill_prior.mlp[-1].bias.copy_(torch.cat([torch.full((10,), 1.5), torch.full((10,), -0.7)]))
+    actions, states, prior_obs = random_batch()
+    torch.manual_seed(1)
+    recon, _, prior = skill_model_losses(model, actions, states, prior_obs)
+    Normal = torch.distributions.Normal
+    torch.manual_seed(1)
+    reconstruction, mu_z, ls_z, mu_p, ls_p = model(actions, states, prior_obs)
+    q, p = Normal(mu_z, ls_z.exp()), Normal(mu_p, ls_p.exp())
+    forward, reverse = torch.distributions.kl_divergence(q, p).mean(), torch.distributions.kl_divergence(p, q).mean()
+    assert abs(forward.item() - reverse.item()) > 0.1
+    torch.testing.assert_close(prior, forward)
+    torch.testing.assert_close(recon, 0.5 * ((reconstruction - actions) ** 2).mean())
+
+
+@pytest.mark.parametrize("image", [False, True])
+def test_prior_sees_the_first_state_of_the_skill_window(image):
+    """get_batch: actions and states of the H-step window, and the prior's input is the window's first state
+    (or its first image), not a later one."""
+    n, horizon = 30, 5
+    data = {"states": torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 3),  # state t holds t
+            "actions": torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 2) + 0.5}
+    if image:
+        data["images"] = torch.arange(n, dtype=torch.uint8)[:, None, None, None].expand(n, 6, 32, 32)
+    starts = np.array([0, 7, 20])
+    actions, states, prior_obs = spirl_vae.get_batch(data, starts, horizon)
+    assert actions.shape == (3, horizon, 2) and states.shape == (3, horizon, 3)
+    torch.testing.assert_close(states[:, :, 0], torch.as_tensor(starts)[:, None].float() + torch.arange(horizon))
+    torch.testing.assert_close(actions[:, 0, 0], torch.as_tensor(starts).float() + 0.5)
+    first = prior_obs.reshape(3, -1)[:, 0].float()
+    torch.testing.assert_close(first, torch.as_tensor(starts).float())
+
+
 @pytest.mark.parametrize("image", [False, True])
 @pytest.mark.parametrize("closed_loop", [False, True])
 def test_shapes_and_step_by_step_decoding(image, closed_loop):
