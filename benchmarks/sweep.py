@@ -1,0 +1,589 @@
+"""Sweeps: the paper's experiments as grids of runs, executed with submitit, resumable, aggregated into results.
+
+    python benchmarks/sweep.py --preset fig4-maze --dry-run     # print every command of Fig. 4 (left)
+    python benchmarks/sweep.py --preset fig4-maze               # run them here, as many at once as CPU cores
+    python benchmarks/sweep.py --preset fig4-maze --executor slurm --slurm-partition cpu --slurm-time-min 2880
+    python benchmarks/sweep.py --aggregate                      # runs/sweeps/<preset>/* -> docs/results.json,
+                                                                # docs/results.md, docs/figures/<preset>.png
+    python benchmarks/sweep.py --scripts baselines/sac.py --envs Pendulum-v1 --seeds 1 2 3 \\
+        --set "baselines/*.py=--total-timesteps 20000"          # a grid of your own (--name names its directory)
+
+A run is one process of one script (spirl_vae.py, spirl_sac.py, baselines/*.py, a data generator) with one
+torch thread. Its outputs (tensorboard events, checkpoint, log.txt, run.json) go to the deterministic directory
+runs/sweeps/<preset>/<algo>__<env>__<seed>[__<tag>], so a sweep started again finds its runs: a run with
+done.json is skipped, a run with a checkpoint but no done.json continues from it with --resume, the rest start.
+Runs that read another run's output (the RL runs read the skill model a spirl_vae.py run of the same preset
+trains) start once that run is done: on one machine the sweep submits them then; on Slurm they are submitted
+at once with an afterok dependency. submitit runs each job (LocalExecutor here, SlurmExecutor on a cluster);
+a Slurm job that reaches its time limit is requeued by submitit and resumes from its last checkpoint.
+"""
+
+import fnmatch
+import glob
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import List, Literal, Optional, Tuple
+
+import numpy as np
+import tyro
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo: scripts run from here
+PRESETS = ("fig4-maze", "fig4-kitchen", "fig4-blocks", "fig5", "fig6", "table1")
+METRIC = {"maze": "success", "kitchen": "subtasks_completed", "block_stacking": "blocks_stacked"}  # envs/<env>.py METRIC
+ANY_ORDER_TAG = "charts/subtasks_completed_any_order"  # kitchen runs may log the any-order count too
+
+
+@dataclass
+class Args:
+    preset: Optional[Literal["fig4-maze", "fig4-kitchen", "fig4-blocks", "fig5", "fig6", "table1"]] = None
+    """a paper experiment (its runs and budgets: --dry-run lists them); None: the grid of --scripts/--envs/--seeds"""
+    scripts: Tuple[str, ...] = ()
+    """custom grid: scripts relative to the repo (spirl_sac.py, baselines/sac.py, ...)"""
+    envs: Tuple[str, ...] = ("maze",)
+    """custom grid: envs"""
+    seeds: Tuple[int, ...] = (1,)
+    """custom grid: seeds"""
+    set: Tuple[str, ...] = ()
+    """flag overrides "PATTERN=FLAGS", appended to every run whose script matches the glob PATTERN, e.g.
+    "spirl_sac.py=--total-env-steps 200000" or "baselines/*.py=--total-timesteps 50000" (presets too)"""
+    name: Optional[str] = None
+    """directory name of the sweep under --root; None: the preset's name, or "custom" """
+    root: str = "runs/sweeps"
+    """where sweep directories go (relative to the current directory)"""
+    dry_run: bool = False
+    """print each run's command and state (to run / to resume / done) and exit"""
+    executor: Literal["local", "slurm"] = "local"
+    """local: submitit's LocalExecutor on this machine; slurm: submitit's SlurmExecutor"""
+    parallel: int = 0
+    """local: runs at once; 0: one per CPU core (each run uses one torch thread)"""
+    timeout_min: int = 60 * 24 * 14
+    """submitit's time limit of one job in minutes (Slurm: the job's --time; a job past it is requeued and resumes)"""
+    slurm_partition: Optional[str] = None
+    """Slurm partition"""
+    slurm_cpus_per_task: int = 1
+    """Slurm CPUs per job (one run per job; the scripts use one torch thread)"""
+    slurm_mem_gb: int = 16
+    """Slurm memory per job in GB (image replay buffers of 1 M env steps need several GB)"""
+    slurm_array_parallelism: int = 64
+    """Slurm: most jobs of one submission running at once"""
+    slurm_additional: Tuple[str, ...] = ()
+    """more sbatch parameters as KEY=VALUE (e.g. account=myproj qos=normal)"""
+    keep_replay: bool = False
+    """keep the replay buffers of finished runs (only --resume reads them; an image run's buffer is GBs)"""
+    aggregate: bool = False
+    """read every finished run under the sweep directories and write --results-json, --results-md and figures; no runs"""
+    sweeps: Tuple[str, ...] = ()
+    """--aggregate: sweep directories to read; empty: --root/<preset> of every preset"""
+    results_json: str = "docs/results.json"
+    """--aggregate: output list of finished runs"""
+    results_md: str = "docs/results.md"
+    """--aggregate: output markdown table"""
+    figures_dir: str = "docs/figures"
+    """--aggregate: one PNG per sweep (mean +- std over seeds, x = env steps)"""
+    curve_points: int = 200
+    """--aggregate: most points of a run's curve (bins of env steps, mean metric of the episodes in each)"""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Runs: what each script needs to write into its run directory and to resume.
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One process. flags may contain {dir:NAME}, the run directory of run NAME of the same sweep."""
+
+    name: str
+    script: str  # a path relative to the repo, or a module run with -m (envs.block_stacking)
+    flags: List[str]
+    env: str
+    algo: str
+    seed: int
+    tag: str = ""
+    after: List[str] = field(default_factory=list)  # runs whose outputs this one reads
+
+
+# script -> (flags that put its outputs into the run directory, its checkpoint there, flags that resume from it)
+OUTPUTS = {
+    "spirl_sac.py": (["--run-dir", "{run_dir}"], "spirl_sac.pt", ["--resume", "{run_dir}/spirl_sac.pt"]),
+    "spirl_vae.py": (["--save-path", "{run_dir}/skill_model.pt"], "skill_model.pt", ["--resume"]),
+    "baselines/sac.py": (["--run-dir", "{run_dir}"], "agent.pt", ["--resume", "{run_dir}/agent.pt"]),
+    "baselines/bc_sac.py": (["--run-dir", "{run_dir}"], "agent.pt", ["--resume", "{run_dir}/agent.pt"]),
+    "baselines/flat_prior.py": (["--run-dir", "{run_dir}"], "agent.pt", ["--resume", "{run_dir}/agent.pt"]),
+    "baselines/ssp.py": (["--run-dir", "{run_dir}"], "agent.pt", ["--resume", "{run_dir}/agent.pt"]),
+    "envs.block_stacking": (["--out", "{run_dir}/data.hdf5"], None, None),  # written atomically: redone if cut
+}
+ALGO = {"spirl_sac.py": "spirl", "baselines/sac.py": "sac", "baselines/bc_sac.py": "bc_sac",
+        "baselines/flat_prior.py": "flat_prior", "baselines/ssp.py": "ssp", "spirl_vae.py": "skills"}
+
+
+def run_name(algo, env, seed, tag=""):
+    return f"{algo}__{env}__{seed}" + (f"__{tag}" if tag else "")
+
+
+def skills(env, tag="", flags=()):
+    """A spirl_vae.py run that trains the skill model (seed 1) the RL runs of a preset read."""
+    return Run(run_name("skills", env, 1, tag), "spirl_vae.py", ["--env", env, *flags], env, "skills", 1, tag)
+
+
+def spirl(env, seed, steps, skill_run, tag="", algo="spirl", flags=()):
+    return Run(run_name(algo, env, seed, tag), "spirl_sac.py",
+               ["--env", env, "--seed", str(seed), "--total-env-steps", str(steps),
+                "--skill-model", f"{{dir:{skill_run.name}}}/skill_model.pt", *flags],
+               env, algo, seed, tag, after=[skill_run.name])
+
+
+def baselines(env, steps, skill_run, seed=1):
+    """The four baselines of section 4.1 (and SSP with prior initialisation, appendix E), one seed each."""
+    common = ["--env", env, "--seed", str(seed), "--total-timesteps", str(steps)]
+    runs = [Run(run_name(algo, env, seed), f"baselines/{algo}.py", list(common), env, algo, seed)
+            for algo in ("sac", "bc_sac", "flat_prior")]
+    for algo, extra in (("ssp", []), ("ssp_prior_init", ["--prior-init"])):
+        runs.append(Run(run_name(algo, env, seed), "baselines/ssp.py",
+                        [*common, "--skill-model", f"{{dir:{skill_run.name}}}/skill_model.pt", *extra],
+                        env, algo, seed, after=[skill_run.name]))
+    return runs
+
+
+def preset_runs(preset):
+    """The runs of a paper experiment, with the budgets of issues 16-18 (SPiRL 1 M env steps; baselines 250 k,
+    flat SAC doing an update per env step, ten times SPiRL's; ablations 300-500 k at one seed)."""
+    if preset == "fig4-maze":  # Fig. 4 left
+        model = skills("maze")
+        return [model, *(spirl("maze", seed, 1_000_000, model) for seed in (1, 2, 3)), *baselines("maze", 250_000, model)]
+    if preset in ("fig4-kitchen", "fig4-blocks"):  # Fig. 4 right / middle: open- and closed-loop skills
+        env = "kitchen" if preset == "fig4-kitchen" else "block_stacking"
+        model, closed = skills(env), skills(env, "cl", ["--state-conditioned-decoder"])
+        return [model, closed, *(spirl(env, seed, 1_000_000, model, flags=["--delta", "5"]) for seed in (1, 2)),
+                *(spirl(env, seed, 1_000_000, closed, algo="spirl_cl", flags=["--delta", "5"]) for seed in (1, 2)),
+                *baselines(env, 250_000, model)]
+    if preset == "fig5":  # Fig. 5: where skills from the prior vs random skills lead (no learning)
+        model = skills("maze")
+        return [model, *(Run(run_name("explore", "maze", seed, sampler), "spirl_sac.py",
+                             ["--env", "maze", "--seed", str(seed), "--explore", sampler, "--total-env-steps", "40000",
+                              "--skill-model", f"{{dir:{model.name}}}/skill_model.pt"],
+                             "maze", f"explore_{sampler}", seed, sampler, after=[model.name])
+                         for sampler in ("prior", "uniform", "normal") for seed in (1, 2, 3))]
+    if preset == "fig6":  # Fig. 6: skill horizon H and latent size |Z|, each with its own skill model
+        runs = []
+        for horizon, latent in ((3, 10), (10, 10), (30, 10), (10, 5), (10, 30)):
+            tag = f"H{horizon}_Z{latent}"
+            model = skills("maze", tag, ["--skill-horizon", str(horizon), "--latent-dim", str(latent)])
+            runs += [model, spirl("maze", 1, 300_000, model, tag)]
+        return runs
+    if preset == "table1":  # Table 1: skill models on data with 0 / 50 / 75 % random-action trajectories
+        runs = []
+        for percent in (0, 50, 75):
+            tag = f"random{percent}"
+            data = Run(run_name("data", "block_stacking", 0, tag), "envs.block_stacking",
+                       ["--random-fraction", str(percent / 100)], "block_stacking", "data", 0, tag)
+            model = skills("block_stacking", tag, ["--dataset", f"{{dir:{data.name}}}/data.hdf5"])
+            model.after = [data.name]
+            runs += [data, model, spirl("block_stacking", 1, 500_000, model, tag, flags=["--delta", "5"])]
+        return runs
+    raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+
+
+def custom_runs(scripts, env_names, seeds):
+    runs = []
+    for script in scripts:
+        if script not in OUTPUTS:
+            raise SystemExit(f"--scripts {script}: the sweep knows {', '.join(s for s in OUTPUTS if s.endswith('.py'))}")
+        for env in env_names:
+            for seed in seeds:
+                runs.append(Run(run_name(ALGO[script], env, seed), script, ["--env", env, "--seed", str(seed)], env,
+                                ALGO[script], seed))
+    return runs
+
+
+def apply_overrides(runs, overrides):
+    for override in overrides:
+        pattern, sep, flags = override.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {override!r}: write PATTERN=FLAGS, e.g. 'spirl_sac.py=--total-env-steps 200000'")
+        for run in runs:
+            if fnmatch.fnmatch(run.script, pattern):
+                run.flags += shlex.split(flags)
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------------
+# Executing one run (inside a submitit job): resume or start, log, mark done.
+# ----------------------------------------------------------------------------------------------------
+
+
+def run_dir_of(sweep_dir, name):
+    return os.path.join(sweep_dir, name)
+
+
+def state_of(sweep_dir, run):
+    """'done', 'resume' (a checkpoint of an interrupted attempt) or 'start'."""
+    directory = run_dir_of(sweep_dir, run.name)
+    if os.path.isfile(os.path.join(directory, "done.json")):
+        return "done"
+    checkpoint = OUTPUTS[run.script][1]
+    if checkpoint and os.path.isfile(os.path.join(directory, checkpoint)):
+        return "resume"
+    return "start"
+
+
+def command_of(sweep_dir, run, state):
+    """The argv of a run: python, script, its flags, the flags that put its outputs in its directory (and resume)."""
+    directory = os.path.abspath(run_dir_of(sweep_dir, run.name))
+    output_flags, _, resume_flags = OUTPUTS[run.script]
+    flags = run.flags + output_flags + (resume_flags if state == "resume" else [])
+    flags = [flag.replace("{run_dir}", directory) for flag in flags]
+    for i, flag in enumerate(flags):
+        while "{dir:" in flag:
+            start = flag.index("{dir:")
+            end = flag.index("}", start)
+            flag = flag[:start] + os.path.abspath(run_dir_of(sweep_dir, flag[start + 5:end])) + flag[end + 1:]
+        flags[i] = flag
+    program = ["-m", run.script] if not run.script.endswith(".py") else [os.path.join(ROOT, run.script)]
+    return [sys.executable, *program, *flags]
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=30).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _submitit():
+    import cloudpickle
+    import submitit
+
+    if RunJob.__module__ != "__main__":  # imported (tests): ship RunJob's code with the job, as for a script
+        cloudpickle.register_pickle_by_value(sys.modules[RunJob.__module__])
+    return submitit
+
+
+class RunJob:
+    """The callable submitit runs: one script in a subprocess with one torch thread, its output appended to
+    <run_dir>/log.txt; done.json once it exits 0. Checkpointable: a Slurm job cut by its time limit is requeued
+    with this same callable, which then finds the run's checkpoint and resumes."""
+
+    def __init__(self, sweep_dir, run, keep_replay=False):
+        self.sweep_dir, self.run, self.keep_replay = os.path.abspath(sweep_dir), run, keep_replay
+        self.record = asdict(run)  # here: dataclasses.asdict does not work on a class shipped by value to the job
+        self.cwd = os.getcwd()  # the scripts' relative paths (checkpoints/, data/, --set paths) mean the same as here
+
+    def __call__(self):
+        run, directory = self.run, run_dir_of(self.sweep_dir, self.run.name)
+        state = state_of(self.sweep_dir, run)
+        if state == "done":
+            return "done"
+        command = command_of(self.sweep_dir, run, state)
+        os.makedirs(directory, exist_ok=True)
+        commit = git_commit()
+        with open(os.path.join(directory, "run.json"), "w") as f:
+            json.dump({**self.record, "command": command, "commit": commit}, f, indent=1)
+        threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                   "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}  # for -m envs.*
+        start = time.time()
+        with open(os.path.join(directory, "log.txt"), "a") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {state}: {shlex.join(command)}\n")
+            log.flush()
+            code = subprocess.run(command, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **threads}).returncode
+        if code != 0:
+            raise RuntimeError(f"{run.name} exited with {code}: see {os.path.join(directory, 'log.txt')}")
+        if not self.keep_replay:
+            for path in glob.glob(os.path.join(directory, "*.replay.npz")):
+                os.remove(path)
+        with open(os.path.join(directory, "done.json"), "w") as f:
+            json.dump({"commit": commit, "wall_s": round(time.time() - start, 1), "state_at_start": state,
+                       "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+        return state
+
+    def checkpoint(self, *args, **kwargs):
+        return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)  # requeue: resumes from the checkpoint
+
+
+def make_executor(args, sweep_dir):
+    submitit = _submitit()
+    folder = os.path.join(sweep_dir, ".submitit")
+    if args.executor == "local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=args.timeout_min)
+    else:
+        executor = submitit.SlurmExecutor(folder=folder)
+        additional = dict(item.split("=", 1) for item in args.slurm_additional)
+        executor.update_parameters(time=args.timeout_min, cpus_per_task=args.slurm_cpus_per_task, mem=f"{args.slurm_mem_gb}G",
+                                   partition=args.slurm_partition, array_parallelism=args.slurm_array_parallelism,
+                                   signal_delay_s=120, additional_parameters=additional,
+                                   setup=[f"cd {shlex.quote(os.getcwd())}"])
+    return executor
+
+
+def check_runs(runs):
+    names = [run.name for run in runs]
+    if len(set(names)) != len(names):
+        raise SystemExit("two runs of the grid have the same name: give them tags")
+    for run in runs:
+        for name in run.after:
+            if name not in names:
+                raise SystemExit(f"run {run.name} waits on {name}, which is not in the sweep")
+
+
+def execute_local(runs, sweep_dir, parallel, executor, keep_replay=False, poll_s=2.0):
+    """submitit's LocalExecutor starts each job as its own process; at most `parallel` run at once, and a run
+    is submitted only after the runs it reads are done. Returns {name: "done" | "failed" | "blocked"}."""
+    todo = [run for run in runs if state_of(sweep_dir, run) != "done"]
+    status = {run.name: "done" for run in runs if run not in todo}
+    for run in runs:
+        if run.name in status:
+            print(f"skip {run.name}: done", flush=True)
+    running = {}
+    while todo or running:
+        for name, job in list(running.items()):
+            if job.done():
+                del running[name]
+                try:
+                    job.result()
+                    status[name] = "done"
+                    print(f"finished {name}", flush=True)
+                except Exception as error:  # noqa: BLE001 - a failed run must not stop the others
+                    status[name] = "failed"
+                    print(f"FAILED {name}: {str(error).splitlines()[-1] if str(error) else error}", flush=True)
+        for run in list(todo):
+            if any(status.get(name) in ("failed", "blocked") for name in run.after):
+                status[run.name] = "blocked"
+                todo.remove(run)
+                print(f"blocked {run.name}: {', '.join(run.after)} did not finish", flush=True)
+            elif len(running) < parallel and all(status.get(name) == "done" for name in run.after):
+                todo.remove(run)
+                print(f"{state_of(sweep_dir, run)} {run.name}", flush=True)
+                running[run.name] = executor.submit(RunJob(sweep_dir, run, keep_replay))
+        if running:
+            time.sleep(poll_s)
+    return status
+
+
+def execute_slurm(runs, sweep_dir, executor, keep_replay=False):
+    """Submit every run not done at once; a run waits for the runs it reads with an afterok dependency."""
+    jobs = {}
+    for run in runs:  # presets list a run after the runs it reads
+        if state_of(sweep_dir, run) == "done":
+            print(f"skip {run.name}: done", flush=True)
+            continue
+        waits = [jobs[name].job_id for name in run.after if name in jobs]
+        executor.update_parameters(job_name=run.name, dependency=f"afterok:{':'.join(waits)}" if waits else None)
+        jobs[run.name] = executor.submit(RunJob(sweep_dir, run, keep_replay))
+        print(f"submitted {run.name}: job {jobs[run.name].job_id}", flush=True)
+    return jobs
+
+
+# ----------------------------------------------------------------------------------------------------
+# Aggregation: tensorboard scalars of finished runs -> results.json, results.md, figures.
+# ----------------------------------------------------------------------------------------------------
+
+
+def read_scalars(run_dir, tags):
+    """{tag: [(step, value), ...]} of a run's tensorboard events (a resumed run's purged steps dropped)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    present = events.Tags()["scalars"]
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in tags if tag in present}
+
+
+def checkpoint_info(path):
+    """Env steps trained and the data source of the run's checkpoint (None where unknown)."""
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    data = None
+    if isinstance(saved.get("skill_model"), dict):  # spirl_sac.py carries its skill model
+        data = saved["skill_model"].get("data_source")
+    args = saved.get("args", {})
+    if data is None and args.get("skill_model"):  # baselines/ssp.py: the skill model it read
+        skill_model = args["skill_model"]
+        if os.path.isfile(skill_model):
+            data = torch.load(skill_model, map_location="cpu", weights_only=False).get("data_source")
+    if data is None and "dataset" in args:  # bc_sac.py, flat_prior.py
+        data = "the env's default dataset (envs.load_dataset)" if args["dataset"] == "auto" else args["dataset"]
+    return saved.get("global_step"), data
+
+
+def binned_curve(episodes, env_steps, points):
+    """[[bin end, mean value of the episodes ending in the bin], ...] over at most `points` equal bins."""
+    if not episodes:
+        return []
+    steps, values = np.array([s for s, _ in episodes], float), np.array([v for _, v in episodes], float)
+    edges = np.linspace(0, max(env_steps, steps.max()), points + 1)
+    index = np.clip(np.searchsorted(edges, steps, side="left") - 1, 0, points - 1)
+    return [[int(edges[i + 1]), round(float(values[index == i].mean()), 4)] for i in range(points) if (index == i).any()]
+
+
+def run_result(run_dir, points=200):
+    """The results.json entry of one finished RL run, or None (not finished, not RL, no episodes)."""
+    if not os.path.isfile(os.path.join(run_dir, "done.json")) or not os.path.isfile(os.path.join(run_dir, "run.json")):
+        return None
+    with open(os.path.join(run_dir, "run.json")) as f:
+        run = json.load(f)
+    with open(os.path.join(run_dir, "done.json")) as f:
+        done = json.load(f)
+    checkpoint = OUTPUTS.get(run["script"], (None, None))[1]
+    if run["algo"] in ("skills", "data") or run["algo"].startswith("explore") or checkpoint is None:
+        return None
+    metric = METRIC.get(run["env"], "episodic_return")  # gymnasium envs: the return
+    tag = f"charts/{metric}"
+    scalars = read_scalars(run_dir, [tag, ANY_ORDER_TAG])
+    if tag not in scalars:
+        return None
+    env_steps, data = checkpoint_info(os.path.join(run_dir, checkpoint))
+    episodes = scalars[tag]
+    env_steps = int(env_steps if env_steps is not None else episodes[-1][0])
+    last = [v for s, v in episodes if s > 0.9 * env_steps]
+    result = {
+        "env": run["env"], "algo": run["algo"], "seed": run["seed"], "tag": run["tag"] or None,
+        "env_steps": env_steps, "metric": metric, "final": round(float(np.mean(last)), 4) if last else None,
+        "final_episodes": len(last),
+        "strict_order": ("--no-strict-order" not in run["flags"]) if run["env"] == "kitchen" else None,
+        "curve": binned_curve(episodes, env_steps, points),
+        "settings": " ".join(flag for flag in run["flags"] if "{dir:" not in flag),
+        "data": data, "commit": done.get("commit") or run.get("commit"),
+        "sweep": os.path.basename(os.path.dirname(os.path.abspath(run_dir))), "run": os.path.basename(run_dir),
+    }
+    if ANY_ORDER_TAG in scalars:
+        any_order = scalars[ANY_ORDER_TAG]
+        last_any = [v for s, v in any_order if s > 0.9 * env_steps]
+        result["final_any_order"] = round(float(np.mean(last_any)), 4) if last_any else None
+        result["curve_any_order"] = binned_curve(any_order, env_steps, points)
+    return result
+
+
+def label_of(result):
+    return result["algo"] + (f" {result['tag']}" if result.get("tag") else "")
+
+
+def plot_sweep(results, path, title):
+    """Mean +- std over seeds of each (algo, tag) against env steps; a second panel with the any-order count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("curve", results[0]["metric"])]
+    if any("curve_any_order" in r for r in results):
+        panels.append(("curve_any_order", f"{results[0]['metric']} (any order)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
+    for ax, (key, ylabel) in zip(axes[0], panels):
+        groups = {}
+        for r in results:
+            if r.get(key):
+                groups.setdefault((r["env"], label_of(r)), []).append(r)
+        for (env, label), runs in sorted(groups.items()):
+            grid = np.linspace(0, max(r["env_steps"] for r in runs), 200)
+            curves = np.array([np.interp(grid, *np.array(r[key], float).T, left=np.nan) for r in runs])
+            known = ~np.isnan(curves).all(0)  # before a curve's first episode there is nothing to average
+            grid, curves = grid[known], curves[:, known]
+            mean, std = np.nanmean(curves, 0), np.nanstd(curves, 0)
+            seeds = f"{len(runs)} seeds" if len(runs) > 1 else f"seed {runs[0]['seed']}"
+            line, = ax.plot(grid, mean, label=f"{label}" + (f" ({env})" if len({e for e, _ in groups}) > 1 else "")
+                            + f", {seeds}")
+            ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("env steps (warm-up included)")
+        ax.set_ylabel(f"{ylabel} per training episode")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def aggregate(sweep_dirs, results_json, results_md, figures_dir, points=200):
+    results, figures = [], []
+    for sweep_dir in sweep_dirs:
+        found = [r for r in (run_result(d, points) for d in sorted(glob.glob(os.path.join(sweep_dir, "*")))) if r]
+        results += found
+        if found:
+            path = os.path.join(figures_dir, os.path.basename(os.path.normpath(sweep_dir)) + ".png")
+            plot_sweep(found, path, f"{os.path.basename(os.path.normpath(sweep_dir))}: training episodes, mean +- std over seeds")
+            figures.append(path)
+    os.makedirs(os.path.dirname(results_json) or ".", exist_ok=True)
+    with open(results_json, "w") as f:
+        json.dump(results, f, indent=1)
+    write_markdown(results, figures, results_md)
+    print(f"{len(results)} finished runs -> {results_json}, {results_md}" + (f", {', '.join(figures)}" if figures else ""))
+    return results
+
+
+def write_markdown(results, figures, path):
+    lines = ["# Results", "",
+             "Written by `python benchmarks/sweep.py --aggregate` from the tensorboard logs of the finished sweep runs",
+             "(`docs/results.json` holds every run with its curve, settings, data and commit). `final`: mean of the",
+             "per-episode training metric over the episodes in the last 10 % of a run's env steps; mean +- std over",
+             "seeds. Runs: `python benchmarks/sweep.py --preset <name>` (see docs/sweeps.md).", ""]
+    if not results:
+        lines += ["No sweep run has finished yet."]
+    groups = {}
+    for r in results:
+        groups.setdefault((r["sweep"], r["env"], label_of(r)), []).append(r)
+    sweep = None
+    for (name, env, label), runs in groups.items():
+        if name != sweep:
+            sweep = name
+            lines += ["", f"## {name}", ""]
+            figure = next((f for f in figures if os.path.basename(f) == f"{name}.png"), None)
+            if figure:
+                lines += [f"![{name}]({os.path.relpath(figure, os.path.dirname(path) or '.')})", ""]
+            lines += ["| env | algo | seeds | env steps | metric | final (mean +- std) | per seed | settings |",
+                      "|---|---|---:|---:|---|---|---|---|"]
+        finals = [r["final"] for r in runs if r["final"] is not None]
+        summary = f"{np.mean(finals):.2f} +- {np.std(finals):.2f}" if finals else "-"
+        if any(r.get("final_any_order") is not None for r in runs):
+            summary += f" (any order {np.mean([r['final_any_order'] for r in runs if r.get('final_any_order') is not None]):.2f})"
+        lines.append(f"| {env} | {label} | {len(runs)} | {max(r['env_steps'] for r in runs)} | {runs[0]['metric']} | {summary} | "
+                     + ", ".join(f"{r['seed']}: {r['final']}" for r in runs) + f" | `{runs[0]['settings']}` |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def main(args):
+    if args.aggregate:
+        sweep_dirs = list(args.sweeps) or [os.path.join(args.root, preset) for preset in PRESETS]
+        return aggregate([d for d in sweep_dirs if os.path.isdir(d)], args.results_json, args.results_md,
+                         args.figures_dir, args.curve_points)
+    if args.preset is None and not args.scripts:
+        raise SystemExit("choose --preset (one of " + ", ".join(PRESETS) + ") or a grid with --scripts, or --aggregate")
+    runs = preset_runs(args.preset) if args.preset else custom_runs(args.scripts, args.envs, args.seeds)
+    runs = apply_overrides(runs, args.set)
+    check_runs(runs)
+    sweep_dir = os.path.join(args.root, args.name or args.preset or "custom")
+    if args.dry_run:
+        for run in runs:
+            state = state_of(sweep_dir, run)
+            waits = f"  # after {', '.join(run.after)}" if run.after else ""
+            print(f"[{state}] {shlex.join(command_of(sweep_dir, run, state))}{waits}")
+        return runs
+    executor = make_executor(args, sweep_dir)
+    if args.executor == "slurm":
+        return execute_slurm(runs, sweep_dir, executor, args.keep_replay)
+    parallel = args.parallel or os.cpu_count() or 1
+    start = time.time()
+    status = execute_local(runs, sweep_dir, parallel, executor, args.keep_replay)
+    counts = {s: sum(v == s for v in status.values()) for s in ("done", "failed", "blocked")}
+    print(f"sweep {sweep_dir}: {counts['done']} done, {counts['failed']} failed, {counts['blocked']} blocked; "
+          f"{time.time() - start:.0f} s with {parallel} at once")
+    if counts["failed"] or counts["blocked"]:
+        sys.exit(1)
+    return status
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

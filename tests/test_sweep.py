@@ -1,0 +1,139 @@
+"""Tests of benchmarks/sweep.py: the presets' runs and budgets, and a two-run grid through submitit's
+LocalExecutor end to end (run, skip on rerun, resume of an interrupted run, aggregation into results.json and a PNG)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import envs  # noqa: E402
+import sweep  # noqa: E402
+
+
+def flag(run, name):
+    return run.flags[run.flags.index(name) + 1]
+
+
+def test_presets_hold_the_papers_runs_and_budgets():
+    maze = sweep.preset_runs("fig4-maze")
+    spirl = [r for r in maze if r.algo == "spirl"]
+    assert sorted(r.seed for r in spirl) == [1, 2, 3] and all(int(flag(r, "--total-env-steps")) >= 1_000_000 for r in spirl)
+    baselines = [r for r in maze if r.script.startswith("baselines/")]
+    assert sorted(r.algo for r in baselines) == ["bc_sac", "flat_prior", "sac", "ssp", "ssp_prior_init"]
+    assert all(int(flag(r, "--total-timesteps")) >= 250_000 for r in baselines)
+    model = next(r for r in maze if r.algo == "skills")
+    for run in spirl + [r for r in baselines if r.algo.startswith("ssp")]:  # skill users wait on the skill model
+        assert run.after == [model.name] and f"{{dir:{model.name}}}/skill_model.pt" in run.flags
+
+    fig6 = sweep.preset_runs("fig6")
+    models = {(int(flag(r, "--skill-horizon")), int(flag(r, "--latent-dim"))) for r in fig6 if r.algo == "skills"}
+    assert models == {(3, 10), (10, 10), (30, 10), (10, 5), (10, 30)}
+    assert all(int(flag(r, "--total-env-steps")) >= 300_000 for r in fig6 if r.algo == "spirl")
+    assert len({flag(r, "--skill-model") for r in fig6 if r.algo == "spirl"}) == 5  # each its own skill model
+
+    for preset, env in (("fig4-kitchen", "kitchen"), ("fig4-blocks", "block_stacking")):
+        runs = sweep.preset_runs(preset)
+        for algo in ("spirl", "spirl_cl"):
+            rl = [r for r in runs if r.algo == algo]
+            assert sorted(r.seed for r in rl) == [1, 2] and all(r.env == env for r in rl)
+            assert all(int(flag(r, "--total-env-steps")) >= 1_000_000 and flag(r, "--delta") == "5" for r in rl)
+        closed = next(r for r in runs if r.name == next(r for r in runs if r.algo == "spirl_cl").after[0])
+        assert "--state-conditioned-decoder" in closed.flags
+        assert {r.algo for r in runs if r.script.startswith("baselines/")} == {"sac", "bc_sac", "flat_prior", "ssp", "ssp_prior_init"}
+
+    table1 = sweep.preset_runs("table1")
+    assert sorted(float(flag(r, "--random-fraction")) for r in table1 if r.algo == "data") == [0.0, 0.5, 0.75]
+    assert all(int(flag(r, "--total-env-steps")) >= 500_000 for r in table1 if r.algo == "spirl")
+    assert len(sweep.preset_runs("fig5")) == 1 + 9  # a skill model, then 3 samplers x 3 seeds
+
+
+def test_dry_run_prints_each_command_with_its_outputs_in_the_run_directory(tmp_path, capsys):
+    sweep.main(sweep.Args(preset="fig4-maze", dry_run=True, root=str(tmp_path)))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(sweep.preset_runs("fig4-maze")) and all(line.startswith("[start] ") for line in lines)
+    spirl_line = next(line for line in lines if "spirl_sac.py" in line and "--seed 2" in line)
+    assert f"--run-dir {tmp_path}/fig4-maze/spirl__maze__2" in spirl_line
+    assert f"--skill-model {tmp_path}/fig4-maze/skills__maze__1/skill_model.pt" in spirl_line
+    with pytest.raises(SystemExit, match="PATTERN=FLAGS"):
+        sweep.main(sweep.Args(preset="fig6", dry_run=True, root=str(tmp_path), set=("--total-env-steps 5",)))
+
+
+def write_skill_model(path, env):
+    """An untrained skill model in spirl_vae.py's checkpoint format, for the env's dimensions (H = 5)."""
+    import spirl_vae
+
+    state_dim, action_dim = env.observation_space["state"].shape[0], env.action_space.shape[0]
+    model = spirl_vae.SkillModel(state_dim, action_dim, 4, hidden_dim=16, prior_layers=3)
+    torch.save({"format": "spirl-skill-model-v1", "env": "kitchen", "args": {}, "prior_input": "state",
+                "state_dim": state_dim, "image_shape": None, "action_dim": action_dim, "skill_horizon": 5,
+                "latent_dim": 4, "hidden_dim": 16, "prior_layers": 3, "state_conditioned_decoder": False,
+                "state_mean": np.zeros(state_dim, np.float32), "state_std": np.full(state_dim, 5.0, np.float32),
+                "action_low": env.action_space.low, "action_high": env.action_space.high, "data_source": "test data",
+                "model": model.state_dict(), "step": 0}, path)
+
+
+def test_two_run_grid_runs_skips_resumes_and_aggregates(tmp_path, monkeypatch, capsys):
+    """spirl_sac.py and baselines/sac.py on the kitchen (280-step episodes), tiny budgets, two at once."""
+    try:
+        env = envs.make_env("kitchen", seed=0)
+    except ModuleNotFoundError:
+        pytest.skip("kitchen env needs gymnasium-robotics")
+    write_skill_model(tmp_path / "skills.pt", env)
+    env.close()
+    monkeypatch.chdir(tmp_path)
+    grid = dict(scripts=("spirl_sac.py", "baselines/sac.py"), envs=("kitchen",), seeds=(1,), root="sweeps", parallel=2,
+                set=(f"spirl_sac.py=--total-env-steps 280 --skill-model {tmp_path / 'skills.pt'} --learning-starts 10 "
+                     "--batch-size 16 --critic-hidden-dim 32 --critic-layers 1 --eval-interval 0 --eval-episodes 1",
+                     "baselines/sac.py=--total-timesteps 560 --learning-starts 100 --batch-size 16 --hidden-dim 32 "
+                     "--policy-layers 1 --critic-layers 1 --log-interval 280 --checkpoint-interval 280"))
+    sac_dir, spirl_dir = tmp_path / "sweeps" / "custom" / "sac__kitchen__1", tmp_path / "sweeps" / "custom" / "spirl__kitchen__1"
+
+    # an interrupted baseline run: the sweep's own command, stopped after its first episode (checkpoint, no done.json)
+    sac_run = next(r for r in sweep.apply_overrides(sweep.custom_runs(grid["scripts"], grid["envs"], grid["seeds"]), grid["set"])
+                   if r.algo == "sac")
+    command = sweep.command_of("sweeps/custom", sac_run, "start")
+    command[command.index("--total-timesteps") + 1] = "280"
+    subprocess.run(command, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert (sac_dir / "agent.pt").is_file() and not (sac_dir / "done.json").exists()
+
+    sweep.main(sweep.Args(**grid))
+    out = capsys.readouterr().out
+    assert "resume sac__kitchen__1" in out and "start spirl__kitchen__1" in out and "2 done, 0 failed" in out
+    assert "resumed" in (sac_dir / "log.txt").read_text() and "at env step 280" in (sac_dir / "log.txt").read_text()
+    assert torch.load(sac_dir / "agent.pt", weights_only=False)["global_step"] == 560
+    assert (spirl_dir / "spirl_sac.pt").is_file() and any(p.name.startswith("events.out") for p in spirl_dir.iterdir())
+    assert not list(sac_dir.glob("*.replay.npz"))  # finished runs drop their replay buffers
+    stamps = {p: p.stat().st_mtime for p in (sac_dir / "agent.pt", spirl_dir / "spirl_sac.pt")}
+
+    sweep.main(sweep.Args(**grid))  # everything done: skipped
+    out = capsys.readouterr().out
+    assert "skip sac__kitchen__1: done" in out and "skip spirl__kitchen__1: done" in out
+    assert stamps == {p: p.stat().st_mtime for p in stamps}
+
+    sweep.main(sweep.Args(aggregate=True, sweeps=("sweeps/custom",), results_json="docs/results.json",
+                          results_md="docs/results.md", figures_dir="docs/figures"))
+    results = json.loads((tmp_path / "docs" / "results.json").read_text())
+    assert sorted(r["algo"] for r in results) == ["sac", "spirl"]
+    for r in results:
+        assert r["env"] == "kitchen" and r["metric"] == "subtasks_completed" and r["strict_order"] is True
+        assert r["env_steps"] == (560 if r["algo"] == "sac" else 280) and r["seed"] == 1
+        assert r["final"] is not None and 1 <= len(r["curve"]) <= 200 and r["curve"][-1][0] <= r["env_steps"]
+        assert "--total-" in r["settings"] and r["commit"]
+    assert next(r for r in results if r["algo"] == "spirl")["data"] == "test data"
+    assert len(next(r for r in results if r["algo"] == "sac")["curve"]) == 2  # both episodes, the resumed one included
+    assert (tmp_path / "docs" / "figures" / "custom.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| kitchen | spirl | 1 | 280 | subtasks_completed |" in (tmp_path / "docs" / "results.md").read_text()
+
+
+def test_binned_curve_and_final_window():
+    episodes = [(100 * k, float(k % 2)) for k in range(1, 11)]  # 10 episodes up to step 1000
+    assert sweep.binned_curve(episodes, 1000, 5) == [[200, 0.5], [400, 0.5], [600, 0.5], [800, 0.5], [1000, 0.5]]
+    assert len(sweep.binned_curve(episodes, 1000, 200)) == 10
