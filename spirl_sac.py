@@ -765,6 +765,7 @@ def main(args):
             if terminated or truncated:
                 obs = None
         out = os.path.join(log_dir, f"explore_{args.explore}.npz")
+        os.makedirs(log_dir, exist_ok=True)
         np.savez(out, states=np.concatenate(states), episode_starts=np.asarray(episode_starts), env=args.env,
                  mode=args.explore, env_steps=visited)
         print(f"explore {args.explore}: {visited} env steps in {len(episode_starts)} episodes -> {out}")

@@ -45,13 +45,16 @@ class UnwritablePathError(OSError):
 
 
 def ensure_writable(path, what="output"):
-    """Raise UnwritablePathError unless a file can be created at ``path`` (its parent directories are made).
+    """Raise UnwritablePathError unless a file can be created at ``path``.
 
     Called by every script before any work starts, so that a bad --save-path / --out fails in seconds, not
-    after an hour of training. The check writes and deletes a temporary file next to ``path``."""
+    after an hour of training. The check makes the missing parent directories, writes and deletes a temporary
+    file there, then removes the directories it made: nothing is left behind if the script stops later."""
     directory = os.path.dirname(os.path.abspath(path))
+    made = []  # missing directories, deepest first
     existing = directory
     while not os.path.exists(existing):
+        made.append(existing)
         existing = os.path.dirname(existing)
     try:
         if os.path.isdir(path):
@@ -63,6 +66,12 @@ def ensure_writable(path, what="output"):
             pass
     except OSError as e:
         raise UnwritablePathError(f"cannot write the {what} {path}: {e.strerror or e}") from None
+    finally:
+        for made_dir in made:
+            try:
+                os.rmdir(made_dir)
+            except OSError:  # not empty (another process wrote there meanwhile) or never made
+                pass
 
 
 def env_module(name: str):

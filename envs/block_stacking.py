@@ -476,6 +476,7 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
     is_random = np.zeros(num_trajectories, bool)
     is_random[rng.choice(num_trajectories, num_random, replace=False)] = True
     ensure_writable(out, "dataset")  # fails now, not after the collection
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = f"{out}.{os.getpid()}.tmp"  # unique: concurrent "auto" generations cannot collide
     S, A = env.observation_space["state"].shape[0], 3
     try:

@@ -474,6 +474,7 @@ def generate_dataset(out, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, seed
         raise ValueError(f"maze: --workers must be at least 1, got {workers}")
     out = Path(out)
     ensure_writable(out, "dataset")  # fails now, not after the collection
+    out.parent.mkdir(parents=True, exist_ok=True)
     with _generation_lock(out, wait=wait_for_other):
         if wait_for_other and out.exists():  # another process generated it while we waited
             return out

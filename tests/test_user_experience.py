@@ -51,6 +51,15 @@ def test_runs_directory_that_is_a_file_is_named(tmp_path, monkeypatch):
         spirl_sac.main(spirl_sac.Args(env="maze"))  # fails before it looks for the skill model
 
 
+def test_a_run_that_stops_at_start_leaves_no_empty_directories(tmp_path, monkeypatch):
+    import spirl_sac
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(spirl_sac.SetupError, match="skill model checkpoints/skill_model_maze.pt not found"):
+        spirl_sac.main(spirl_sac.Args(env="maze"))  # after the output paths were checked
+    assert os.listdir(tmp_path) == []
+
+
 def test_data_generators_check_their_output_first(blocked):
     import envs
     from envs import block_stacking, maze
