@@ -24,13 +24,14 @@ import spirl_sac  # noqa: E402
 from envs import maze  # noqa: E402
 
 
-SAMPLER_NAMES = {"prior": "skills from the learned prior", "uniform": "uniform skills U[-2,2]^d", "normal": "skills from N(0, I)"}
+SAMPLER_NAMES = {"prior": "skills from the learned prior", "uniform": "uniform skills U[-2, 2]^d", "normal": "skills from N(0, I)"}
 
 
 @dataclass
 class Args:
-    mode: Literal["explore", "speed", "run", "near_goal"] = "explore"
-    """explore: Fig. 5 coverage comparison; speed: throughput of a short training run; run: summary of a
+    mode: Literal["explore", "explore_figure", "speed", "run", "near_goal"] = "explore"
+    """explore: Fig. 5 coverage comparison; explore_figure: redraw its side-by-side figure from <out_dir>/<name>.json and
+    the single panels; speed: throughput of a short training run; run: summary of a
     training run (success per env-step bin from its tensorboard log, deterministic episodes of its checkpoint drawn);
     near_goal: a spirl_sac.py training run on the downstream maze with the goal moved to --goal-cell (a diagnostic)"""
     skill_model: Optional[str] = None
@@ -61,9 +62,26 @@ class Args:
     """speed mode: warm-up env steps before the updates start"""
 
 
-def explore(args):
-    from PIL import Image, ImageDraw
+def explore_figure(results, samplers, path):
+    """The samplers' single panels side by side (matplotlib), each titled with its coverage over seeds."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(samplers), figsize=(6.5 * len(samplers), 7), squeeze=False)
+    for ax, sampler in zip(axes[0], samplers):
+        r = results[sampler]
+        ax.imshow(plt.imread(r["png"]))
+        ax.set_title(f"{SAMPLER_NAMES.get(sampler, sampler)}:\n{100 * r['mean_free_cells_visited']:.1f} +- "
+                     f"{100 * r['std']:.1f} % of free cells (mean of {len(r['runs'])} seeds)", fontsize=11)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def explore(args):
     env = maze.make_env(seed=0)
     layout, start_xy, goal_xy = env.layout, maze.cell_to_world(env.start_cell, env.layout.shape), env.goal_xy
     results = {}
@@ -88,15 +106,7 @@ def explore(args):
         coverage = [r["free_cells_visited"] for r in runs]
         results[sampler] = {"mean_free_cells_visited": float(np.mean(coverage)), "std": float(np.std(coverage)),
                             "png": png, "runs": runs}
-    pictures = [Image.open(results[s]["png"]) for s in args.samplers]  # side by side, in sampler order, labelled
-    row = Image.new("RGB", (sum(p.width for p in pictures) + 8 * (len(pictures) - 1), pictures[0].height + 24), "white")
-    draw = ImageDraw.Draw(row)
-    for k, (sampler, picture) in enumerate(zip(args.samplers, pictures)):
-        row.paste(picture, (k * (picture.width + 8), 24))
-        r = results[sampler]
-        draw.text((k * (picture.width + 8) + 4, 6), f"{SAMPLER_NAMES.get(sampler, sampler)}: "
-                  f"{100 * r['mean_free_cells_visited']:.1f} % of free cells (mean of {len(r['runs'])} seeds)", fill="black")
-    row.save(os.path.join(args.out_dir, f"{args.name}.png"))
+    explore_figure(results, args.samplers, os.path.join(args.out_dir, f"{args.name}.png"))
     with open(os.path.join(args.out_dir, f"{args.name}.json"), "w") as f:
         json.dump({"skill_model": args.skill_model or spirl_sac.default_skill_model_path("maze"),
                    "free_cells": int((layout == 0).sum()), "env_steps_per_run": args.explore_env_steps,
@@ -106,6 +116,16 @@ def explore(args):
         print(f"| {sampler} | {r['runs'][0]['env_steps']} | {100 * r['mean_free_cells_visited']:.1f} +- {100 * r['std']:.1f} % | "
               + ", ".join(f"{100 * x['free_cells_visited']:.1f}" for x in r["runs"]) + " | "
               + " + ".join(str(x["episodes_reaching_goal"]) for x in r["runs"]) + " |")
+
+
+def redraw_explore_figure(args):
+    with open(os.path.join(args.out_dir, f"{args.name}.json")) as f:
+        results = json.load(f)["results"]
+    samplers = [s for s in args.samplers if s in results and os.path.isfile(results[s]["png"])]
+    if not samplers:
+        raise SystemExit(f"no single panels of {args.name} found ({', '.join(r['png'] for r in results.values())})")
+    explore_figure(results, samplers, os.path.join(args.out_dir, f"{args.name}.png"))
+    print(f"drew {os.path.join(args.out_dir, args.name + '.png')} from {args.name}.json and its panels")
 
 
 def speed(args):
@@ -161,6 +181,7 @@ def near_goal(args):
 if __name__ == "__main__":
     args = tyro.cli(Args)
     try:
-        {"explore": explore, "speed": speed, "run": summarize_run, "near_goal": near_goal}[args.mode](args)
+        {"explore": explore, "explore_figure": redraw_explore_figure, "speed": speed, "run": summarize_run,
+         "near_goal": near_goal}[args.mode](args)
     except spirl_sac.SetupError as e:
         sys.exit(f"benchmarks/spirl_sac.py: error: {e}")
