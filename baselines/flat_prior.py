@@ -404,6 +404,8 @@ if __name__ == "__main__":
     writer = SummaryWriter(run_dir, purge_step=resume_ckpt["global_step"] + 1 if resume_ckpt else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     print(f"run {run_name}: policy input {obs_key} {tuple(obs_shape)}, state_dim {state_dim}, action_dim {action_dim}, metric {metric}")
+    print(f"tensorboard -> {run_dir}" + (f"; checkpoint -> {os.path.join(run_dir, 'agent.pt')} (every "
+          f"{args.checkpoint_interval} env steps at an episode end, and at the end)" if args.save_model else ""))
 
     # the single-step action prior p(a|s), fitted to the offline data (or loaded), then frozen
     if resume_ckpt is not None:

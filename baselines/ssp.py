@@ -428,6 +428,8 @@ if __name__ == "__main__":
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     print(f"run {run_name}: H {horizon}, latent_dim {latent_dim}, policy input {ckpt['prior_input']}, "
           f"target entropy {target_entropy}, metric {metric}")
+    print(f"tensorboard -> {run_dir}" + (f"; checkpoint -> {os.path.join(run_dir, 'agent.pt')} (every "
+          f"{args.checkpoint_interval} env steps at an episode end, and at the end)" if args.save_model else ""))
 
     def save_checkpoint(step):
         path = os.path.join(run_dir, "agent.pt")
