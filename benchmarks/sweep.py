@@ -2,7 +2,7 @@
 
     python benchmarks/sweep.py --preset fig4-maze --dry-run     # print every command of Fig. 4 (left)
     python benchmarks/sweep.py --preset fig4-maze               # run them here, as many at once as CPU cores
-    python benchmarks/sweep.py --preset fig4-maze --executor slurm --slurm-partition cpu --slurm-time-min 2880
+    python benchmarks/sweep.py --preset fig4-maze --executor slurm --slurm-partition cpu --slurm-time-min 1440
     python benchmarks/sweep.py --aggregate                      # runs/sweeps/<preset>/* -> docs/results.json,
                                                                 # docs/results.md, docs/figures/<preset>.png
     python benchmarks/sweep.py --scripts baselines/sac.py --envs Pendulum-v1 --seeds 1 2 3 \\
@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo: 
 PRESETS = ("fig4-maze", "fig4-kitchen", "fig4-blocks", "fig5", "fig6", "table1")
 METRIC = {"maze": "success", "kitchen": "subtasks_completed", "block_stacking": "blocks_stacked"}  # envs/<env>.py METRIC
 ANY_ORDER_TAG = "charts/subtasks_completed_any_order"  # kitchen runs may log the any-order count too
+LOCAL_TIMEOUT_MIN = 60 * 24 * 60  # submitit's LocalExecutor kills a job after its timeout: none that matters here
 
 
 @dataclass
@@ -61,16 +62,14 @@ class Args:
     """local: submitit's LocalExecutor on this machine; slurm: submitit's SlurmExecutor"""
     parallel: int = 0
     """local: runs at once; 0: one per CPU core (each run uses one torch thread)"""
-    timeout_min: int = 60 * 24 * 14
-    """submitit's time limit of one job in minutes (Slurm: the job's --time; a job past it is requeued and resumes)"""
     slurm_partition: Optional[str] = None
     """Slurm partition"""
+    slurm_time_min: int = 60 * 24
+    """Slurm time limit of one job in minutes (sbatch --time); a job that reaches it is requeued and resumes"""
     slurm_cpus_per_task: int = 1
     """Slurm CPUs per job (one run per job; the scripts use one torch thread)"""
     slurm_mem_gb: int = 16
     """Slurm memory per job in GB (image replay buffers of 1 M env steps need several GB)"""
-    slurm_array_parallelism: int = 64
-    """Slurm: most jobs of one submission running at once"""
     slurm_additional: Tuple[str, ...] = ()
     """more sbatch parameters as KEY=VALUE (e.g. account=myproj qos=normal)"""
     keep_replay: bool = False
@@ -312,12 +311,12 @@ def make_executor(args, sweep_dir):
     folder = os.path.join(sweep_dir, ".submitit")
     if args.executor == "local":
         executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=args.timeout_min)
+        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
     else:
         executor = submitit.SlurmExecutor(folder=folder)
         additional = dict(item.split("=", 1) for item in args.slurm_additional)
-        executor.update_parameters(time=args.timeout_min, cpus_per_task=args.slurm_cpus_per_task, mem=f"{args.slurm_mem_gb}G",
-                                   partition=args.slurm_partition, array_parallelism=args.slurm_array_parallelism,
+        executor.update_parameters(time=args.slurm_time_min, cpus_per_task=args.slurm_cpus_per_task, mem=f"{args.slurm_mem_gb}G",
+                                   partition=args.slurm_partition,
                                    signal_delay_s=120, additional_parameters=additional,
                                    setup=[f"cd {shlex.quote(os.getcwd())}"])
     return executor

@@ -137,3 +137,26 @@ def test_binned_curve_and_final_window():
     episodes = [(100 * k, float(k % 2)) for k in range(1, 11)]  # 10 episodes up to step 1000
     assert sweep.binned_curve(episodes, 1000, 5) == [[200, 0.5], [400, 0.5], [600, 0.5], [800, 0.5], [1000, 0.5]]
     assert len(sweep.binned_curve(episodes, 1000, 200)) == 10
+
+
+def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
+    """On Slurm every run is submitted at once (fake sbatch here); a run that reads a skill model waits on it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/bash\nn=$(ls "$JOBS" | wc -l)\ncp "${@: -1}" "$JOBS/$((n + 1)).sh"\n'
+                                    'echo "Submitted batch job $((100 + n + 1))"\n')
+    (bin_dir / "srun").write_text("#!/bin/bash\nexit 0\n")
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    (tmp_path / "jobs").mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("JOBS", str(tmp_path / "jobs"))
+    monkeypatch.chdir(tmp_path)
+    sweep.main(sweep.Args(preset="fig6", executor="slurm", slurm_partition="cpu", slurm_time_min=600, root="sweeps",
+                          slurm_additional=("account=proj",)))
+    assert "submitted spirl__maze__1__H3_Z10: job 102" in capsys.readouterr().out
+    first, second = ((tmp_path / "jobs" / f"{k}.sh").read_text() for k in (1, 2))
+    for line in ("#SBATCH --partition=cpu", "#SBATCH --time=600", "#SBATCH --cpus-per-task=1", "#SBATCH --account=proj"):
+        assert line in first and line in second
+    assert "--dependency" not in first and "#SBATCH --dependency=afterok:101" in second
+    assert "#SBATCH --job-name=skills__maze__1__H3_Z10" in first
