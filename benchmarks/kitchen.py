@@ -1,22 +1,45 @@
-"""Kitchen env speed: env steps per second with uniform random actions (episodes of 280 steps, resets included).
+"""Kitchen measurements: env speed, the composition of a kitchen dataset, and what prior rollouts do.
 
-    python benchmarks/kitchen.py --num-steps 5000
+    python benchmarks/kitchen.py --num-steps 5000                        # env steps/s (random actions)
+    python benchmarks/kitchen.py --composition data/kitchen_scripted.hdf5   # subtask orders vs kitchen-mixed
+    python benchmarks/kitchen.py --rollouts runs/<run>/explore_prior.npz    # prior rollouts: microwave, then kettle?
 
-Also times the bare FrankaKitchen-v1 simulator underneath, so the cost of the D4RL layer (60-dim observation,
-object noise, reward) is visible.
+Speed: env steps per second with uniform random actions (episodes of 280 steps, resets included), and the bare
+FrankaKitchen-v1 simulator underneath, so the cost of the D4RL layer (60-dim observation, object noise, reward) is
+visible. Composition: each sequence's completion order measured from its observations (any D4RL-layout file),
+first-subtask and transition frequencies side by side with kitchen-mixed-v0's (shared/notes/
+kitchen-mixed-composition.md). Rollouts: the states saved by ``spirl_sac.py --explore prior`` from the downstream
+start state; the share of episodes that open the microwave, and that open it and then move the kettle.
 """
 
+import json
 import os
 import platform
 import sys
 import time
 from dataclasses import dataclass
+from typing import Optional
 
+import h5py
 import numpy as np
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from envs import kitchen  # noqa: E402
+from envs.kitchen_demo import completion_order, composition, contains_downstream, sequences_from_file  # noqa: E402
+
+# kitchen-mixed-v0's frequencies (%) from shared/notes/kitchen-mixed-composition.md (SkiLD's analysis of its 603
+# sequences): first subtask, second given the first, third given the first two.
+KITCHEN_MIXED = {
+    "first": {"microwave": 60.9, "kettle": 29.7, "bottom burner": 9.5},
+    "second": {"microwave": {"bottom burner": 46.6, "kettle": 42.0, "top burner": 5.7, "light switch": 5.7},
+               "kettle": {"bottom burner": 78.2, "light switch": 11.2, "top burner": 10.6},
+               "bottom burner": {"top burner": 100.0}},
+    "third": {"microwave, kettle": {"bottom burner": 31.2, "top burner": 27.3, "light switch": 25.3, "slide cabinet": 16.2},
+              "microwave, bottom burner": {"top burner": 42.1, "light switch": 40.4, "slide cabinet": 17.0,
+                                           "hinge cabinet": 0.6},
+              "kettle, bottom burner": {"top burner": 45.0, "light switch": 35.0, "slide cabinet": 20.0}},
+}
 
 
 @dataclass
@@ -25,6 +48,73 @@ class Args:
     """env steps to time (each configuration)"""
     seed: int = 0
     """seed of the env and of the random actions"""
+    composition: Optional[str] = None
+    """instead of timing: a D4RL-layout kitchen HDF5 file whose subtask orders to measure"""
+    rollouts: tuple[str, ...] = ()
+    """instead of timing: explore_prior.npz files of spirl_sac.py --explore prior to measure"""
+    json_out: Optional[str] = None
+    """also write the composition / rollout measurements to this JSON file"""
+
+
+def dataset_composition(path):
+    """Completion orders of every sequence in ``path`` and their frequencies next to kitchen-mixed's."""
+    sequences = sequences_from_file(path)
+    orders = [completion_order(obs) for obs, _ in sequences]
+    lengths = np.array([len(actions) for _, actions in sequences])
+    stats = composition(orders)
+    print(f"{path}: {len(sequences)} sequences, {lengths.sum()} steps, length mean {lengths.mean():.0f} "
+          f"(median {np.median(lengths):.0f}, {lengths.min()}-{lengths.max()}), subtasks done per sequence "
+          f"{np.mean([len(o) for o in orders]):.2f}, {lengths.sum() / sum(len(o) for o in orders):.0f} steps per "
+          f"subtask done; containing the downstream order: {sum(contains_downstream(o) for o in orders)}")
+    with h5py.File(path, "r") as f:  # our files record each sequence's plan: how often each planned subtask got done
+        planned = [str(s.decode() if isinstance(s, bytes) else s).split(",") for s in f.attrs.get("sequences", [])]
+    done_rates = {}
+    for plan, order in zip(planned, orders):
+        for i, task in enumerate(plan):
+            key = "hinge cabinet (4th, attempted)" if task == "hinge cabinet" and i == 3 else task
+            done_rates.setdefault(key, []).append(task in order)
+    for task, done in done_rates.items():
+        print(f"planned {task:32s} done in {np.mean(done):6.1%} of {len(done)}")
+    print(f"{'':34s} {'ours %':>7s} {'kitchen-mixed %':>15s}")
+    rows = [("first", "", stats["first"], KITCHEN_MIXED["first"])]
+    rows += [("second after", k, v, KITCHEN_MIXED["second"].get(k, {})) for k, v in stats["second"].items()]
+    rows += [("third after", k, v, KITCHEN_MIXED["third"].get(k, {})) for k, v in stats["third"].items()]
+    for what, given, ours, real in rows:
+        print(f"{what} {given}".strip() + (f" ({stats['third_counts'][given]} sequences)" if what == "third after" else ""))
+        for task in dict.fromkeys(list(ours) + list(real)):
+            real_share = f"{real[task]:.1f}" if task in real else "-"
+            print(f"    {task:30s} {100 * ours.get(task, 0.0):7.1f} {real_share:>15s}")
+    return {"path": path, "sequences": len(sequences), "steps": int(lengths.sum()), "mean_length": float(lengths.mean()),
+            "orders": [",".join(o) for o in orders], "composition": stats, "kitchen_mixed": KITCHEN_MIXED,
+            "planned_done": {task: float(np.mean(done)) for task, done in done_rates.items()}}
+
+
+def rollout_episodes(npz_path):
+    """Each episode's states (T + 1, 60) from an explore npz: episode k holds its reset state and one state per step,
+    so it starts at index episode_starts[k] + k of the concatenated states."""
+    data = np.load(npz_path)
+    states, starts = data["states"], data["episode_starts"]
+    bounds = np.append(starts + np.arange(len(starts)), len(states))
+    return [states[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def prior_rollouts(npz_path):
+    """Share of episodes that open the microwave, that open it and then move the kettle (both by D4RL's rule), and
+    what the episodes complete first."""
+    orders = [completion_order(states) for states in rollout_episodes(npz_path)]
+    microwave = [o[:1] == ["microwave"] or "microwave" in o for o in orders]
+    then_kettle = ["microwave" in o and "kettle" in o and o.index("kettle") > o.index("microwave") for o in orders]
+    strict_prefix = [o[:2] == ["microwave", "kettle"] for o in orders]
+    firsts = {}
+    for o in orders:
+        firsts[o[0] if o else "nothing"] = firsts.get(o[0] if o else "nothing", 0) + 1
+    result = {"path": npz_path, "episodes": len(orders), "microwave": float(np.mean(microwave)),
+              "microwave_then_kettle": float(np.mean(then_kettle)), "microwave_kettle_first_two": float(np.mean(strict_prefix)),
+              "subtasks_per_episode": float(np.mean([len(o) for o in orders])), "first_subtask": firsts}
+    print(f"{npz_path}: {len(orders)} episodes; microwave opened {result['microwave']:.0%}, microwave then kettle "
+          f"{result['microwave_then_kettle']:.0%} (as the first two subtasks {result['microwave_kettle_first_two']:.0%}), "
+          f"{result['subtasks_per_episode']:.2f} subtasks per episode (any order); first subtask {firsts}")
+    return result
 
 
 def time_steps(env, num_steps, seed):
@@ -41,6 +131,15 @@ def time_steps(env, num_steps, seed):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    if args.composition or args.rollouts:
+        results = {}
+        if args.composition:
+            results["composition"] = dataset_composition(args.composition)
+        results["rollouts"] = [prior_rollouts(path) for path in args.rollouts]
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                json.dump(results, f, indent=1)
+        sys.exit(0)
     import gymnasium as gym
     import gymnasium_robotics
     import mujoco

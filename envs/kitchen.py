@@ -28,188 +28,22 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import gymnasium as gym
 import h5py
 import numpy as np
 
-METRIC = "subtasks_completed"
-DEFAULT_PRIOR_INPUT = "state"
-
-# D4RL's kitchen constants (d4rl/kitchen/kitchen_envs.py; FrankaKitchen-v1 uses the same values).
-# Indices are into the 60-dim observation, whose first 30 entries are exactly data.qpos[0:30].
-SUBTASKS = ("bottom burner", "top burner", "light switch", "slide cabinet", "hinge cabinet", "microwave", "kettle")
-OBS_ELEMENT_INDICES = {
-    "bottom burner": np.array([11, 12]),
-    "top burner": np.array([15, 16]),
-    "light switch": np.array([17, 18]),
-    "slide cabinet": np.array([19]),
-    "hinge cabinet": np.array([20, 21]),
-    "microwave": np.array([22]),
-    "kettle": np.array([23, 24, 25, 26, 27, 28, 29]),
-}
-OBS_ELEMENT_GOALS = {
-    "bottom burner": np.array([-0.88, -0.01]),
-    "top burner": np.array([-0.92, -0.01]),
-    "light switch": np.array([-0.69, -0.05]),
-    "slide cabinet": np.array([0.37]),
-    "hinge cabinet": np.array([0.0, 1.45]),  # (left door, right door): the right door opens
-    "microwave": np.array([-0.75]),
-    "kettle": np.array([-0.23, 0.75, 1.62, 0.99, 0.0, 0.0, -0.06]),  # xyz + quaternion of the free joint
-}
-BONUS_THRESH = 0.3
-DOWNSTREAM_TASKS = ("microwave", "kettle", "bottom burner", "light switch")  # the paper's task, in order
-EPISODE_LENGTH = 280
-STATE_DIM = 60
-ACTION_DIM = 9
-D4RL_NOISE_RATIO = 0.1  # D4RL KitchenV0.robot_noise_ratio
-# Position-noise amplitudes of qpos 9..29 in the Franka config (franka_config.xml, shipped with
-# FrankaKitchen-v1 and D4RL); D4RL adds ratio * amp * U(-1, 1) to every observed object position.
-OBJECT_NOISE_AMP = np.array([0.005] * 2 + [0.0005] * 6 + [0.005] * 3 + [0.1] * 3 + [0.005] * 3 + [0.1] * 3 + [0.005])
+# The task definitions and the env live in envs/kitchen_env.py, which envs/kitchen_demo.py imports too (one way:
+# kitchen -> kitchen_demo -> kitchen_env, kitchen -> kitchen_env); re-exported here as the public interface.
+from envs.kitchen_env import (ACTION_DIM, ANY_ORDER_METRIC, BONUS_THRESH, D4RL_NOISE_RATIO, DEFAULT_PRIOR_INPUT,  # noqa: F401
+                              DOWNSTREAM_TASKS, EPISODE_LENGTH, GLOBAL_ORDER, METRIC, OBJECT_NOISE_AMP, OBS_ELEMENT_GOALS,
+                              OBS_ELEMENT_INDICES, STATE_DIM, SUBTASKS, KitchenD4RL, completed_subtasks, d4rl_state,
+                              goal_vector, make_env, newly_completed)
+from envs import kitchen_demo  # noqa: E402
 
 # kitchen-mixed-v0, the paper's skill data (D4RL registers it with this URL; there is no published hash).
 D4RL_MIXED_FILE = "kitchen_microwave_kettle_bottomburner_light-v0.hdf5"
 D4RL_MIXED_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/kitchen/" + D4RL_MIXED_FILE
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTED_PATH = REPO_ROOT / "data" / "kitchen_scripted.hdf5"
-
-
-def goal_vector(tasks=DOWNSTREAM_TASKS) -> np.ndarray:
-    """The 30-dim goal part of D4RL's observation: zeros except each task's goal at its element indices."""
-    goal = np.zeros(30)
-    for task in tasks:
-        goal[OBS_ELEMENT_INDICES[task]] = OBS_ELEMENT_GOALS[task]
-    return goal
-
-
-def d4rl_state(qpos, tasks=DOWNSTREAM_TASKS) -> np.ndarray:
-    """D4RL's 60-dim observation (without noise) from FrankaKitchen-v1's ``data.qpos`` (30 entries)."""
-    return np.concatenate([np.asarray(qpos, dtype=np.float64)[:30], goal_vector(tasks)]).astype(np.float32)
-
-
-def completed_subtasks(state, tasks=SUBTASKS) -> list:
-    """Names of ``tasks`` whose element is within BONUS_THRESH of its goal (order ignored, nothing latched).
-
-    ``state``: a D4RL observation (60,), a qpos vector (30,), anything whose first 30 entries are qpos, or
-    a MuJoCo ``MjData`` (its ``qpos`` is used)."""
-    qpos = np.asarray(getattr(state, "qpos", state), dtype=np.float64)
-    return [t for t in tasks
-            if np.linalg.norm(qpos[..., OBS_ELEMENT_INDICES[t]] - OBS_ELEMENT_GOALS[t]) < BONUS_THRESH]
-
-
-def newly_completed(state, remaining, strict_order=True) -> list:
-    """D4RL's bonus rule for one step: which of the ``remaining`` tasks (in task order) complete now.
-
-    With ``strict_order`` a task counts only if every remaining task before it completes too (the SPiRL
-    authors' D4RL fork); otherwise in any order (upstream D4RL, FrankaKitchen-v1)."""
-    done_now, all_before_done = [], True
-    for task in remaining:
-        complete = np.linalg.norm(state[OBS_ELEMENT_INDICES[task]] - OBS_ELEMENT_GOALS[task]) < BONUS_THRESH
-        if complete and (all_before_done or not strict_order):
-            done_now.append(task)
-        all_before_done = all_before_done and complete
-    return done_now
-
-
-class KitchenD4RL(gym.Env):
-    """D4RL kitchen semantics on top of a FrankaKitchen-v1 simulator (see the module docstring)."""
-
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 12}
-
-    def __init__(self, tasks=DOWNSTREAM_TASKS, strict_order=True, noise_ratio=D4RL_NOISE_RATIO,
-                 max_episode_steps=EPISODE_LENGTH, render_mode=None, seed=None):
-        tasks = tuple(tasks)
-        unknown = [t for t in tasks if t not in SUBTASKS]
-        if unknown or not tasks or len(set(tasks)) != len(tasks):
-            raise ValueError(f"kitchen tasks must be distinct names from {', '.join(SUBTASKS)}; got {list(tasks)}")
-        if noise_ratio < 0 or max_episode_steps < 1:
-            raise ValueError(f"kitchen needs noise_ratio >= 0 and max_episode_steps >= 1, got {noise_ratio}, {max_episode_steps}")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"kitchen render_mode must be None or 'rgb_array', got {render_mode!r}")
-        if render_mode and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
-            os.environ["MUJOCO_GL"] = "egl"  # headless: gymnasium would pick glfw first, which fails without a display
-        try:
-            from gymnasium_robotics.envs.franka_kitchen.kitchen_env import KitchenEnv
-            # Our reward replaces v1's, so v1 neither removes tasks nor terminates; objects get D4RL's noise below.
-            self.sim = KitchenEnv(tasks_to_complete=list(tasks), terminate_on_tasks_completed=False,
-                                  remove_task_when_completed=False, object_noise_ratio=0.0,
-                                  robot_noise_ratio=noise_ratio, render_mode=render_mode)
-        except Exception as e:  # mujoco >= 3.12 asserts on the kettle's free joint here
-            import mujoco
-            raise RuntimeError(f"FrankaKitchen-v1 could not be built ({type(e).__name__}: {e}) with mujoco "
-                               f"{mujoco.__version__}; install 'gymnasium-robotics==1.4.2' 'mujoco>=3.3.7,<3.12'") from None
-        self.tasks, self.strict_order, self.noise_ratio = tasks, strict_order, noise_ratio
-        self.max_episode_steps, self.render_mode = max_episode_steps, render_mode
-        self.goal = goal_vector(tasks)
-        self.observation_space = gym.spaces.Dict(
-            {"state": gym.spaces.Box(-np.inf, np.inf, shape=(STATE_DIM,), dtype=np.float32)})
-        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
-        self._first_seed = seed
-        if seed is not None:
-            self.action_space.seed(seed)
-        self._remaining, self._completed, self._t = list(tasks), [], 0
-
-    @property
-    def model(self):
-        return self.sim.model
-
-    @property
-    def data(self):
-        return self.sim.data
-
-    def _state(self, robot_qpos) -> np.ndarray:
-        # Robot part: the simulator's noisy joint reading, the same one its controller integrates from (as D4RL).
-        objects = self.sim.data.qpos[9:30] + self.noise_ratio * OBJECT_NOISE_AMP * self.np_random.uniform(-1, 1, 21)
-        return np.concatenate([robot_qpos[:9], objects, self.goal]).astype(np.float32)
-
-    def _info(self, step_completions):
-        # Fresh lists every step: v1's own info list is one shared object (gymnasium-robotics issue 336).
-        return {METRIC: len(self._completed), "completed_tasks": list(self._completed),
-                "step_completions": list(step_completions), "tasks_to_complete": list(self._remaining)}
-
-    def reset(self, *, seed=None, options=None):
-        if seed is None and self._first_seed is not None:
-            seed, self._first_seed = self._first_seed, None  # make_env(seed=...) seeds the first episode
-        super().reset(seed=seed)
-        sim_obs, _ = self.sim.reset(seed=None if seed is None else int(self.np_random.integers(2**31)))
-        self._remaining, self._completed, self._t = list(self.tasks), [], 0
-        return {"state": self._state(sim_obs["observation"])}, self._info([])
-
-    def step(self, action):
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
-        if action.shape != (ACTION_DIM,):
-            raise ValueError(f"kitchen action must have {ACTION_DIM} entries, got shape {action.shape}")
-        sim_obs, _, _, _, _ = self.sim.step(np.clip(action, -1.0, 1.0))
-        state = self._state(sim_obs["observation"])
-        done_now = newly_completed(state, self._remaining, self.strict_order)  # D4RL: on the noisy observation
-        for task in done_now:
-            self._remaining.remove(task)
-            self._completed.append(task)
-        self._t += 1
-        terminated = not self._remaining
-        truncated = self._t >= self.max_episode_steps and not terminated
-        return {"state": state}, float(len(done_now)), terminated, truncated, self._info(done_now)
-
-    def render(self):
-        if self.render_mode != "rgb_array":
-            raise RuntimeError("kitchen env was made without render_mode='rgb_array'; pass it to make_env")
-        try:
-            return self.sim.render()
-        except Exception as e:
-            raise RuntimeError(f"MuJoCo could not render ({type(e).__name__}: {e}); headless machines need "
-                               "MUJOCO_GL=egl (GPU) or MUJOCO_GL=osmesa (CPU, libosmesa) set before start") from None
-
-    def close(self):
-        self.sim.close()
-
-
-def make_env(seed=None, render_mode=None, tasks=DOWNSTREAM_TASKS, strict_order=True,
-             noise_ratio=D4RL_NOISE_RATIO, max_episode_steps=EPISODE_LENGTH) -> gym.Env:
-    """The paper's kitchen task: microwave -> kettle -> bottom burner -> light switch, in strict order.
-
-    ``tasks``: any sequence of distinct SUBTASKS; ``strict_order=False`` counts them in any order;
-    ``noise_ratio``: D4RL's observation-noise ratio (0.1 = D4RL, 0.01 = v1's robot default, 0 = none)."""
-    return KitchenD4RL(tasks=tasks, strict_order=strict_order, noise_ratio=noise_ratio,
-                       max_episode_steps=max_episode_steps, render_mode=render_mode, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -372,18 +206,31 @@ def download_d4rl_mixed(url=D4RL_MIXED_URL, cache_dir=None, timeout=5.0) -> Path
 
 def _scripted_dataset(num_sequences, seed) -> Path:
     """The offline fallback: scripted demonstrations (envs/kitchen_demo.py), generated once and then reused."""
-    from . import kitchen_demo  # imported lazily: only needed when neither D4RL file nor network is available
-
     if num_sequences is None:
         path = SCRIPTED_PATH
         num_sequences = kitchen_demo.DEFAULT_NUM_SEQUENCES
     else:
         path = SCRIPTED_PATH.with_name(f"kitchen_scripted_{num_sequences}.hdf5")
-    if not path.is_file():
-        print(f"[kitchen] generating {num_sequences} scripted kitchen sequences into {path} ...", file=sys.stderr)
+    stale = path.is_file() and _stale_scripted_file(path)
+    if stale or not path.is_file():
+        why = "it was made by an older demonstrator, " if stale else ""
+        print(f"[kitchen] generating {num_sequences} scripted kitchen sequences into {path} ({why}a few minutes) ...",
+              file=sys.stderr)
         path.parent.mkdir(parents=True, exist_ok=True)
         kitchen_demo.generate_dataset(str(path), num_sequences, seed=seed)
     return path
+
+
+def _stale_scripted_file(path) -> bool:
+    """A file our demonstrator wrote before its current data version (e.g. the old uniformly random orders)."""
+    try:
+        with h5py.File(path, "r") as f:
+            generator = str(f.attrs.get("generator", ""))
+            version = f.attrs.get("data_version", "")
+    except OSError:
+        return False  # unreadable: read_dataset_file reports it
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    return generator.startswith("envs/kitchen_demo.py") and version != kitchen_demo.DATA_VERSION
 
 
 def load_dataset(path="auto", download=True, url=D4RL_MIXED_URL, timeout=5.0, num_sequences=None, seed=0) -> dict:

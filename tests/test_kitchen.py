@@ -127,6 +127,31 @@ def test_strict_order_counts_a_subtask_only_after_all_before_it():
     assert reward == 1.0 and info["completed_tasks"] == ["kettle"]
 
 
+@pytest.mark.parametrize("strict_order", [True, False])
+def test_info_reports_strict_and_any_order_counts_on_a_scripted_episode(strict_order):
+    """A scripted kettle-then-microwave episode (the downstream task's first two subtasks swapped): the any-order
+    count sees the kettle when it is done, the strict count (the reward) only once the microwave is open too;
+    both keys are there whatever strict_order is."""
+    from envs.kitchen_demo import ScriptedKitchenController
+
+    env = kitchen.make_env(seed=0, strict_order=strict_order)
+    obs, info = env.reset()
+    assert info[kitchen.METRIC] == info[kitchen.ANY_ORDER_METRIC] == 0
+    controller = ScriptedKitchenController(env.model, env.data, np.random.default_rng(0))
+    controller.observe(obs["state"])
+    rewards, counts = 0.0, []
+    for action in controller.sequence(("kettle", "microwave")):
+        obs, reward, terminated, truncated, info = env.step(action)
+        controller.observe(obs["state"])
+        rewards += reward
+        counts.append((info[kitchen.METRIC], info[kitchen.ANY_ORDER_METRIC]))
+    assert kitchen.ANY_ORDER_METRIC == "subtasks_completed_any_order"
+    assert info["completed_tasks_any_order"] == ["kettle", "microwave"]
+    assert counts[-1] == (2, 2) and rewards == 2.0
+    kettle_only = [c for c in counts if c[1] == 1]
+    assert kettle_only and all(c == ((0, 1) if strict_order else (1, 1)) for c in kettle_only)
+
+
 def test_other_task_sequences_and_validation():
     env = kitchen.make_env(seed=0, tasks=("slide cabinet", "hinge cabinet", "top burner", "light switch"))
     obs, _ = env.reset()
