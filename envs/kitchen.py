@@ -42,8 +42,8 @@ from envs import kitchen_demo  # noqa: E402
 # kitchen-mixed-v0, the paper's skill data (D4RL registers it with this URL; there is no published hash).
 D4RL_MIXED_FILE = "kitchen_microwave_kettle_bottomburner_light-v0.hdf5"
 D4RL_MIXED_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/kitchen/" + D4RL_MIXED_FILE
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SCRIPTED_PATH = REPO_ROOT / "data" / "kitchen_scripted.hdf5"
+DATA_DIR = Path("data")  # relative to the current directory, like runs/ and checkpoints/
+SCRIPTED_PATH = DATA_DIR / "kitchen_scripted.hdf5"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -65,7 +65,7 @@ def _d4rl_cache_dir() -> Path:
 
 def _local_candidates():
     names = (D4RL_MIXED_FILE, "kitchen-mixed-v0.hdf5")
-    return [d / n for d in (REPO_ROOT / "data", _d4rl_cache_dir()) for n in names]
+    return [d / n for d in (DATA_DIR, _d4rl_cache_dir()) for n in names]
 
 
 def _check(path, states, actions, traj_ends):
@@ -216,7 +216,6 @@ def _scripted_dataset(num_sequences, seed) -> Path:
         why = "it was made by an older demonstrator, " if stale else ""
         print(f"[kitchen] generating {num_sequences} scripted kitchen sequences into {path} ({why}a few minutes) ...",
               file=sys.stderr)
-        path.parent.mkdir(parents=True, exist_ok=True)
         kitchen_demo.generate_dataset(str(path), num_sequences, seed=seed)
     return path
 

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 # Task names, D4RL's goals and success rule, and the env itself come from envs/kitchen_env.py (envs/kitchen.py
 # imports this module for its offline fallback, so this module must not import envs/kitchen.py).
+from envs import UnwritablePathError, ensure_writable
 from envs.kitchen_env import (DOWNSTREAM_TASKS, EPISODE_LENGTH, GLOBAL_ORDER, SUBTASKS, completed_subtasks, goal_vector,
                               make_env)
 
@@ -511,6 +512,7 @@ def generate_dataset(out_path: str, num_sequences: int = DEFAULT_NUM_SEQUENCES, 
     """
     if num_sequences < 1:
         raise ValueError(f"num_sequences must be >= 1, got {num_sequences}")
+    ensure_writable(out_path, "dataset")  # fails now, not after the sequences are recorded
     workers = max(1, min(workers or os.cpu_count() or 1, num_sequences))
     jobs = [(i, seed, noise, max_steps) for i in range(num_sequences)]
     start = time.time()
@@ -655,8 +657,11 @@ if __name__ == "__main__":
         for task, (rate, n) in seq["subtask_success_in_sequences"].items():
             print(f"  {task:14s} within sequences: {rate:6.1%} of {n}")
     else:
-        summary = generate_dataset(args.out, args.num_sequences, args.seed, args.noise, args.max_steps,
-                                   args.workers or None)
+        try:
+            summary = generate_dataset(args.out, args.num_sequences, args.seed, args.noise, args.max_steps,
+                                       args.workers or None)
+        except UnwritablePathError as e:
+            raise SystemExit(f"error: {e}")
         print(f"wrote {args.out}: {summary['steps']} steps in {args.num_sequences} sequences "
               f"({summary['timeouts']} cut by the step limit, {summary['redraws']} redrawn), {summary['workers']} "
               f"workers, {summary['seconds']:.0f} s, load average {os.getloadavg()[0]:.2f}")

@@ -62,9 +62,9 @@ def test_a_run_that_stops_at_start_leaves_no_empty_directories(tmp_path, monkeyp
 
 def test_data_generators_check_their_output_first(blocked):
     import envs
-    from envs import block_stacking, maze
+    from envs import block_stacking, kitchen_demo, maze
 
-    for generate in (maze.generate_dataset, block_stacking.generate_dataset):
+    for generate in (maze.generate_dataset, block_stacking.generate_dataset, kitchen_demo.generate_dataset):
         with pytest.raises(envs.UnwritablePathError, match=f"cannot write the dataset {blocked / 'd.hdf5'}"):
             generate(str(blocked / "d.hdf5"), 1)
     assert not os.path.exists(blocked)
