@@ -14,8 +14,13 @@ follows D4RL's ``kitchen-mixed-v0`` env, so D4RL-trained models and D4RL data fi
   D4RL and v1 alike), so the noise level changes the dynamics; v1's default (0.01 robot, ~0 objects) is
   ``noise_ratio=0.01``.
 
+``info`` carries the reward's count ``subtasks_completed`` (``METRIC``) and, whatever ``strict_order`` is, the
+any-order count ``subtasks_completed_any_order`` (``ANY_ORDER_METRIC``).
+
 ``load_dataset`` reads D4RL kitchen HDF5 files or Minari datasets, downloads ``kitchen-mixed-v0`` when none is
-present, and otherwise falls back to the scripted demonstrations of ``envs/kitchen_demo.py``.
+present, and otherwise falls back to the scripted demonstrations of ``envs/kitchen_demo.py`` (kitchen-mixed's
+composition). The task definitions and the env class live in ``envs/kitchen_env.py``, which the demonstrator
+imports too; this module re-exports them.
 """
 
 import hashlib
