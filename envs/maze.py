@@ -591,8 +591,8 @@ def _write_dataset(out: Path, num_trajectories, seed, action_noise, max_steps, s
 # ---------------------------------------------------------------------------------------------------
 class StackedViews:
     """The (N, 6, 32, 32) uint8 ``images`` of a dataset, [previous view, view] at every step, built on
-    indexing from the stored (N, 3, 32, 32) frames: ``frames`` may be an array (in memory) or an HDF5
-    dataset (read from disk per access, for data too large for memory). ``np.asarray`` gives it all."""
+    indexing from the stored (N, 3, 32, 32) frames, an array in memory or memory-mapped from disk (for
+    data too large for memory). ``np.asarray`` gives the whole (N, 6, 32, 32) array."""
 
     def __init__(self, frames, traj_ends: np.ndarray):
         self.frames = frames
@@ -605,21 +605,14 @@ class StackedViews:
     def __len__(self):
         return self.shape[0]
 
-    def _frames(self, index: np.ndarray) -> np.ndarray:
-        if isinstance(self.frames, np.ndarray):
-            return self.frames[index]
-        unique, inverse = np.unique(index, return_inverse=True)  # h5py wants increasing indices
-        return self.frames[unique][inverse.reshape(index.shape)]
-
     def __getitem__(self, index):
         index = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
-        return np.concatenate([self._frames(self._previous[index]), self._frames(index)], axis=-3)
+        return np.concatenate([self.frames[self._previous[index]], self.frames[index]], axis=-3)
 
     def __array__(self, dtype=None, copy=None):
         stacked = np.empty(self.shape, np.uint8)  # filled in place to save memory
-        frames = self.frames[:] if not isinstance(self.frames, np.ndarray) else self.frames
-        stacked[:, 3:] = frames
-        stacked[:, :3] = frames[self._previous]
+        stacked[:, 3:] = self.frames
+        stacked[:, :3] = self.frames[self._previous]
         return stacked if dtype is None else stacked.astype(dtype)
 
 
@@ -655,7 +648,7 @@ def load_dataset(path="auto", num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, 
     ``path="auto"`` uses data/maze.hdf5, generating it (``num_trajectories`` trajectories, ``kwargs`` go
     to generate_dataset) if missing. ``images`` is a StackedViews: indexing it gives (B, 6, 32, 32) uint8.
     Its frames are read into memory, or with ``lazy`` (default: when the stacked images would exceed
-    LAZY_IMAGES_BYTES) read from the file at each access. ``images=False`` skips the images.
+    LAZY_IMAGES_BYTES) memory-mapped from an uncompressed copy next to the file (PATH.frames.npy). ``images=False`` skips the images.
     Every problem with the file raises a one-line ValueError / FileNotFoundError saying what to do."""
     import h5py
 
@@ -684,10 +677,25 @@ def load_dataset(path="auto", num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, 
             "source": f"{source}: {len(traj_ends)} trajectories, {n} steps, from {path}"}
     lazy = n * 6 * VIEW_PX * VIEW_PX > LAZY_IMAGES_BYTES if lazy is None else lazy
     if images:
-        data["images"] = StackedViews(f["frames"] if lazy else f["frames"][:], traj_ends)
-    if not (images and lazy):
-        f.close()
+        data["images"] = StackedViews(_frames_on_disk(path, f["frames"]) if lazy else f["frames"][:], traj_ends)
+    f.close()
     return data
+
+
+def _frames_on_disk(path: Path, frames) -> np.ndarray:
+    """The HDF5 file's gzip frames as an uncompressed PATH.frames.npy next to it (written on first use,
+    ~3 KB per step), memory-mapped: random batches then cost page reads, not chunk decompression."""
+    cache = path.with_name(path.name + ".frames.npy")
+    if not cache.exists() or cache.stat().st_mtime < path.stat().st_mtime:
+        print(f"maze: writing the uncompressed views to {cache} for lazy loading ({frames.nbytes / 2**30:.1f} GiB)")
+        partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
+        copy = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=frames.shape)
+        for first in range(0, len(frames), 2**16):
+            copy[first : first + 2**16] = frames[first : first + 2**16]
+        copy.flush()
+        del copy
+        os.replace(partial, cache)
+    return np.load(cache, mmap_mode="r")
 
 
 # ---------------------------------------------------------------------------------------------------

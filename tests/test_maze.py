@@ -178,7 +178,8 @@ def test_hdf5_workers_resume_and_lazy_loading(tmp_path, capsys):
     assert np.abs(data["actions"]).max() <= 1.0 and "6 trajectories" in data["source"]
     np.testing.assert_array_equal(data["states"][: first["traj_ends"][-1]], first["states"])
     images = np.asarray(data["images"])
-    lazy = maze.load_dataset(one, lazy=True)["images"]  # frames read from the file at each access
+    lazy = maze.load_dataset(one, lazy=True)["images"]  # frames memory-mapped from an uncompressed copy
+    assert isinstance(lazy.frames, np.memmap) and (tmp_path / "one.hdf5.frames.npy").is_file()
     index = np.array([5, 0, n - 1, 5, ends[0], ends[0] - 1])
     np.testing.assert_array_equal(lazy[index], images[index])
     np.testing.assert_array_equal(data["images"][index], images[index])
