@@ -960,9 +960,12 @@ def main(args):
     rates = {"env_steps_per_s": (global_step - start_step) / max(env_time, 1e-9),  # collection alone
              "grad_steps_per_s": (grad_steps - start_grad_steps) / max(update_time, 1e-9),  # updates alone
              "wall_s": time.time() - start_time}
-    print(f"done: {global_step} env steps, {grad_steps} gradient steps in {rates['wall_s']:.0f} s "
+    print(f"done: {global_step} env steps, {grad_steps} gradient steps in {format_duration(rates['wall_s'])} "
           f"({rates['env_steps_per_s']:.0f} env steps/s collecting, {rates['grad_steps_per_s']:.1f} gradient steps/s "
-          f"updating); final eval return {eval_return:.2f}, {metric} {eval_metric:.2f}; checkpoint {save_path}")
+          f"updating); final eval ({args.eval_episodes} deterministic episode{'s' if args.eval_episodes != 1 else ''}) "
+          f"return {eval_return:.2f}, {metric} {eval_metric:.2f}")
+    print(f"checkpoint {save_path}; tensorboard --logdir {log_dir}; watch the policy: "
+          f"python spirl_sac.py --evaluate {save_path} --capture-video")
     return {"checkpoint": save_path, "global_step": global_step, "grad_steps": grad_steps, "eval_return": eval_return,
             metric: eval_metric, "replay_size": rb.size, **rates}
 
