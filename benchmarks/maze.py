@@ -132,13 +132,16 @@ def explore(args):
             with np.load(os.path.join(run_dir, f"explore_{sampler}.npz")) as saved:
                 states, starts = saved["states"], saved["episode_starts"]
             episodes = np.split(states, starts[1:] + np.arange(1, len(starts)))  # each episode's states (+ its reset state)
+            distance = np.linalg.norm(states[:, :2] - maze.DOWNSTREAM_GOAL, axis=1)
             reached = [bool((np.linalg.norm(ep[:, :2] - maze.DOWNSTREAM_GOAL, axis=1) <= maze.GOAL_THRESHOLD).any())
                        for ep in episodes]
             runs.append({"seed": seed, "free_cells_visited": maze.fraction_free_cells_visited(states[:, :2], layout),
                          "episodes": len(episodes), "episodes_reaching_goal": int(sum(reached)),
+                         "closest_to_goal_m": round(float(distance.min()), 2),
                          "wall_s": round(time.time() - start, 1), "xy": [ep[:, :2] for ep in episodes]})
             print(f"{sampler} seed {seed}: {100 * runs[-1]['free_cells_visited']:.1f} % of free cells, "
-                  f"{runs[-1]['episodes_reaching_goal']} / {len(episodes)} episodes reach the goal, {runs[-1]['wall_s']} s",
+                  f"{runs[-1]['episodes_reaching_goal']} / {len(episodes)} episodes reach the goal, closest "
+                  f"{runs[-1]['closest_to_goal_m']} m, {runs[-1]['wall_s']} s",
                   flush=True)
         coverage = [r["free_cells_visited"] for r in runs]
         results[sampler] = {"mean": float(np.mean(coverage)), "std": float(np.std(coverage)), "runs": runs}
@@ -164,11 +167,12 @@ def explore(args):
     with open(os.path.join(args.out_dir, "maze_explore.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(f"wrote {png} and maze_explore.json")
-    print("| skills | free cells visited, mean +- std over seeds | per seed | episodes reaching the goal |")
+    print("| skills | free cells visited, mean +- std over seeds | per seed | episodes reaching the goal | closest to the goal (m) |")
     for sampler, r in results.items():
         print(f"| {SAMPLER_NAMES.get(sampler, sampler)} | {100 * r['mean']:.1f} +- {100 * r['std']:.1f} % | "
               + ", ".join(f"{100 * x['free_cells_visited']:.1f}" for x in r["runs"]) + " | "
-              + f"{sum(x['episodes_reaching_goal'] for x in r['runs'])} / {sum(x['episodes'] for x in r['runs'])} |")
+              + f"{sum(x['episodes_reaching_goal'] for x in r['runs'])} / {sum(x['episodes'] for x in r['runs'])} | "
+              + ", ".join(str(x["closest_to_goal_m"]) for x in r["runs"]) + " |")
 
 
 if __name__ == "__main__":
