@@ -23,6 +23,7 @@ import glob
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -255,6 +256,18 @@ def git_commit():
         return None
 
 
+def raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def stop_script(pid):
+    """SIGTERM to a run's script and its children; its last checkpoint stays (checkpoints are written atomically)."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _submitit():
     import cloudpickle
     import submitit
@@ -287,11 +300,21 @@ class RunJob:
         threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
                    "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}  # for -m envs.*
         start = time.time()
+        signal.signal(signal.SIGTERM, raise_interrupt)  # so that the finally below stops the script
         with open(os.path.join(directory, "log.txt"), "a") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {state}: {shlex.join(command)}\n")
             log.flush()
-            code = subprocess.run(command, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                                  env={**os.environ, **threads}).returncode
+            # its own process group, which the sweep stops as a whole when it is interrupted
+            script = subprocess.Popen(command, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                                      env={**os.environ, **threads}, start_new_session=True)
+            with open(os.path.join(directory, "pid"), "w") as f:
+                f.write(str(script.pid))
+            try:
+                code = script.wait()
+            finally:
+                if script.poll() is None:  # this job was stopped (Ctrl-C, kill, Slurm): stop the script with it
+                    stop_script(script.pid)
+                    script.wait()
         if code != 0:
             raise RuntimeError(f"{run.name} exited with {code}: see {os.path.join(directory, 'log.txt')}")
         if not self.keep_replay:
@@ -332,7 +355,7 @@ def check_runs(runs):
                 raise SystemExit(f"run {run.name} waits on {name}, which is not in the sweep")
 
 
-def execute_local(runs, sweep_dir, parallel, executor, keep_replay=False, poll_s=2.0):
+def execute_local(runs, sweep_dir, parallel, executor, keep_replay=False, poll_s=0.5):
     """submitit's LocalExecutor starts each job as its own process; at most `parallel` run at once, and a run
     is submitted only after the runs it reads are done. Returns {name: "done" | "failed" | "blocked"}."""
     todo = [run for run in runs if state_of(sweep_dir, run) != "done"]
@@ -341,28 +364,41 @@ def execute_local(runs, sweep_dir, parallel, executor, keep_replay=False, poll_s
         if run.name in status:
             print(f"skip {run.name}: done", flush=True)
     running = {}
-    while todo or running:
-        for name, job in list(running.items()):
-            if job.done():
-                del running[name]
-                try:
-                    job.result()
-                    status[name] = "done"
-                    print(f"finished {name}", flush=True)
-                except Exception as error:  # noqa: BLE001 - a failed run must not stop the others
-                    status[name] = "failed"
-                    print(f"FAILED {name}: {str(error).splitlines()[-1] if str(error) else error}", flush=True)
-        for run in list(todo):
-            if any(status.get(name) in ("failed", "blocked") for name in run.after):
-                status[run.name] = "blocked"
-                todo.remove(run)
-                print(f"blocked {run.name}: {', '.join(run.after)} did not finish", flush=True)
-            elif len(running) < parallel and all(status.get(name) == "done" for name in run.after):
-                todo.remove(run)
-                print(f"{state_of(sweep_dir, run)} {run.name}", flush=True)
-                running[run.name] = executor.submit(RunJob(sweep_dir, run, keep_replay))
-        if running:
-            time.sleep(poll_s)
+    previous_handler = signal.signal(signal.SIGTERM, raise_interrupt)  # `kill` stops the runs too, as Ctrl-C does
+    try:
+        while todo or running:
+            for name, job in list(running.items()):
+                if job.done():
+                    del running[name]
+                    try:
+                        job.result()
+                        status[name] = "done"
+                        print(f"finished {name}", flush=True)
+                    except Exception as error:  # noqa: BLE001 - a failed run must not stop the others
+                        status[name] = "failed"
+                        print(f"FAILED {name}: {str(error).splitlines()[-1] if str(error) else error}", flush=True)
+            for run in list(todo):
+                if any(status.get(name) in ("failed", "blocked") for name in run.after):
+                    status[run.name] = "blocked"
+                    todo.remove(run)
+                    print(f"blocked {run.name}: {', '.join(run.after)} did not finish", flush=True)
+                elif len(running) < parallel and all(status.get(name) == "done" for name in run.after):
+                    todo.remove(run)
+                    print(f"{state_of(sweep_dir, run)} {run.name}", flush=True)
+                    running[run.name] = executor.submit(RunJob(sweep_dir, run, keep_replay))
+            if running:
+                time.sleep(poll_s)
+    except KeyboardInterrupt:
+        for name, job in running.items():
+            pid_file = os.path.join(run_dir_of(sweep_dir, name), "pid")
+            if os.path.isfile(pid_file):
+                with open(pid_file) as f:
+                    stop_script(int(f.read()))
+            job.cancel(check=False)
+            print(f"stopped {name}: the same command resumes it from its last checkpoint", flush=True)
+        raise SystemExit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     return status
 
 
@@ -410,6 +446,8 @@ def checkpoint_info(path):
             data = torch.load(skill_model, map_location="cpu", weights_only=False).get("data_source")
     if data is None and "dataset" in args:  # bc_sac.py, flat_prior.py
         data = "the env's default dataset (envs.load_dataset)" if args["dataset"] == "auto" else args["dataset"]
+    if data is None and saved.get("format") == "baselines-sac-v1":
+        data = "none (flat SAC learns from its own experience only)"
     return saved.get("global_step"), data
 
 
@@ -471,12 +509,14 @@ def plot_sweep(results, path, title):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    panels = [("curve", results[0]["metric"])]
-    if any("curve_any_order" in r for r in results):
-        panels.append(("curve_any_order", f"{results[0]['metric']} (any order)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
-    for ax, (key, ylabel) in zip(axes[0], panels):
+    panels = [("curve", "")]
+    if any("curve_any_order" in r for r in results):  # kitchen: strict order (the reward) and any order side by side
+        panels = [("curve", "strict order" if all(r["strict_order"] is not False for r in results) else ""),
+                  ("curve_any_order", "any order")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4), squeeze=False)
+    for ax, (key, panel_title) in zip(axes[0], panels):
         groups = {}
         for r in results:
             if r.get(key):
@@ -488,11 +528,14 @@ def plot_sweep(results, path, title):
             grid, curves = grid[known], curves[:, known]
             mean, std = np.nanmean(curves, 0), np.nanstd(curves, 0)
             seeds = f"{len(runs)} seeds" if len(runs) > 1 else f"seed {runs[0]['seed']}"
+            budget = max(r["env_steps"] for r in runs)  # flat SAC's budget is smaller: say so
             line, = ax.plot(grid, mean, label=f"{label}" + (f" ({env})" if len({e for e, _ in groups}) > 1 else "")
-                            + f", {seeds}")
+                            + f", {seeds}, {budget / 1000:g}k env steps")
             ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k"))
         ax.set_xlabel("env steps (warm-up included)")
-        ax.set_ylabel(f"{ylabel} per training episode")
+        ax.set_ylabel(results[0]["metric"])
+        ax.set_title(panel_title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
@@ -509,7 +552,8 @@ def aggregate(sweep_dirs, results_json, results_md, figures_dir, points=200):
         results += found
         if found:
             path = os.path.join(figures_dir, os.path.basename(os.path.normpath(sweep_dir)) + ".png")
-            plot_sweep(found, path, f"{os.path.basename(os.path.normpath(sweep_dir))}: training episodes, mean +- std over seeds")
+            plot_sweep(found, path, f"{os.path.basename(os.path.normpath(sweep_dir))}: metric of the training episodes "
+                                    "(mean over 1/200 of the budget), mean +- std over seeds")
             figures.append(path)
     os.makedirs(os.path.dirname(results_json) or ".", exist_ok=True)
     with open(results_json, "w") as f:
