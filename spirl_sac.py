@@ -602,7 +602,7 @@ def resolve_args(args):
     saved = None
     if args.resume is not None:
         saved = load_sac_checkpoint(args.resume, "--resume")
-        kept = {"resume": args.resume, "total_env_steps": args.total_env_steps or saved["args"]["total_env_steps"]}
+        kept = {"resume": args.resume, "total_env_steps": saved["args"]["total_env_steps"] if args.total_env_steps is None else args.total_env_steps}
         args = Args(**{**saved["args"], **kept})
     elif args.evaluate is not None:
         saved = load_sac_checkpoint(args.evaluate, "--evaluate")
@@ -613,8 +613,9 @@ def resolve_args(args):
     args.delta = DEFAULT_DELTA[args.env] if args.delta is None else args.delta
     if not args.delta > 0:
         raise SetupError(f"--delta {args.delta}: the target divergence must be > 0 (paper: 1 maze, 5 kitchen / block_stacking)")
-    args.critic_layers = args.critic_layers or DEFAULT_CRITIC_LAYERS[args.env]
-    args.total_env_steps = args.total_env_steps or DEFAULT_TOTAL_ENV_STEPS[args.env]
+    # `is None`, not `or`: an explicit 0 must reach the check below instead of becoming the default
+    args.critic_layers = DEFAULT_CRITIC_LAYERS[args.env] if args.critic_layers is None else args.critic_layers
+    args.total_env_steps = DEFAULT_TOTAL_ENV_STEPS[args.env] if args.total_env_steps is None else args.total_env_steps
     for name in ("total_env_steps", "batch_size", "buffer_size", "gradient_steps", "critic_layers", "eval_episodes"):
         if getattr(args, name) < 1:
             raise SetupError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

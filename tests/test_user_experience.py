@@ -73,6 +73,13 @@ def test_data_generators_check_their_output_first(blocked):
 # ---------------------------------------------------------------------------------------------------- spirl_sac.py
 
 
+def test_zero_budget_is_rejected_not_replaced_by_the_default():
+    import spirl_sac
+
+    with pytest.raises(spirl_sac.SetupError, match="^--total-env-steps must be >= 1, got 0$"):
+        spirl_sac.main(spirl_sac.Args(env="maze", total_env_steps=0))
+
+
 def test_short_run_says_it_ends_in_warm_up_and_evaluate_writes_next_to_checkpoint(tmp_path, monkeypatch, capsys):
     import spirl_sac
     from test_spirl_sac import maze_env, write_skill_model
