@@ -587,6 +587,9 @@ if __name__ == "__main__":
 
     args = tyro.cli(Args)
     torch.set_num_threads(args.threads)
+    for name in ("total_steps", "batch_size"):  # a run that trains nothing must not write a model
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     # every output path, relative to the current directory, checked before the data are made or training starts
     for path, what in ((args.save_path or f"checkpoints/skill_model_{args.env}.pt", "checkpoint"),
                        (os.path.join("runs", "events.out"), "tensorboard log")):

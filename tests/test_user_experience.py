@@ -123,3 +123,13 @@ def test_baselines_reject_empty_budget_and_unwritable_runs(script, tmp_path, mon
     (tmp_path / "runs").write_text("")
     with pytest.raises(SystemExit, match=r"^error: cannot write the checkpoint runs/.*runs is a file, not a directory$"):
         run_baseline(script, ["--env", "maze", "--total-timesteps", "10"], monkeypatch)
+
+
+def test_spirl_vae_rejects_an_empty_budget(tmp_path, monkeypatch):
+    import runpy
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["spirl_vae.py", "--env", "maze", "--total-steps", "0"])
+    with pytest.raises(SystemExit, match="^error: --total-steps must be >= 1, got 0$"):
+        runpy.run_path(str(ROOT / "spirl_vae.py"), run_name="__main__")
+    assert os.listdir(tmp_path) == []
