@@ -487,7 +487,7 @@ def run_result(run_dir, points=200):
         "final_episodes": len(last),
         "strict_order": ("--no-strict-order" not in run["flags"]) if run["env"] == "kitchen" else None,
         "curve": binned_curve(episodes, env_steps, points),
-        "settings": " ".join(flag for flag in run["flags"] if "{dir:" not in flag),
+        "settings": shlex.join(flag.replace("{dir:", "{") for flag in run["flags"]),  # {run} = that run's directory
         "data": data, "commit": done.get("commit") or run.get("commit"),
         "sweep": os.path.basename(os.path.dirname(os.path.abspath(run_dir))), "run": os.path.basename(run_dir),
     }
