@@ -469,8 +469,10 @@ def run_result(run_dir, points=200):
         run = json.load(f)
     with open(os.path.join(run_dir, "done.json")) as f:
         done = json.load(f)
+    if run["algo"].startswith("explore"):
+        return explore_result(run_dir, run, done)
     checkpoint = OUTPUTS.get(run["script"], (None, None))[1]
-    if run["algo"] in ("skills", "data") or run["algo"].startswith("explore") or checkpoint is None:
+    if run["algo"] in ("skills", "data") or checkpoint is None:
         return None
     metric = METRIC.get(run["env"], "episodic_return")  # gymnasium envs: the return
     tag = f"charts/{metric}"
@@ -499,6 +501,24 @@ def run_result(run_dir, points=200):
     return result
 
 
+def explore_result(run_dir, run, done):
+    """Fig. 5 (a spirl_sac.py --explore run): `final` is the fraction of the maze's free cells it visited."""
+    path = os.path.join(run_dir, f"explore_{run['tag']}.npz")
+    if run["env"] != "maze" or not os.path.isfile(path):
+        return None
+    sys.path.insert(0, ROOT)
+    from envs import maze
+
+    with np.load(path) as saved:
+        states, env_steps = saved["states"], int(saved["env_steps"])
+    return {"env": run["env"], "algo": run["algo"], "seed": run["seed"], "tag": None, "env_steps": env_steps,
+            "metric": "free_cells_visited", "final": round(maze.fraction_free_cells_visited(states[:, :2]), 4),
+            "final_episodes": None, "strict_order": None, "curve": [],
+            "settings": shlex.join(flag.replace("{dir:", "{") for flag in run["flags"]), "data": None,
+            "commit": done.get("commit") or run.get("commit"), "sweep": os.path.basename(os.path.dirname(os.path.abspath(run_dir))),
+            "run": os.path.basename(run_dir)}
+
+
 def label_of(result):
     return result["algo"] + (f" {result['tag']}" if result.get("tag") else "")
 
@@ -511,6 +531,8 @@ def plot_sweep(results, path, title):
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
+    if not any(r["curve"] for r in results):  # Fig. 5: one number per run, bars of mean +- std over seeds
+        return plot_bars(results, path, title)
     panels = [("curve", "")]
     if any("curve_any_order" in r for r in results):  # kitchen: strict order (the reward) and any order side by side
         panels = [("curve", "strict order" if all(r["strict_order"] is not False for r in results) else ""),
@@ -538,7 +560,28 @@ def plot_sweep(results, path, title):
         ax.set_title(panel_title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(f"{title}: metric of the training episodes (mean per 1/200 of the budget), mean +- std over seeds")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bars(results, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = {}
+    for r in results:
+        groups.setdefault(label_of(r), []).append(r["final"])
+    fig, ax = plt.subplots(figsize=(1.8 * len(groups) + 2, 4))
+    labels = sorted(groups)
+    ax.bar(labels, [np.mean(groups[k]) for k in labels], yerr=[np.std(groups[k]) for k in labels], capsize=4)
+    ax.set_ylabel(results[0]["metric"])
+    ax.set_title(f"{title}: mean +- std over seeds\n({', '.join(f'{k}: {len(groups[k])} seeds' for k in labels)}, {results[0]['env_steps']} env steps each)",
+                 fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -552,8 +595,7 @@ def aggregate(sweep_dirs, results_json, results_md, figures_dir, points=200):
         results += found
         if found:
             path = os.path.join(figures_dir, os.path.basename(os.path.normpath(sweep_dir)) + ".png")
-            plot_sweep(found, path, f"{os.path.basename(os.path.normpath(sweep_dir))}: metric of the training episodes "
-                                    "(mean over 1/200 of the budget), mean +- std over seeds")
+            plot_sweep(found, path, os.path.basename(os.path.normpath(sweep_dir)))
             figures.append(path)
     os.makedirs(os.path.dirname(results_json) or ".", exist_ok=True)
     with open(results_json, "w") as f:
@@ -585,9 +627,9 @@ def write_markdown(results, figures, path):
             lines += ["| env | algo | seeds | env steps | metric | final (mean +- std) | per seed | settings |",
                       "|---|---|---:|---:|---|---|---|---|"]
         finals = [r["final"] for r in runs if r["final"] is not None]
-        summary = f"{np.mean(finals):.2f} +- {np.std(finals):.2f}" if finals else "-"
+        summary = f"{np.mean(finals):.3g} +- {np.std(finals):.2g}" if finals else "-"
         if any(r.get("final_any_order") is not None for r in runs):
-            summary += f" (any order {np.mean([r['final_any_order'] for r in runs if r.get('final_any_order') is not None]):.2f})"
+            summary += f" (any order {np.mean([r['final_any_order'] for r in runs if r.get('final_any_order') is not None]):.3g})"
         lines.append(f"| {env} | {label} | {len(runs)} | {max(r['env_steps'] for r in runs)} | {runs[0]['metric']} | {summary} | "
                      + ", ".join(f"{r['seed']}: {r['final']}" for r in runs) + f" | `{runs[0]['settings']}` |")
     with open(path, "w") as f:

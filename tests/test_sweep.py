@@ -160,3 +160,22 @@ def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
         assert line in first and line in second
     assert "--dependency" not in first and "#SBATCH --dependency=afterok:101" in second
     assert "#SBATCH --job-name=skills__maze__1__H3_Z10" in first
+
+
+def test_fig5_exploration_runs_aggregate_to_coverage(tmp_path):
+    """A finished --explore run's entry: the fraction of free maze cells its states visited; the figure is bars."""
+    from envs import maze
+
+    states = np.random.default_rng(0).uniform(-3, 3, size=(500, 4)).astype(np.float32)
+    for seed in (1, 2):
+        run_dir = tmp_path / "fig5" / f"explore__maze__{seed}__prior"
+        run_dir.mkdir(parents=True)
+        np.savez(run_dir / "explore_prior.npz", states=states * seed, episode_starts=np.array([0]), env="maze",
+                 mode="prior", env_steps=500)
+        (run_dir / "run.json").write_text(json.dumps({"script": "spirl_sac.py", "flags": ["--explore", "prior"], "env": "maze",
+                                                      "algo": "explore_prior", "seed": seed, "tag": "prior"}))
+        (run_dir / "done.json").write_text(json.dumps({"commit": "abc"}))
+    results = sweep.aggregate([str(tmp_path / "fig5")], str(tmp_path / "r.json"), str(tmp_path / "r.md"), str(tmp_path / "fig"))
+    assert [r["final"] for r in results] == [round(maze.fraction_free_cells_visited(states[:, :2] * s), 4) for s in (1, 2)]
+    assert all(r["metric"] == "free_cells_visited" and r["env_steps"] == 500 for r in results)
+    assert (tmp_path / "fig" / "fig5.png").read_bytes()[:4] == b"\x89PNG"
