@@ -139,10 +139,11 @@ def spirl(env, seed, steps, skill_run, tag="", algo="spirl", flags=()):
 
 
 def baselines(env, steps, skill_run, seed=1):
-    """The four baselines of section 4.1 (and SSP with prior initialisation, appendix E), one seed each."""
+    """The four baselines of section 4.1 (and SSP with prior initialisation, appendix E), one seed each. Those that
+    read the offline data start after the skill model, whose run makes the env's default dataset if it is missing."""
     common = ["--env", env, "--seed", str(seed), "--total-timesteps", str(steps)]
-    runs = [Run(run_name(algo, env, seed), f"baselines/{algo}.py", list(common), env, algo, seed)
-            for algo in ("sac", "bc_sac", "flat_prior")]
+    runs = [Run(run_name(algo, env, seed), f"baselines/{algo}.py", list(common), env, algo, seed,
+                after=[] if algo == "sac" else [skill_run.name]) for algo in ("sac", "bc_sac", "flat_prior")]
     for algo, extra in (("ssp", []), ("ssp_prior_init", ["--prior-init"])):
         runs.append(Run(run_name(algo, env, seed), "baselines/ssp.py",
                         [*common, "--skill-model", f"{{dir:{skill_run.name}}}/skill_model.pt", *extra],
@@ -159,6 +160,7 @@ def preset_runs(preset):
     if preset in ("fig4-kitchen", "fig4-blocks"):  # Fig. 4 right / middle: open- and closed-loop skills
         env = "kitchen" if preset == "fig4-kitchen" else "block_stacking"
         model, closed = skills(env), skills(env, "cl", ["--state-conditioned-decoder"])
+        closed.after = [model.name]  # one writer of the default dataset, if it has to be made
         return [model, closed, *(spirl(env, seed, 1_000_000, model, flags=["--delta", "5"]) for seed in (1, 2)),
                 *(spirl(env, seed, 1_000_000, closed, algo="spirl_cl", flags=["--delta", "5"]) for seed in (1, 2)),
                 *baselines(env, 250_000, model)]
