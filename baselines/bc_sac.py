@@ -451,6 +451,8 @@ if __name__ == "__main__":
             writer.add_scalar("charts/episodic_length", episode_length, global_step)
             if metric is not None:
                 writer.add_scalar(f"charts/{metric}", float(info[metric]), global_step)
+            if "subtasks_completed_any_order" in info:  # kitchen: the any-order count too, whatever the reward counts
+                writer.add_scalar("charts/subtasks_completed_any_order", info["subtasks_completed_any_order"], global_step)
             episodes += 1
             obs, _ = env.reset(seed=args.seed + episodes)
             last_return, episode_return, episode_length = episode_return, 0.0, 0

@@ -242,7 +242,8 @@ def test_flat_baseline_smoke(script, env_name, tmp_path, monkeypatch, capsys):
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         tags = EventAccumulator(str(run_dir)).Reload().Tags()["scalars"]
-        for tag in ("charts/episodic_return", f"charts/{module.METRIC}", "charts/env_steps_per_s_overall", "charts/env_steps_per_s_collecting", "losses/alpha"):
+        for tag in ("charts/episodic_return", f"charts/{module.METRIC}", "charts/subtasks_completed_any_order",
+                    "charts/env_steps_per_s_overall", "charts/env_steps_per_s_collecting", "losses/alpha"):
             assert tag in tags
 
 
