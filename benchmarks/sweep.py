@@ -50,9 +50,9 @@ class Args:
     """custom grid: envs"""
     seeds: Tuple[int, ...] = (1,)
     """custom grid: seeds"""
-    set: Tuple[str, ...] = ()
-    """flag overrides "PATTERN=FLAGS", appended to every run whose script matches the glob PATTERN, e.g.
-    "spirl_sac.py=--total-env-steps 200000" or "baselines/*.py=--total-timesteps 50000" (presets too)"""
+    set: tyro.conf.UseAppendAction[Tuple[str, ...]] = ()
+    """flag overrides "PATTERN=FLAGS" (repeat --set for more), appended to every run whose script matches the glob
+    PATTERN, e.g. "spirl_sac.py=--total-env-steps 200000" or "baselines/*.py=--total-timesteps 50000" (presets too)"""
     name: Optional[str] = None
     """directory name of the sweep under --root; None: the preset's name, or "custom" """
     root: str = "runs/sweeps"
