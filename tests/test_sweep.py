@@ -62,6 +62,11 @@ def test_dry_run_prints_each_command_with_its_outputs_in_the_run_directory(tmp_p
     spirl_line = next(line for line in lines if "spirl_sac.py" in line and "--seed 2" in line)
     assert f"--run-dir {tmp_path}/fig4-maze/spirl__maze__2" in spirl_line
     assert f"--skill-model {tmp_path}/fig4-maze/skills__maze__1/skill_model.pt" in spirl_line
+    import tyro
+
+    args = tyro.cli(sweep.Args, args=["--preset", "fig4-maze", "--set", "spirl_sac.py=--delta 2", "--set", "baselines/*.py=--seed 9"])
+    runs = sweep.apply_overrides(sweep.preset_runs(args.preset), args.set)  # a repeated --set adds, it does not replace
+    assert all(r.flags[-2:] == (["--delta", "2"] if r.algo == "spirl" else ["--seed", "9"]) for r in runs if r.algo != "skills")
     with pytest.raises(SystemExit, match="PATTERN=FLAGS"):
         sweep.main(sweep.Args(preset="fig6", dry_run=True, root=str(tmp_path), set=("--total-env-steps 5",)))
 
