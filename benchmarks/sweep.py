@@ -453,6 +453,19 @@ def checkpoint_info(path):
     return saved.get("global_step"), data
 
 
+def settings_of(flags):
+    """The flags as the script saw them: a flag given twice (a --set override) keeps its last value, in the place
+    of its first; {run} stands for the directory of that run of the sweep."""
+    values, flag = {}, None
+    for token in flags:
+        if token.startswith("--"):
+            flag = token
+            values[flag] = []  # a repeated flag replaces its values but keeps its first position
+        elif flag is not None:
+            values[flag].append(token.replace("{dir:", "{"))
+    return shlex.join(token for flag, args in values.items() for token in (flag, *args))
+
+
 def binned_curve(episodes, env_steps, points):
     """[[bin end, mean value of the episodes ending in the bin], ...] over at most `points` equal bins."""
     if not episodes:
@@ -491,7 +504,7 @@ def run_result(run_dir, points=200):
         "final_episodes": len(last),
         "strict_order": ("--no-strict-order" not in run["flags"]) if run["env"] == "kitchen" else None,
         "curve": binned_curve(episodes, env_steps, points),
-        "settings": shlex.join(flag.replace("{dir:", "{") for flag in run["flags"]),  # {run} = that run's directory
+        "settings": settings_of(run["flags"]),
         "data": data, "commit": done.get("commit") or run.get("commit"),
         "sweep": os.path.basename(os.path.dirname(os.path.abspath(run_dir))), "run": os.path.basename(run_dir),
     }
@@ -516,7 +529,7 @@ def explore_result(run_dir, run, done):
     return {"env": run["env"], "algo": run["algo"], "seed": run["seed"], "tag": None, "env_steps": env_steps,
             "metric": "free_cells_visited", "final": round(maze.fraction_free_cells_visited(states[:, :2]), 4),
             "final_episodes": None, "strict_order": None, "curve": [],
-            "settings": shlex.join(flag.replace("{dir:", "{") for flag in run["flags"]), "data": None,
+            "settings": settings_of(run["flags"]), "data": None,
             "commit": done.get("commit") or run.get("commit"), "sweep": os.path.basename(os.path.dirname(os.path.abspath(run_dir))),
             "run": os.path.basename(run_dir)}
 

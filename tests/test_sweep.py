@@ -184,3 +184,9 @@ def test_fig5_exploration_runs_aggregate_to_coverage(tmp_path):
     assert [r["final"] for r in results] == [round(maze.fraction_free_cells_visited(states[:, :2] * s), 4) for s in (1, 2)]
     assert all(r["metric"] == "free_cells_visited" and r["env_steps"] == 500 for r in results)
     assert (tmp_path / "fig" / "fig5.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_settings_are_the_flags_as_the_script_saw_them():
+    flags = ["--env", "maze", "--total-env-steps", "1000000", "--prior-init", "--skill-model", "{dir:skills__maze__1}/m.pt",
+             "--total-env-steps", "2000"]  # a --set override repeats a flag: the last value counts
+    assert sweep.settings_of(flags) == "--env maze --total-env-steps 2000 --prior-init --skill-model '{skills__maze__1}/m.pt'"
