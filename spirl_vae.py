@@ -81,6 +81,8 @@ class Args:
     """steps between progress lines and training scalars"""
     save_path: str = ""
     """checkpoint path; empty: checkpoints/skill_model_<env>.pt, which spirl_sac.py loads by default"""
+    run_dir: Optional[str] = None
+    """directory of the tensorboard events and the decoded-skills figure; None: runs/<run_name>"""
     resume: bool = False
     """continue from the checkpoint at save_path (weights, optimizer, step, run directory)"""
     exp_name: str = "spirl_vae"
@@ -511,7 +513,8 @@ def train(args, dataset, spec, run_dir="runs"):
 
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
                    name=run_name, save_code=True)
-    writer = SummaryWriter(os.path.join(run_dir, run_name), purge_step=step if args.resume else None)
+    log_dir = args.run_dir or os.path.join(run_dir, run_name)
+    writer = SummaryWriter(log_dir, purge_step=step if args.resume else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     writer.add_text("data_source", data_source)
     num_trajectories = len(np.asarray(dataset["traj_ends"]))
@@ -520,7 +523,7 @@ def train(args, dataset, spec, run_dir="runs"):
           f"shorter than H={H} and skipped; "
           f"{len(train_starts)} train / {len(val_starts)} validation windows (split by trajectory)")
     print(f"model: prior input {prior_input}, beta {beta}, batch {args.batch_size}, {total_steps} steps, "
-          f"{sum(p.numel() for p in model.parameters())} parameters -> {save_path}  (tensorboard: {run_dir}/{run_name})")
+          f"{sum(p.numel() for p in model.parameters())} parameters -> {save_path}  (tensorboard: {log_dir})")
 
     def checkpoint_now():
         save_checkpoint(save_path, model, optimizer, step, args, spec, prior_input, (state_mean, state_std), data_source, run_name)
@@ -532,7 +535,7 @@ def train(args, dataset, spec, run_dir="runs"):
         figure = decoded_skills_figure(model, data, val_qualitative, H)
         writer.add_image("val/decoded_skills", figure, step, dataformats="HWC")
         from PIL import Image
-        Image.fromarray(figure).save(os.path.join(run_dir, run_name, "decoded_skills.png"))
+        Image.fromarray(figure).save(os.path.join(log_dir, "decoded_skills.png"))
         print(f"step {step:>7d} | val recon {val['recon']:.4f} kl {val['kl']:.3f} prior {val['prior']:.3f}")
         return val
 
@@ -592,7 +595,7 @@ if __name__ == "__main__":
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     # every output path, relative to the current directory, checked before the data are made or training starts
     for path, what in ((args.save_path or f"checkpoints/skill_model_{args.env}.pt", "checkpoint"),
-                       (os.path.join("runs", "events.out"), "tensorboard log")):
+                       (os.path.join(args.run_dir or "runs", "events.out"), "tensorboard log")):
         try:
             envs.ensure_writable(path, what)
         except envs.UnwritablePathError as e:

@@ -165,7 +165,9 @@ def short_args(tmp_path, **overrides):
 
 def test_checkpoint_round_trip_and_resume(tmp_path):
     dataset, spec = synthetic_dataset(num_traj=10, length=20, images=True), make_spec(image=True)
-    result = spirl_vae.train(short_args(tmp_path, total_steps=20), dataset, spec, run_dir=str(tmp_path / "runs"))
+    result = spirl_vae.train(short_args(tmp_path, total_steps=20, run_dir=str(tmp_path / "mine")), dataset, spec,
+                             run_dir=str(tmp_path / "runs"))
+    assert any(name.startswith("events.out") for name in os.listdir(tmp_path / "mine"))  # --run-dir is the log dir
     checkpoint = torch.load(result["save_path"], map_location="cpu", weights_only=False)
     assert checkpoint["format"] == "spirl-skill-model-v1" and checkpoint["env"] == "maze"
     assert checkpoint["prior_input"] == "image" and checkpoint["image_shape"] == [6, 32, 32]
@@ -185,7 +187,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     torch.manual_seed(0)
     for x, y in zip(a, reloaded(*batch)):
         torch.testing.assert_close(x, y)
-    assert os.path.exists(tmp_path / "runs" / result["run_name"] / "decoded_skills.png")
+    assert os.path.exists(tmp_path / "mine" / "decoded_skills.png")
     # --resume continues at the saved step and reaches the new total
     resumed = spirl_vae.train(short_args(tmp_path, total_steps=30, resume=True), dataset, spec, run_dir=str(tmp_path / "runs"))
     assert torch.load(resumed["save_path"], weights_only=False)["step"] == 30
