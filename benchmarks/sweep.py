@@ -111,7 +111,7 @@ class Run:
 # script -> (flags that put its outputs into the run directory, its checkpoint there, flags that resume from it)
 OUTPUTS = {
     "spirl_sac.py": (["--run-dir", "{run_dir}"], "spirl_sac.pt", ["--resume", "{run_dir}/spirl_sac.pt"]),
-    "spirl_vae.py": (["--save-path", "{run_dir}/skill_model.pt"], "skill_model.pt", ["--resume"]),
+    "spirl_vae.py": (["--save-path", "{run_dir}/skill_model.pt", "--run-dir", "{run_dir}"], "skill_model.pt", ["--resume"]),
     "baselines/sac.py": (["--run-dir", "{run_dir}"], "agent.pt", ["--resume", "{run_dir}/agent.pt"]),
     "baselines/bc_sac.py": (["--run-dir", "{run_dir}"], "agent.pt", ["--resume", "{run_dir}/agent.pt"]),
     "baselines/flat_prior.py": (["--run-dir", "{run_dir}"], "agent.pt", ["--resume", "{run_dir}/agent.pt"]),
