@@ -3,6 +3,7 @@
     python benchmarks/kitchen.py --num-steps 5000                        # env steps/s (random actions)
     python benchmarks/kitchen.py --composition data/kitchen_scripted.hdf5   # subtask orders vs kitchen-mixed
     python benchmarks/kitchen.py --rollouts runs/<run>/explore_prior.npz    # prior rollouts: microwave, then kettle?
+    python benchmarks/kitchen.py --diagnose checkpoints/skill_model_kitchen.pt  # why the prior misses the microwave
 
 Speed: env steps per second with uniform random actions (episodes of 280 steps, resets included), and the bare
 FrankaKitchen-v1 simulator underneath, so the cost of the D4RL layer (60-dim observation, object noise, reward) is
@@ -52,8 +53,14 @@ class Args:
     """instead of timing: a D4RL-layout kitchen HDF5 file whose subtask orders to measure"""
     rollouts: tuple[str, ...] = ()
     """instead of timing: explore_prior.npz files of spirl_sac.py --explore prior to measure"""
+    diagnose: Optional[str] = None
+    """instead of timing: a spirl_vae.py kitchen checkpoint whose prior to diagnose (see prior_diagnosis)"""
+    dataset: str = "data/kitchen_scripted.hdf5"
+    """the skill model's training data, for --diagnose"""
+    diagnose_episodes: int = 16
+    """rollouts per configuration for --diagnose"""
     json_out: Optional[str] = None
-    """also write the composition / rollout measurements to this JSON file"""
+    """also write the composition / rollout / diagnosis measurements to this JSON file"""
 
 
 def dataset_composition(path):
@@ -129,13 +136,99 @@ def time_steps(env, num_steps, seed):
     return num_steps / (time.perf_counter() - start), episodes
 
 
+def prior_diagnosis(checkpoint_path, dataset_path, episodes=16, steps=200):
+    """Why prior rollouts miss the microwave: rollouts of ``steps`` env steps from the start state whose first k
+    skills are the posterior means of a microwave-first demonstration's first k windows (k = 0, 1, 3), then prior
+    samples, each drawn raw (z ~ N(mu, sigma), what the decoder was trained on) or squashed as spirl_sac.py does
+    (2 tanh(u)); plus the posterior means of the demonstrations executed skill by skill (can the decoded skills
+    open the microwave at all?) and the share of posterior-mean dims beyond the squash range +-2."""
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from spirl_vae import build_model
+
+    torch.set_num_threads(1)
+    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    model = build_model(ckpt).eval()
+    mean, std = np.asarray(ckpt["state_mean"]), np.asarray(ckpt["state_std"])
+    closed_loop, horizon = bool(ckpt["state_conditioned_decoder"]), ckpt["skill_horizon"]
+    sequences = sequences_from_file(dataset_path)
+    microwave_first = [i for i, (obs, _) in enumerate(sequences) if completion_order(obs)[:1] == ["microwave"]]
+
+    def normalised(state):
+        return torch.as_tensor((state - mean) / std, dtype=torch.float32)[None]
+
+    @torch.no_grad()
+    def posterior_mean(i, t):
+        obs, actions = sequences[i]
+        cond = normalised(obs[t:t + horizon])[0][None] if closed_loop else None
+        return model.encoder(torch.as_tensor(actions[t:t + horizon])[None], cond)[0][0]
+
+    @torch.no_grad()
+    def rollout(choose_skill, seed):
+        env = kitchen.make_env(seed=seed, strict_order=False)
+        obs, _ = env.reset()
+        states = [obs["state"]]
+        while len(states) <= steps:
+            z = choose_skill(obs["state"], len(states) - 1)[None]
+            actions = None if closed_loop else model.decoder.decode(z, horizon=horizon)[0].numpy()
+            hidden = None
+            for k in range(horizon):
+                if closed_loop:
+                    action, hidden = model.decoder.decode_step(z, normalised(obs["state"]), hidden)
+                    action = action[0].numpy()
+                else:
+                    action = actions[k]
+                obs, *_ = env.step(np.clip(action, -1.0, 1.0))
+                states.append(obs["state"])
+        env.close()
+        return completion_order(np.asarray(states))
+
+    results = {"checkpoint": checkpoint_path, "episodes": episodes, "steps": steps}
+    demo = microwave_first[:episodes]
+    orders = [rollout(lambda s, t, i=i: posterior_mean(i, t), seed=1000 + i) for i in demo]
+    results["demo_posteriors"] = float(np.mean(["microwave" in o for o in orders]))
+    print(f"{checkpoint_path}: posterior means of {len(demo)} microwave-first demos, executed skill by skill: "
+          f"microwave opened {results['demo_posteriors']:.0%}")
+    for forced in (0, 1, 3):
+        for squash in (False, True):
+            orders = []
+            for episode in range(episodes):
+                generator = torch.Generator().manual_seed(episode)
+                demo_index = microwave_first[episode % len(microwave_first)]
+
+                def choose(state, t, generator=generator, demo_index=demo_index):
+                    if t < forced * horizon:
+                        return posterior_mean(demo_index, t)
+                    with torch.no_grad():
+                        mu, log_sigma = model.skill_prior(normalised(state))
+                    u = mu[0] + torch.randn(mu.shape[1], generator=generator) * log_sigma[0].exp()
+                    return 2.0 * torch.tanh(u) if squash else u
+
+                orders.append(rollout(choose, seed=episode))
+            key = f"first {forced} skills from a demo, then prior samples ({'2 tanh' if squash else 'raw'})"
+            results[key] = {"microwave": float(np.mean(["microwave" in o for o in orders])),
+                            "microwave_then_kettle": float(np.mean([o[:2] == ["microwave", "kettle"] for o in orders]))}
+            print(f"  {key}: microwave {results[key]['microwave']:.0%}, microwave then kettle "
+                  f"{results[key]['microwave_then_kettle']:.0%}", flush=True)
+    z = np.array([posterior_mean(i, t).numpy() for i in range(0, len(sequences), 6)
+                  for t in range(0, len(sequences[i][1]) - horizon, horizon)])
+    results["posterior_beyond_2"] = float((np.abs(z) > 2).mean())
+    results["posterior_std_per_dim"] = [round(float(v), 2) for v in z.std(0)]
+    print(f"  posterior means of demo windows: {results['posterior_beyond_2']:.0%} of dims beyond +-2 (std per dim "
+          f"{results['posterior_std_per_dim']})")
+    return results
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    if args.composition or args.rollouts:
+    if args.composition or args.rollouts or args.diagnose:
         results = {}
         if args.composition:
             results["composition"] = dataset_composition(args.composition)
         results["rollouts"] = [prior_rollouts(path) for path in args.rollouts]
+        if args.diagnose:
+            results["diagnosis"] = prior_diagnosis(args.diagnose, args.dataset, args.diagnose_episodes)
         if args.json_out:
             with open(args.json_out, "w") as f:
                 json.dump(results, f, indent=1)
