@@ -88,6 +88,8 @@ def sample_walls(size: int, seed=None, length_fractions=WALL_LENGTH_FRACTIONS, c
 
     The random draws, their order and the float arithmetic follow theirs exactly, so the same seed gives
     the same layout: per wall, orientation, length, door offset, then the position."""
+    from scipy.signal import convolve2d
+
     rng = np.random.default_rng(seed)
     walls = np.zeros((size, size))  # float64, as theirs: the overlap sums below must round the same way
     low, high = length_fractions
@@ -97,7 +99,7 @@ def sample_walls(size: int, seed=None, length_fractions=WALL_LENGTH_FRACTIONS, c
         door = rng.choice(np.arange(1, length - 1))  # never at either end of the wall
         # overlap of a (length x 5) window with the existing walls, at every position: prefer empty areas
         window = np.ones((length, 5) if along_x else (5, length)) / (5 * length)
-        overlap = _convolve_valid(walls, window)
+        overlap = convolve2d(walls, window, "valid")
         probs = np.exp(-temperature * overlap) / np.sum(np.exp(-temperature * overlap))
         flat = rng.choice(np.arange(probs.size), p=probs.flatten())
         i, j = np.unravel_index(flat, probs.shape)
@@ -113,12 +115,6 @@ def sample_walls(size: int, seed=None, length_fractions=WALL_LENGTH_FRACTIONS, c
             for across in (-1, 1):
                 walls[door_x + along * dx + across * dy, door_y + along * dy + across * dx] = 1
     return walls.astype(np.uint8)
-
-
-def _convolve_valid(grid: np.ndarray, window: np.ndarray) -> np.ndarray:
-    from scipy.signal import convolve2d
-
-    return convolve2d(grid, window, "valid")
 
 
 def generate_layout(size: int, seed=None) -> np.ndarray:
