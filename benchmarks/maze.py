@@ -91,6 +91,8 @@ def picture(args):
 
 def speed(args):
     print(f"machine: {machine()}")
+    maze.make_env(images=False).close()  # imports and MuJoCo's first-use setup are not build time
+
     for images in (True, False):
         start = time.perf_counter()
         env = maze.make_env(seed=0, images=images)
