@@ -339,7 +339,12 @@ def get_batch(data, window_starts, skill_horizon):
     """H-step windows starting at ``window_starts``: actions (B, H, A), normalised states (B, H, S), prior input."""
     index = torch.as_tensor(window_starts)[:, None] + torch.arange(skill_horizon)  # (B, H)
     states = data["states"][index]
-    prior_obs = data["images"][index[:, 0]] if "images" in data else states[:, 0]  # prior sees s_1 only
+    if "images" not in data:
+        prior_obs = states[:, 0]  # the prior sees s_1 only
+    elif torch.is_tensor(data["images"]):
+        prior_obs = data["images"][index[:, 0]]  # (B, 6, 32, 32) uint8, the image of s_1
+    else:  # a lazy image store (the maze's stacked views): only the batch's images are read
+        prior_obs = torch.from_numpy(np.asarray(data["images"][index[:, 0].numpy()]))
     return data["actions"][index], states, prior_obs
 
 
@@ -506,7 +511,8 @@ def train(args, dataset, spec, run_dir="runs"):
         "actions": torch.from_numpy(np.asarray(dataset["actions"], dtype=np.float32)),
     }
     if prior_input == "image":
-        data["images"] = torch.from_numpy(np.ascontiguousarray(dataset["images"]))
+        images = dataset["images"]  # an array, or a lazy store indexable by an index array (too big for memory)
+        data["images"] = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
 
     if args.track:  # CleanRL's convention: W&B mirrors the tensorboard scalars
         import wandb

@@ -115,15 +115,28 @@ def test_prior_loss_is_kl_from_the_posterior_to_the_prior_by_value():
     torch.testing.assert_close(recon, 0.5 * ((reconstruction - actions) ** 2).mean())
 
 
-@pytest.mark.parametrize("image", [False, True])
+class LazyImages:
+    """An image store that is not an array (as the maze's memory-mapped stacked views): indexable by an index array."""
+
+    def __init__(self, images):
+        self.images, self.shape, self.dtype = images, images.shape, images.dtype
+
+    def __getitem__(self, index):
+        assert isinstance(index, np.ndarray)  # a batch's indices, never the whole store
+        return self.images[index]
+
+
+@pytest.mark.parametrize("image", [None, "tensor", "lazy"])
 def test_prior_sees_the_first_state_of_the_skill_window(image):
     """get_batch: actions and states of the H-step window, and the prior's input is the window's first state
-    (or its first image), not a later one."""
+    (or its first image, from an in-memory tensor or a lazy store), not a later one."""
     n, horizon = 30, 5
     data = {"states": torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 3),  # state t holds t
             "actions": torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 2) + 0.5}
     if image:
         data["images"] = torch.arange(n, dtype=torch.uint8)[:, None, None, None].expand(n, 6, 32, 32)
+    if image == "lazy":
+        data["images"] = LazyImages(data["images"].numpy())
     starts = np.array([0, 7, 20])
     actions, states, prior_obs = spirl_vae.get_batch(data, starts, horizon)
     assert actions.shape == (3, horizon, 2) and states.shape == (3, horizon, 3)
