@@ -493,3 +493,13 @@ def test_main_wiring(tmp_path, monkeypatch, prior_init):
         mu, _ = policy(torch.as_tensor((state - meta["state_mean"]) / meta["state_std"])[None])
     np.testing.assert_allclose(z, 2.0 * np.tanh(mu[0].numpy()), rtol=1e-5, atol=1e-6)
     assert len(evaluation) == maze_module().EPISODE_LENGTH // 5
+
+
+def test_maze_goal_radius_flag():
+    """--goal-radius reaches the maze env (2.0: the authors' later value); the default is the paper-time 1.0."""
+    for radius, expected in ((None, 1.0), (2.0, 2.0)):
+        env = spirl_sac.make_env(spirl_sac.Args(env="maze", goal_radius=radius), seed=0)
+        assert env.unwrapped.goal_radius == expected
+        env.close()
+    with pytest.raises(SetupError, match="only the maze has a goal radius"):
+        spirl_sac.resolve_args(spirl_sac.Args(env="kitchen", goal_radius=2.0))
