@@ -934,7 +934,7 @@ def main(args):
             next_progress = (global_step // args.progress_interval + 1) * args.progress_interval
             first_progress_time = float("inf")
             elapsed = time.time() - start_time
-            updates = (f"KL {info_update['kl']:.2f} | Q {info_update['qf1_values']:.2f}" if info_update else "warm-up")
+            updates = (f"KL {max(info_update['kl'], 0.0):.2f} | Q {info_update['qf1_values']:.2f}" if info_update else "warm-up")
             # ETA: the remaining env steps at the collection rate plus their gradient steps at the update rate
             remaining = args.total_env_steps - global_step
             eta = remaining / max((global_step - start_step) / max(env_time, 1e-9), 1e-9)
