@@ -10,6 +10,12 @@ matmul and convolution of the forward and backward passes that the update really
 rate at which this process multiplies 256 x 256 matrices on one thread. ratio = ms per update / floor.
 With --reference-commit, spirl_sac.py of that commit is loaded from git and timed on the same configs (its
 own FLOPs counted the same way), interleaved with the current one so that both see the same machine load.
+
+    python benchmarks/spirl_sac_update.py --real-run-env-steps 8400 --reference-commit c3d3c34
+
+also runs spirl_sac.py's whole training loop on the kitchen (a skill model of the paper's sizes with random
+weights: speed does not depend on what the skills do) for that many env steps, the current code and the
+reference commit back to back with the same settings, and reports their env steps/s.
 """
 
 import importlib.util
@@ -45,6 +51,10 @@ class Args:
     """high-level transitions per update (B.2)"""
     json_out: Optional[str] = None
     """write the results as JSON here"""
+    real_run_env_steps: int = 0
+    """> 0: also time a real kitchen training run of this many env steps (current vs --reference-commit)"""
+    real_run_warmup_env_steps: int = 1000
+    """warm-up of the real runs in env steps (converted to each version's unit)"""
 
 
 CONFIGS = {
@@ -134,6 +144,50 @@ def time_updates(update, n):
     return (time.perf_counter() - t0) / n
 
 
+def write_random_kitchen_skill_model(path):
+    """A skill model of the paper's sizes for the kitchen (H 10, z 10, LSTM 128, prior 6 x 128), random weights."""
+    import envs
+    import spirl_vae
+
+    env = envs.make_env("kitchen", seed=0)
+    state_dim, action_dim = env.observation_space["state"].shape[0], env.action_space.shape[0]
+    model = spirl_vae.SkillModel(state_dim, action_dim, 10, hidden_dim=128, prior_layers=6)
+    torch.save({"format": "spirl-skill-model-v1", "env": "kitchen", "args": {}, "prior_input": "state",
+                "state_dim": state_dim, "image_shape": None, "action_dim": action_dim, "skill_horizon": 10,
+                "latent_dim": 10, "hidden_dim": 128, "prior_layers": 6, "state_conditioned_decoder": False,
+                "state_mean": np.zeros(state_dim, np.float32), "state_std": np.ones(state_dim, np.float32),
+                "action_low": env.action_space.low, "action_high": env.action_space.high,
+                "data_source": "random weights (benchmark)", "model": model.state_dict(), "step": 0}, path)
+    env.close()
+
+
+def real_runs(args, modules):
+    """env steps/s of spirl_sac.py's training loop on the kitchen, each version in turn, same settings."""
+    workdir = tempfile.mkdtemp()
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        write_random_kitchen_skill_model("skill.pt")
+        results = {}
+        for name, module in modules.items():
+            new = hasattr(module, "make_adam")  # warm-up in skills and critic blocks (else env steps, linear layers)
+            run_args = module.Args(env="kitchen", skill_model="skill.pt", total_env_steps=args.real_run_env_steps,
+                                   learning_starts=args.real_run_warmup_env_steps // (10 if new else 1),
+                                   critic_layers=5 if new else 7, eval_interval=0, eval_episodes=1,
+                                   save_path=f"{name.replace(' ', '_')}/sac.pt", save_replay_buffer=False)
+            t0 = time.perf_counter()
+            out = module.main(run_args)
+            wall = time.perf_counter() - t0
+            results[name] = {"env_steps": out["global_step"], "grad_steps": out["grad_steps"], "wall_s": wall,
+                             "env_steps_per_s_overall": out["global_step"] / wall,
+                             "env_steps_per_s_collecting": out["env_steps_per_s"],
+                             "grad_steps_per_s_updating": out["grad_steps_per_s"]}
+            print(f"real kitchen run {name:>18s}: {results[name]}", flush=True)
+        return results
+    finally:
+        os.chdir(cwd)
+
+
 def main(args):
     torch.set_num_threads(1)
     modules = {"current": load_module(None)}
@@ -163,6 +217,8 @@ def main(args):
             print(f"{config:8s} {name:>18s}: {ms:6.1f} ms/update | {flops[name] / 1e9:.2f} GFLOP/update | "
                   f"GEMM {rate:.0f} GFLOP/s | floor {row['floor_ms']:.1f} ms | ratio {ms / row['floor_ms']:.2f}", flush=True)
         results["configs"][config] = row
+    if args.real_run_env_steps > 0:
+        results["real_kitchen_runs"] = real_runs(args, modules)
     results["load_average_1min_end"] = os.getloadavg()[0]
     if args.json_out:
         with open(args.json_out, "w") as f:
