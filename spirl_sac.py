@@ -820,17 +820,15 @@ def main(args):
     writer.add_text("skill_model", f"{skill_source}; data: {meta.get('data_source', '?')}")
     print(f"checkpoint -> {save_path} (every {args.checkpoint_interval} env steps and at the end); "
           f"tensorboard -> {log_dir} (`tensorboard --logdir runs`)" + (f"; videos -> {video_dir}" if args.capture_video else ""))
+    skills_left = -(-(args.total_env_steps - global_step) // H)  # at most; a skill is H env steps unless an episode ends
     transition_bytes = sum(array.itemsize * int(np.prod(array.shape[1:])) for array in rb.data.values())
-    max_transitions = min(rb.capacity, rb.size + -(-(args.total_env_steps - global_step) // H))
-    replay_mb = max_transitions * transition_bytes / 1e6
-    if args.save_replay_buffer:
-        print(f"replay buffer: up to {max_transitions} transitions, {replay_mb:.0f} MB in memory; every checkpoint also "
-              f"saves it (deflated) to {save_path}.replay.npz so that --resume continues exactly; "
-              f"--no-save-replay-buffer skips that")
-    else:
-        print(f"replay buffer: up to {max_transitions} transitions, {replay_mb:.0f} MB in memory, not saved "
-              f"(--no-save-replay-buffer): --resume would refill it with the current policy")
-    if skills_collected + -(-(args.total_env_steps - global_step) // H) < args.learning_starts:  # H env steps a skill
+    max_transitions = min(rb.capacity, rb.size + skills_left)
+    saving = (f"every checkpoint also saves it (deflated) to {save_path}.replay.npz so that --resume continues exactly; "
+              f"--no-save-replay-buffer skips that" if args.save_replay_buffer else
+              "not saved (--no-save-replay-buffer): --resume would refill it with the current policy")
+    print(f"replay buffer: up to {max_transitions} transitions, {max_transitions * transition_bytes / 1e6:.0f} MB in "
+          f"memory; {saving}")
+    if skills_collected + skills_left < args.learning_starts:
         print(f"note: --total-env-steps {args.total_env_steps} ends inside the warm-up (--learning-starts "
               f"{args.learning_starts} skills = {args.learning_starts * H} env steps at H = {H}): no gradient step "
               f"will run and the policy stays the prior; raise --total-env-steps or lower --learning-starts")
