@@ -53,6 +53,9 @@ class Args:
     set: tyro.conf.UseAppendAction[Tuple[str, ...]] = ()
     """flag overrides "PATTERN=FLAGS" (repeat --set for more), appended to every run whose script matches the glob
     PATTERN, e.g. "spirl_sac.py=--total-env-steps 200000" or "baselines/*.py=--total-timesteps 50000" (presets too)"""
+    only: Tuple[str, ...] = ()
+    """run only the runs whose names match one of these globs (e.g. "spirl__kitchen__1"), and the runs they read
+    (a skill model before its RL run); empty: every run of the grid"""
     name: Optional[str] = None
     """directory name of the sweep under --root; None: the preset's name, or "custom" """
     root: str = "runs/sweeps"
@@ -355,6 +358,23 @@ def check_runs(runs):
         for name in run.after:
             if name not in names:
                 raise SystemExit(f"run {run.name} waits on {name}, which is not in the sweep")
+
+
+def select_runs(runs, patterns):
+    """The runs whose names match a glob of `patterns`, with every run they read (transitively), in grid order."""
+    if not patterns:
+        return runs
+    by_name = {run.name: run for run in runs}
+    wanted = [run.name for run in runs if any(fnmatch.fnmatch(run.name, p) for p in patterns)]
+    if not wanted:
+        raise SystemExit(f"--only {' '.join(patterns)} matches no run of the grid; --dry-run lists their names")
+    keep = set()
+    while wanted:
+        name = wanted.pop()
+        if name not in keep:
+            keep.add(name)
+            wanted.extend(by_name[name].after)
+    return [run for run in runs if run.name in keep]
 
 
 def execute_local(runs, sweep_dir, parallel, executor, keep_replay=False, poll_s=0.5):
@@ -664,6 +684,7 @@ def main(args):
     runs = preset_runs(args.preset) if args.preset else custom_runs(args.scripts, args.envs, args.seeds)
     runs = apply_overrides(runs, args.set)
     check_runs(runs)
+    runs = select_runs(runs, args.only)
     sweep_dir = os.path.join(args.root, args.name or args.preset or "custom")
     if args.dry_run:
         for run in runs:

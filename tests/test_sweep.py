@@ -190,3 +190,14 @@ def test_settings_are_the_flags_as_the_script_saw_them():
     flags = ["--env", "maze", "--total-env-steps", "1000000", "--prior-init", "--skill-model", "{dir:skills__maze__1}/m.pt",
              "--total-env-steps", "2000"]  # a --set override repeats a flag: the last value counts
     assert sweep.settings_of(flags) == "--env maze --total-env-steps 2000 --prior-init --skill-model '{skills__maze__1}/m.pt'"
+
+
+def test_only_selects_runs_with_the_runs_they_read():
+    runs = sweep.preset_runs("fig4-kitchen")
+    chosen = sweep.select_runs(runs, ("spirl_cl__kitchen__1",))
+    # the closed-loop RL run, its skill model, and the open-loop skill model that one waits on (one data writer)
+    assert [r.name for r in chosen] == ["skills__kitchen__1", "skills__kitchen__1__cl", "spirl_cl__kitchen__1"]
+    assert sweep.select_runs(runs, ()) == runs
+    assert {r.algo for r in sweep.select_runs(runs, ("sac__*",))} == {"sac"}  # glob; SAC reads no skill model
+    with pytest.raises(SystemExit, match="matches no run"):
+        sweep.select_runs(runs, ("nothing*",))
