@@ -159,6 +159,7 @@ def explore(args):
         ax.set_title(f"{SAMPLER_NAMES.get(sampler, sampler)}\n{100 * r['mean']:.1f} +- {100 * r['std']:.1f} % of free cells "
                      f"({len(r['runs'])} seeds)", fontsize=9)
     fig.suptitle(f"Skill rollouts from the start, {args.explore_env_steps} env steps per seed (first seed drawn)", fontsize=10)
+    os.makedirs(args.out_dir, exist_ok=True)
     png = os.path.join(args.out_dir, "maze_explore.png")
     fig.savefig(png, dpi=100, bbox_inches="tight")
     summary = {"command": " ".join(sys.argv), "machine": machine(), "skill_model": os.path.relpath(args.skill_model, REPO),

@@ -86,6 +86,20 @@ def test_d4rl_observation_noise_on_robot_and_objects():
     np.testing.assert_array_equal(obs["state"], again["state"])
 
 
+def test_cached_robot_reading_equals_franka_kitchen_v1s_own():
+    """The env reads the robot's joints through cached indices; v1's name-lookup reading gives the same bits."""
+    from gymnasium_robotics.envs.franka_kitchen import franka_env
+
+    fast, slow = kitchen.make_env(seed=3), kitchen.make_env(seed=3)
+    slow.sim.robot_env._get_obs = franka_env.FrankaRobot._get_obs.__get__(slow.sim.robot_env)
+    assert np.array_equal(fast.reset(seed=3)[0]["state"], slow.reset(seed=3)[0]["state"])
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        action = rng.uniform(-1, 1, 9)
+        assert np.array_equal(fast.step(action)[0]["state"], slow.step(action)[0]["state"])
+        assert np.array_equal(fast.sim.robot_env._last_robot_qpos, slow.sim.robot_env._last_robot_qpos)
+
+
 def test_reward_fires_once_per_subtask_and_terminates():
     env = kitchen.make_env(seed=0)
     obs, info = env.reset()
