@@ -12,6 +12,13 @@
 2. Env steps/s with uniformly random actions, state-only and image observations, 5 and 11 blocks:
    per wall-clock second and per CPU second of this process (the second is what the env costs when
    the machine is shared and the process gets only part of a core).
+
+    python benchmarks/block_stacking.py --prior-rollouts runs/<skill run>/skill_model.pt --prior-episodes 20
+
+3. (only this, when --prior-rollouts is given) what the learned skill prior does on its own in the 11-block
+   downstream env: whole 1000-step episodes of skills sampled from the prior and decoded (``spirl_sac.py
+   --explore prior``, no learning), with the highest tower (blocks_stacked) at each episode's end and at its
+   best, and the fraction of steps with a block lifted / on another block.
 """
 
 import os
@@ -19,6 +26,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import tyro
@@ -37,6 +45,33 @@ class Args:
     """episodes of the tower-building reference in the 11-block env"""
     seed: int = 0
     """seed of the policy, the layouts and the random actions"""
+    prior_rollouts: Optional[str] = None
+    """a block-stacking skill model (spirl_vae.py --env block_stacking): measure only its prior's rollouts"""
+    prior_episodes: int = 20
+    """--prior-rollouts: 1000-step episodes of prior skills"""
+
+
+def prior_rollouts(skill_model, episodes, seed):
+    """Per-episode figures of skills sampled from the prior in the downstream env (spirl_sac.py --explore prior)."""
+    import tempfile
+
+    import spirl_sac
+
+    env = bs.make_env(seed=seed, image_obs=False)
+    with tempfile.TemporaryDirectory() as run_dir:
+        out = spirl_sac.main(spirl_sac.Args(env="block_stacking", explore="prior", skill_model=skill_model, seed=seed,
+                                            total_env_steps=episodes * env.max_episode_steps, run_dir=run_dir))
+        with np.load(out["path"]) as saved:
+            states, starts = saved["states"], saved["episode_starts"]
+    # states holds each episode's reset state followed by its env steps' states
+    episodes_states = np.split(states, starts[1:] + np.arange(1, len(starts)))
+    rows = []
+    for ep in episodes_states:
+        info = [env.task_info(s) for s in ep]
+        stacked = np.array([i["blocks_stacked"] for i in info])
+        rows.append({"final": int(stacked[-1]), "best": int(stacked.max()),
+                     "lifted": float(np.mean([i["lifted"] for i in info])), "on_block": float(np.mean(stacked > 0))})
+    return rows
 
 
 def scripted_quality(env, episodes, seed):
@@ -88,6 +123,16 @@ if __name__ == "__main__":
 
     print(f"python {platform.python_version()}, mujoco {mujoco.__version__}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}, seed {args.seed}")
+    if args.prior_rollouts:
+        start = time.perf_counter()
+        rows = prior_rollouts(args.prior_rollouts, args.prior_episodes, args.seed)
+        final, best = np.array([r["final"] for r in rows]), np.array([r["best"] for r in rows])
+        print(f"prior rollouts of {args.prior_rollouts}, {len(rows)} episodes of 1000 steps, 11 blocks: blocks_stacked at "
+              f"the end {final.mean():.2f} (max {final.max()}), best during the episode {best.mean():.2f} (max {best.max()}); "
+              f"episodes with any stack {np.mean(best > 0):.2f}; steps with a block lifted "
+              f"{np.mean([r['lifted'] for r in rows]):.3f}, with a block on another {np.mean([r['on_block'] for r in rows]):.3f}; "
+              f"{time.perf_counter() - start:.0f} s")
+        sys.exit(0)
     envs_under_test = {"training env, 5 blocks (random stacks)": bs.training_env(image_obs=False),
                        "downstream env, 11 blocks (on the ground)": bs.BlockStackingEnv(num_blocks=11, layout_seed=None,
                                                                                        image_obs=False)}

@@ -50,6 +50,8 @@ class Args:
     """run mode: the run's tensorboard directory (runs/<run>)"""
     checkpoint: Optional[str] = None
     """run mode: the run's checkpoint, whose deterministic policy is drawn"""
+    goal_radius: Optional[float] = None
+    """run mode: the goal radius the run was trained with (its --goal-radius; None: the env's default 1.0)"""
     goal_cell: Tuple[int, int] = (19, 18)
     """near_goal mode: the goal cell (row, col); (19, 18) is 24 BFS cells from the start, inside the prior's reach"""
     total_env_steps: int = 300_000
@@ -161,7 +163,7 @@ def summarize_run(args):
     if "eval/success" in events.Tags()["scalars"]:
         print("eval (deterministic policy): " + ", ".join(f"{e.step}: success {e.value:.2f}" for e in events.Scalars("eval/success")))
     if args.checkpoint:
-        out = spirl_sac.main(spirl_sac.Args(env="maze", evaluate=args.checkpoint, eval_episodes=3))
+        out = spirl_sac.main(spirl_sac.Args(env="maze", evaluate=args.checkpoint, eval_episodes=3, goal_radius=args.goal_radius))
         env = maze.make_env(seed=0)
         with np.load(out["path"]) as saved:
             episodes = [saved[k][:, :2] for k in saved.files]
