@@ -851,7 +851,7 @@ def main(args):
     obs, _ = env.reset(seed=args.seed + episodes)
     with torch.no_grad():
         prior_mu, prior_log_sigma = skill_prior(policy_input(obs))
-    episode_return, episode_length = 0.0, 0
+    episode_return, episode_length, episode_metrics = 0.0, 0, []  # episode_metrics: (env step at its end, metric)
     last_return, last_metric, info_update = float("nan"), float("nan"), {}
     start_step, start_grad_steps, start_time, env_time, update_time = global_step, grad_steps, time.time(), 0.0, 0.0
     next_eval = global_step + args.eval_interval if args.eval_interval > 0 else None
@@ -891,6 +891,7 @@ def main(args):
         if terminated or truncated:
             episodes += 1
             last_return, last_metric = episode_return, float(info.get(metric, 0.0))
+            episode_metrics.append((global_step, last_metric))
             writer.add_scalar("charts/episodic_return", episode_return, global_step)
             writer.add_scalar("charts/episodic_length", episode_length, global_step)
             writer.add_scalar(f"charts/{metric}", last_metric, global_step)
@@ -968,17 +969,21 @@ def main(args):
     writer.close()
     env.close()
     eval_env.close()
+    # what the training episodes achieved at the end (the stochastic policy; the paper's curves are of these)
+    final_window = [m for step, m in episode_metrics if step > 0.9 * global_step]
+    final_training_metric = float(np.mean(final_window)) if final_window else float("nan")
     rates = {"env_steps_per_s": (global_step - start_step) / max(env_time, 1e-9),  # collection alone
              "grad_steps_per_s": (grad_steps - start_grad_steps) / max(update_time, 1e-9),  # updates alone
              "wall_s": time.time() - start_time}
     print(f"done: {global_step} env steps, {grad_steps} gradient steps in {format_duration(rates['wall_s'])} "
           f"({rates['env_steps_per_s']:.0f} env steps/s collecting, {rates['grad_steps_per_s']:.1f} gradient steps/s "
-          f"updating); final eval ({args.eval_episodes} deterministic episode{'s' if args.eval_episodes != 1 else ''}) "
-          f"return {eval_return:.2f}, {metric} {eval_metric:.2f}")
+          f"updating); training episodes in the last 10 % of env steps: {metric} {final_training_metric:.2f} "
+          f"(mean of {len(final_window)}); final eval ({args.eval_episodes} deterministic episode"
+          f"{'s' if args.eval_episodes != 1 else ''}) return {eval_return:.2f}, {metric} {eval_metric:.2f}")
     print(f"checkpoint {save_path}; tensorboard --logdir {log_dir}; watch the policy: "
           f"python spirl_sac.py --evaluate {save_path} --capture-video")
     return {"checkpoint": save_path, "global_step": global_step, "grad_steps": grad_steps, "eval_return": eval_return,
-            metric: eval_metric, "replay_size": rb.size, **rates}
+            metric: eval_metric, f"training_{metric}": final_training_metric, "replay_size": rb.size, **rates}
 
 
 if __name__ == "__main__":

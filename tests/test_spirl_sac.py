@@ -503,3 +503,24 @@ def test_maze_goal_radius_flag():
         env.close()
     with pytest.raises(SetupError, match="only the maze has a goal radius"):
         spirl_sac.resolve_args(spirl_sac.Args(env="kitchen", goal_radius=2.0))
+
+
+def test_final_line_reports_the_training_episodes_of_the_last_tenth(tmp_path, monkeypatch):
+    """main() reports the mean metric of the training episodes that end in the last 10 % of the env steps."""
+    env = maze_env()
+    monkeypatch.chdir(tmp_path)
+    write_skill_model("skill.pt", "maze", env, prior_input="state", horizon=5)
+    real_execute, calls = spirl_sac.execute_skill, []
+
+    def short_episodes(env, obs, skill, *rest):  # every 4th skill ends the episode with success = skills so far / 100
+        next_obs, reward, terminated, _, info, steps, visited = real_execute(env, obs, skill, *rest)
+        calls.append(1)
+        truncated = len(calls) % 4 == 0
+        return next_obs, reward, terminated, truncated, {**info, "success": len(calls) / 100}, steps, visited
+
+    monkeypatch.setattr(spirl_sac, "execute_skill", short_episodes)
+    out = spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill.pt", total_env_steps=400, learning_starts=10,
+                                        batch_size=8, eval_interval=0, eval_episodes=1, save_path="run/sac.pt"))
+    # 80 training skills of 5 env steps; episodes end after skills 4, 8, ..., 80, the last 10 % (> 360 env steps)
+    # holds the episodes ending at skills 76 and 80 (the evaluation's skills come after and end no training episode)
+    assert out["training_success"] == pytest.approx((0.76 + 0.80) / 2)
