@@ -6,7 +6,7 @@ section 3.3 (Algorithm 1), appendix A (derivation, alpha update), B.2 (RL setup)
     python spirl_vae.py --env maze && python spirl_sac.py --env maze    # train skills, then the task
     python spirl_sac.py --env kitchen --delta 5                          # the paper's kitchen run
     python spirl_sac.py --env maze --resume runs/<run>/spirl_sac.pt      # continue a run
-    python spirl_sac.py --env maze --evaluate runs/<run>/spirl_sac.pt    # deterministic eval episodes
+    python spirl_sac.py --env maze --evaluate runs/<run>/spirl_sac.pt    # evaluation episodes of a saved policy
     python spirl_sac.py --env maze --explore prior --total-env-steps 100000   # Fig. 5: skill rollouts only
 
 A high-level policy pi(z|s) picks a skill z every H env steps; the frozen skill decoder of spirl_vae.py
@@ -104,9 +104,13 @@ class Args:
     omega_anneal_steps: int = 500_000
     """--no-prior-init only: env steps over which omega then falls linearly to 0 (appendix F)"""
     eval_interval: int = 50_000
-    """env steps between evaluations with the deterministic policy (0: only at the end)"""
+    """env steps between evaluations (0: only at the end)"""
     eval_episodes: int = 2
     """episodes per evaluation"""
+    eval_deterministic: bool = False
+    """evaluate with the mean skill 2 tanh(mu(s)); default: skills sampled from pi(z|s) as in training, as the
+    authors' agent also evaluates (the mean of a skill distribution that spreads over several skills can be a
+    skill no sample would take, e.g. one that stops at a wall)"""
     capture_video: bool = False
     """save the first episode of every evaluation as an animated GIF under videos/, one frame per skill (env must render rgb_array)"""
     log_interval: int = 100
@@ -124,7 +128,7 @@ class Args:
     resume: Optional[str] = None
     """continue training from this checkpoint (its saved settings; --total-env-steps may extend the run)"""
     evaluate: Optional[str] = None
-    """only run --eval-episodes deterministic episodes of this checkpoint's policy, then exit"""
+    """only run --eval-episodes evaluation episodes of this checkpoint's policy, then exit"""
     explore: Optional[Literal["prior", "uniform", "normal"]] = None
     """no learning: roll out skills from the prior, z ~ U[-2, 2]^d ("uniform") or N(0, I) ("normal") for --total-env-steps and save the visited states (Fig. 5)"""
     strict_order: bool = True
@@ -717,20 +721,24 @@ def main(args):
     alpha_optimizer = make_adam([log_alpha], args.alpha_lr)
     global_step, grad_steps, episodes, skills_collected = 0, 0, 0, 0  # skills_collected: high-level transitions
 
-    def deterministic_skill(obs):
+    def evaluation_skill(obs, generator):
         with torch.no_grad():
-            mu, _ = policy(policy_input(obs))
-        return (SKILL_RANGE * torch.tanh(mu))[0].cpu().numpy()  # the mean skill, squashed
+            mu, log_sigma = policy(policy_input(obs))
+        if not args.eval_deterministic:  # z ~ pi(z|s), from the evaluation's own random stream
+            mu = mu + log_sigma.exp() * torch.randn(mu.shape, generator=generator, device=mu.device)
+        return (SKILL_RANGE * torch.tanh(mu))[0].cpu().numpy()  # squashed as in training
 
     def evaluate(num_episodes, video_path=None):
-        """Episodes with the deterministic policy -> (mean return, mean final metric, [each episode's states])."""
+        """Episodes of the policy -> (mean return, mean final metric, [each episode's states]). Sampled skills draw
+        from a generator seeded by the env step, so an evaluation does not depend on earlier ones or on a resume."""
         returns, metrics, trajectories = [], [], []
+        generator = torch.Generator(device=device).manual_seed(args.seed + 10_000 + global_step)
         for episode in range(num_episodes):
             obs, _ = eval_env.reset(seed=args.seed + 10_000 + episode)
             frames = [eval_env.render()] if (video_path is not None and episode == 0) else None
             episode_return, done, info, states = 0.0, False, {}, [obs["state"][None]]
             while not done:
-                obs, reward, terminated, truncated, info, _, visited = run_skill(eval_env, obs, deterministic_skill(obs))
+                obs, reward, terminated, truncated, info, _, visited = run_skill(eval_env, obs, evaluation_skill(obs, generator))
                 states.append(visited)
                 if frames is not None:
                     frames.append(eval_env.render())  # one frame per skill (every H env steps)
@@ -746,7 +754,7 @@ def main(args):
                     print(f"--capture-video: env {args.env} returned no rgb_array frames; no video written")
         return float(np.mean(returns)), float(np.mean(metrics)), trajectories
 
-    if eval_ckpt is not None:  # --evaluate: only deterministic episodes of a saved policy
+    if eval_ckpt is not None:  # --evaluate: only evaluation episodes of a saved policy
         policy.load_state_dict(eval_ckpt["policy"])
         video = eval_prefix + ".gif" if args.capture_video else None
         mean_return, mean_metric, trajectories = evaluate(args.eval_episodes, video)
@@ -978,8 +986,8 @@ def main(args):
     print(f"done: {global_step} env steps, {grad_steps} gradient steps in {format_duration(rates['wall_s'])} "
           f"({rates['env_steps_per_s']:.0f} env steps/s collecting, {rates['grad_steps_per_s']:.1f} gradient steps/s "
           f"updating); training episodes in the last 10 % of env steps: {metric} {final_training_metric:.2f} "
-          f"(mean of {len(final_window)}); final eval ({args.eval_episodes} deterministic episode"
-          f"{'s' if args.eval_episodes != 1 else ''}) return {eval_return:.2f}, {metric} {eval_metric:.2f}")
+          f"(mean of {len(final_window)}); final eval ({args.eval_episodes} episode{'s' if args.eval_episodes != 1 else ''}, "
+          f"{'mean' if args.eval_deterministic else 'sampled'} skills) return {eval_return:.2f}, {metric} {eval_metric:.2f}")
     print(f"checkpoint {save_path}; tensorboard --logdir {log_dir}; watch the policy: "
           f"python spirl_sac.py --evaluate {save_path} --capture-video")
     return {"checkpoint": save_path, "global_step": global_step, "grad_steps": grad_steps, "eval_return": eval_return,

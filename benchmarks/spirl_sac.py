@@ -32,7 +32,7 @@ class Args:
     mode: Literal["explore", "explore_figure", "speed", "run", "near_goal"] = "explore"
     """explore: Fig. 5 coverage comparison; explore_figure: redraw its side-by-side figure from <out_dir>/<name>.json and
     the single panels; speed: throughput of a short training run; run: summary of a
-    training run (success per env-step bin from its tensorboard log, deterministic episodes of its checkpoint drawn);
+    training run (success per env-step bin from its tensorboard log, evaluation episodes of its checkpoint drawn);
     near_goal: a spirl_sac.py training run on the downstream maze with the goal moved to --goal-cell (a diagnostic)"""
     skill_model: Optional[str] = None
     """skill model of spirl_vae.py --env maze; None: checkpoints/skill_model_maze.pt"""
@@ -49,7 +49,7 @@ class Args:
     run_dir: Optional[str] = None
     """run mode: the run's tensorboard directory (runs/<run>)"""
     checkpoint: Optional[str] = None
-    """run mode: the run's checkpoint, whose deterministic policy is drawn"""
+    """run mode: the run's checkpoint, whose policy is drawn (spirl_sac.py --evaluate: sampled skills)"""
     goal_radius: Optional[float] = None
     """run mode: the goal radius the run was trained with (its --goal-radius; None: the env's default 1.0)"""
     goal_cell: Tuple[int, int] = (19, 18)
@@ -161,7 +161,7 @@ def summarize_run(args):
         if s:
             print(f"| {lo // 1000}k-{(lo + args.bin_env_steps) // 1000}k | {len(s)} | {int(sum(s))} | {np.mean(r):.1f} |")
     if "eval/success" in events.Tags()["scalars"]:
-        print("eval (deterministic policy): " + ", ".join(f"{e.step}: success {e.value:.2f}" for e in events.Scalars("eval/success")))
+        print("eval (evaluation episodes as logged): " + ", ".join(f"{e.step}: success {e.value:.2f}" for e in events.Scalars("eval/success")))
     if args.checkpoint:
         out = spirl_sac.main(spirl_sac.Args(env="maze", evaluate=args.checkpoint, eval_episodes=3, goal_radius=args.goal_radius))
         env = maze.make_env(seed=0)
@@ -170,7 +170,7 @@ def summarize_run(args):
         png = os.path.join(args.out_dir, f"{args.name}_policy.png")
         maze.save_trajectories_png(env.layout, episodes, png, start_xy=maze.cell_to_world(env.start_cell, env.layout.shape),
                                    goal_xy=env.goal_xy)
-        print(f"deterministic policy episodes drawn -> {png}")
+        print(f"evaluation episodes drawn -> {png}")
 
 
 def near_goal(args):

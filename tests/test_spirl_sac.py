@@ -444,7 +444,7 @@ def test_kitchen_subtask_order_flag():
 def test_main_wiring(tmp_path, monkeypatch, prior_init):
     """What main() passes on: the warm-up counted in skills, gamma / tau / delta / the KL reduction per H-step
     transition, the policy initialised from the prior, the prior's Gaussian stored for s, skills squashed into
-    [-2, 2] in training and evaluation, and the evaluation's deterministic skill 2 tanh(mu(normalised s))."""
+    [-2, 2] in training and evaluation, and --eval-deterministic's mean skill 2 tanh(mu(normalised s))."""
     env = maze_env()
     monkeypatch.chdir(tmp_path)
     write_skill_model("skill.pt", "maze", env, prior_input="state", horizon=5)
@@ -474,7 +474,7 @@ def test_main_wiring(tmp_path, monkeypatch, prior_init):
     out = spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill.pt", total_env_steps=150, learning_starts=10,
                                         batch_size=8, gamma=0.8, tau=0.2, delta=0.7, kl_reduction="mean",
                                         eval_interval=0, eval_episodes=1, save_path="run/sac.pt", prior_init=prior_init,
-                                        omega_constant_steps=0, omega_anneal_steps=1))
+                                        omega_constant_steps=0, omega_anneal_steps=1, eval_deterministic=True))
     train_env = skills[0][0]
     train = [z for env_id, _, z in skills if env_id == train_env]
     evaluation = [(state, z) for env_id, state, z in skills if env_id != train_env]
@@ -524,3 +524,38 @@ def test_final_line_reports_the_training_episodes_of_the_last_tenth(tmp_path, mo
     # 80 training skills of 5 env steps; episodes end after skills 4, 8, ..., 80, the last 10 % (> 360 env steps)
     # holds the episodes ending at skills 76 and 80 (the evaluation's skills come after and end no training episode)
     assert out["training_success"] == pytest.approx((0.76 + 0.80) / 2)
+
+
+def test_evaluation_samples_skills_reproducibly_by_default(tmp_path, monkeypatch):
+    """Evaluation samples z ~ pi(z|s) (as the authors' agent does), from its own stream: the same skills for the
+    same checkpoint and seed, and not the mean skill; --eval-deterministic gives the mean skill."""
+    env = maze_env()
+    monkeypatch.chdir(tmp_path)
+    write_skill_model("skill.pt", "maze", env, prior_input="state", horizon=5)
+    spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill.pt", total_env_steps=100, learning_starts=10,
+                                  batch_size=8, eval_interval=0, eval_episodes=1, save_path="run/sac.pt"))
+    real_execute = spirl_sac.execute_skill
+
+    def skills_of(**flags):
+        skills = []
+
+        def recording(env, obs, skill, *rest):
+            skills.append((obs["state"].copy(), np.array(skill)))
+            return real_execute(env, obs, skill, *rest)
+
+        monkeypatch.setattr(spirl_sac, "execute_skill", recording)
+        spirl_sac.main(spirl_sac.Args(env="maze", evaluate="run/sac.pt", eval_episodes=1, **flags))
+        return skills[:20]
+
+    sampled, again, mean = skills_of(), skills_of(), skills_of(eval_deterministic=True)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(sampled, again))  # reproducible
+    saved = torch.load("run/sac.pt", weights_only=False)
+    _, prior, meta = spirl_sac.build_skill_model(saved["skill_model"], "maze", env)
+    policy = make_policy(prior, meta, prior_init=False)
+    policy.load_state_dict(saved["policy"])
+    for samples, is_mean in ((sampled, False), (mean, True)):
+        state, z = samples[0]
+        with torch.no_grad():
+            mu, _ = policy(torch.as_tensor((state - meta["state_mean"]) / meta["state_std"])[None])
+        assert np.allclose(z, 2.0 * np.tanh(mu[0].numpy()), atol=1e-5) == is_mean
+        assert np.abs(np.stack([s[1] for s in samples])).max() <= 2.0

@@ -92,7 +92,7 @@ def test_short_run_says_it_ends_in_warm_up_and_evaluate_writes_next_to_checkpoin
     assert "--total-env-steps 50 ends inside the warm-up (--learning-starts 20 skills = 100 env steps at H = 5)" in out
     assert "checkpoint -> run/sac.pt" in out and "replay buffer: up to 10 transitions" in out
     assert "elapsed, eta" in out
-    assert "final eval (1 deterministic episode)" in out
+    assert "final eval (1 episode, sampled skills)" in out
     assert "checkpoint run/sac.pt; tensorboard --logdir runs/" in out
     assert "watch the policy: python spirl_sac.py --evaluate run/sac.pt --capture-video" in out
 
