@@ -764,6 +764,8 @@ def main(args):
         print(f"evaluate {args.evaluate} (trained {eval_ckpt['global_step']} env steps): {episodes_text}, "
               f"mean return {mean_return:.2f}, mean {metric} {mean_metric:.2f}")
         print(f"wrote {out} (each episode's states)" + (f" and {video} (first episode)" if video and os.path.isfile(video) else ""))
+        env.close()
+        eval_env.close()  # frees the renderer's GL context while its display is still up
         return {"return": mean_return, metric: mean_metric, "path": out}
 
     if args.explore is not None:  # Fig. 5: where do skills sampled from the prior / uniformly lead?
