@@ -94,7 +94,7 @@ class Args:
     aggregate: bool = False
     """read every finished run under the sweep directories and write --results-json, --results-md and figures; no runs"""
     sweeps: Tuple[str, ...] = ()
-    """--aggregate: sweep directories to read; empty: --root/<preset> of every preset"""
+    """--aggregate: sweep directories to read; empty: every directory under --root (presets and --name sweeps)"""
     results_json: str = "docs/results.json"
     """--aggregate: output list of finished runs"""
     results_md: str = "docs/results.md"
@@ -690,7 +690,7 @@ def write_markdown(results, figures, path):
 
 def main(args):
     if args.aggregate:
-        sweep_dirs = list(args.sweeps) or [os.path.join(args.root, preset) for preset in PRESETS]
+        sweep_dirs = list(args.sweeps) or sorted(glob.glob(os.path.join(args.root, "*")))  # every sweep under --root
         return aggregate([d for d in sweep_dirs if os.path.isdir(d)], args.results_json, args.results_md,
                          args.figures_dir, args.curve_points)
     if args.preset is None and not args.scripts:
