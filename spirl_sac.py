@@ -276,9 +276,10 @@ class Critic(nn.Module):
         return self.mlp(torch.cat([state, skill], dim=-1)).squeeze(-1)  # (B,)
 
 
-def squashed_sample(mu, log_sigma):
-    """Reparameterised skill sample z = 2 tanh(u), u ~ N(mu, sigma) (B.2's tanh squashing to [-2, 2])."""
-    u = mu + log_sigma.exp() * torch.randn_like(mu)
+def squashed_sample(mu, log_sigma, generator=None):
+    """Reparameterised skill sample z = 2 tanh(u), u ~ N(mu, sigma) (B.2's tanh squashing to [-2, 2]);
+    `generator`: a random stream of its own (evaluation), else torch's global one."""
+    u = mu + log_sigma.exp() * torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
     return SKILL_RANGE * torch.tanh(u)
 
 
@@ -724,9 +725,9 @@ def main(args):
     def evaluation_skill(obs, generator):
         with torch.no_grad():
             mu, log_sigma = policy(policy_input(obs))
-        if not args.eval_deterministic:  # z ~ pi(z|s), from the evaluation's own random stream
-            mu = mu + log_sigma.exp() * torch.randn(mu.shape, generator=generator, device=mu.device)
-        return (SKILL_RANGE * torch.tanh(mu))[0].cpu().numpy()  # squashed as in training
+        # z ~ pi(z|s) from the evaluation's own random stream, or the mean skill; squashed as in training
+        z = SKILL_RANGE * torch.tanh(mu) if args.eval_deterministic else squashed_sample(mu, log_sigma, generator)
+        return z[0].cpu().numpy()
 
     def evaluate(num_episodes, video_path=None):
         """Episodes of the policy -> (mean return, mean final metric, [each episode's states]). Sampled skills draw
