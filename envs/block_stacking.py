@@ -21,11 +21,19 @@ Observation dict:
 * ``"image"`` uint8 (6, 32, 32): the last two 32x32 RGB front views, oldest first, each a 0.48 m x
   0.48 m window centred on the gripper (x in gx +- 0.24, z in gz - 0.30 .. gz + 0.18).
 
-Reward per step (appendix C): 1[a block is lifted from the ground: held between the closed fingers
-with its bottom >= 2 cm above the table] + 1[some block rests on top of another block] +
-blocks_stacked, where ``info["blocks_stacked"]`` = (height in blocks of the highest supported tower)
-- 1, i.e. the number of blocks stacked on a ground block (a lone block: 0; a 3-block tower: 2), the
-authors' "final height" and the paper's "# blocks stacked".
+Reward per step, as the authors' code computes it (their ``HighStackBlockStackEnv``, which produced the
+paper's numbers; appendix C describes it as "per-timestep binary rewards for lifting a block from the ground
+and moving it on top of another block" plus "a reward proportional to the height of the highest stacked
+tower"): every block earns 1 per step from the first time the agent lifted it (held between the closed
+fingers, bottom >= 2 cm above the table) and 2 per step from the first time, after that, it was above another
+block; these flags stay set for the rest of the episode. Plus 4 per block of height of the highest supported
+block the agent has lifted (the authors' 50 per metre of height with their 8 cm blocks). Because the flags
+stick, holding a block in the air earns nothing more than putting it down: only new blocks and a taller
+tower raise the reward. ``info["blocks_stacked"]`` = (height in blocks of the highest supported tower) - 1,
+i.e. the number of blocks stacked on a ground block (a lone block: 0; a 3-block tower: 2), the authors'
+"final height" and the paper's "# blocks stacked" (the metric); ``info["lifted"]`` / ``info["stacked"]``:
+some block is held in the air / rests on another block now; ``info["blocks_lifted"]`` /
+``info["blocks_delivered"]``: how many blocks carry each flag.
 
 Data: ``python -m envs.block_stacking --num-trajectories N --out PATH [--random-fraction F]`` runs the
 noisy scripted stacking policy (pick, lift, carry, lower, release; 1-3 stacks per trajectory,
@@ -51,6 +59,8 @@ METRIC = "blocks_stacked"
 DEFAULT_PRIOR_INPUT = "image"  # appendix C: the prior sees two stacked 32x32 front views
 DEFAULT_DATASET = Path("data") / "block_stacking.hdf5"  # relative to the current directory, like runs/ and checkpoints/
 DEFAULT_NUM_TRAJECTORIES = 400
+LIFTED_REWARD, DELIVERED_REWARD = 1.0, 2.0  # per step and per block, from the first lift / delivery on (authors)
+HEIGHT_REWARD_PER_BLOCK = 4.0  # the authors' 50 per metre of tower height x their 8 cm blocks
 
 HALF = 0.03  # block half size: 6 cm cubes
 STEP_SCALE = 0.025  # metres of carriage target displacement per unit action
@@ -218,6 +228,7 @@ class BlockStackingEnv(gym.Env):
             spaces["image"] = gym.spaces.Box(0, 255, (6, 32, 32), np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
         self._frames, self._t = None, 0
+        self._lifted_flags = self._delivered_flags = np.zeros(num_blocks, dtype=bool)
 
     # --- state, image, reward -------------------------------------------------------------------
     def state(self) -> np.ndarray:
@@ -240,16 +251,35 @@ class BlockStackingEnv(gym.Env):
             obs["image"] = np.concatenate(self._frames)  # (6, 32, 32), oldest first
         return obs
 
-    def task_info(self, state) -> dict:
-        """blocks_stacked, lifted and stacked flags of ``state`` (the reward's terms)."""
+    @staticmethod
+    def _held(state, heights) -> np.ndarray:
+        """(N,) bool: the block is between the closed fingers and not resting on the table or a tower."""
         gx, gz, opening = state[:3]
         blocks = state[3:].reshape(-1, 3)
-        heights = tower_heights(blocks)
-        held = ((np.abs(blocks[:, 0] - gx) < 0.5 * HALF) & (np.abs(blocks[:, 1] - gz) < HALF)
+        return ((np.abs(blocks[:, 0] - gx) < 0.5 * HALF) & (np.abs(blocks[:, 1] - gz) < HALF)
                 & (opening < 0.6) & (heights == 0))
-        lifted = bool((held & (blocks[:, 1] - HALF > 0.02)).any())
+
+    def task_info(self, state) -> dict:
+        """blocks_stacked (the metric), and whether a block is lifted / stacked in ``state``."""
+        blocks = state[3:].reshape(-1, 3)
+        heights = tower_heights(blocks)
+        lifted = bool((self._held(state, heights) & (blocks[:, 1] - HALF > 0.02)).any())
         blocks_stacked = int(max(heights.max() - 1, 0))
         return {"blocks_stacked": blocks_stacked, "lifted": lifted, "stacked": blocks_stacked > 0}
+
+    def _reward(self, state) -> float:
+        """The authors' per-step reward (module docstring); updates the episode's lifted / delivered flags."""
+        blocks = state[3:].reshape(-1, 3)
+        heights = tower_heights(blocks)
+        self._lifted_flags |= self._held(state, heights) & (blocks[:, 1] - HALF > 0.02)
+        dx = np.abs(blocks[:, None, 0] - blocks[None, :, 0])  # (N, N): block i vs block j
+        dz = blocks[:, None, 1] - blocks[None, :, 1]
+        above_another = ((dx < HALF) & (dz > 2 * HALF - 0.005)).any(axis=1)  # over some other block, higher up
+        self._delivered_flags |= self._lifted_flags & above_another
+        flags = np.where(self._delivered_flags, DELIVERED_REWARD, np.where(self._lifted_flags, LIFTED_REWARD, 0.0))
+        built = (heights > 0) & self._lifted_flags  # supported blocks the agent has placed
+        height = max(((blocks[built, 1] - HALF) / (2 * HALF)).max(initial=0.0), 0.0)  # in blocks above the ground
+        return float(flags.sum() + HEIGHT_REWARD_PER_BLOCK * height)
 
     # --- gym API ----------------------------------------------------------------------------------
     def _sample_layout(self, rng) -> np.ndarray:
@@ -283,6 +313,7 @@ class BlockStackingEnv(gym.Env):
         self.data.ctrl[:] = [q[0], q[1], FINGER_OPEN, FINGER_OPEN]
         mujoco.mj_step(self.model, self.data, nstep=SUBSTEPS)  # let the blocks settle (<0.1 mm gaps)
         self._t = 0
+        self._lifted_flags, self._delivered_flags = np.zeros((2, self.num_blocks), dtype=bool)
         state = self.state()
         if self.image_obs:
             frame = self._frame(state)
@@ -306,9 +337,9 @@ class BlockStackingEnv(gym.Env):
         state = self.state()
         if self.image_obs:
             self._frames = [self._frames[1], self._frame(state)]
-        info = self.task_info(state)
-        # appendix C: binary lift and stack rewards plus a reward proportional to the tower height
-        reward = float(info["lifted"]) + float(info["stacked"]) + info["blocks_stacked"]
+        reward = self._reward(state)
+        info = {**self.task_info(state), "blocks_lifted": int(self._lifted_flags.sum()),
+                "blocks_delivered": int(self._delivered_flags.sum())}
         truncated = self._t >= self.max_episode_steps
         return self._obs(state), reward, False, truncated, info
 

@@ -81,27 +81,52 @@ def test_five_block_tower_stands_still_for_200_steps():
     assert info["blocks_stacked"] == 4
 
 
-def test_rewards_fire_as_specified_on_a_scripted_episode():
+def test_rewards_fire_as_the_authors_env_computes_them_on_a_scripted_episode():
     env = two_block_env(image_obs=False)
     place_blocks(env, [[-0.2, H, 0.0], [0.2, H, 0.0]])
     assert env.task_info(env.state()) == {"blocks_stacked": 0, "lifted": False, "stacked": False}
-    records, _ = run_scripted_stack(env)
+    records, (source, target) = run_scripted_stack(env)
     rewards = np.array([r[1] for r in records])
     lifted = np.array([r[2]["lifted"] for r in records])
+    delivered = np.array([r[2]["blocks_delivered"] for r in records]) > 0
     stacked = np.array([r[2]["stacked"] for r in records])
-    # before the grasp nothing is rewarded; carrying is worth 1 (lift), a 2-block tower 1 + 1
-    first_lift = np.argmax(lifted)
+    # nothing before the grasp; from the lift on, the block earns 1 per step, 2 once it has been above the other
+    first_lift, first_delivery, first_stack = np.argmax(lifted), np.argmax(delivered), np.argmax(stacked)
+    assert 0 < first_lift < first_delivery < first_stack and lifted.sum() > 10
     assert (rewards[:first_lift] == 0).all()
-    assert (rewards[lifted & ~stacked] == 1).all() and lifted.sum() > 10
-    first_stack = np.argmax(stacked)
-    assert len(stacked) - first_stack > 5 and stacked[first_stack:].all() and (rewards[first_stack:] == 2).all()
-    assert not (lifted & stacked).any()  # a placed block is supported, no longer "lifted"
-    # the tower term grows with height: 3 blocks -> stacked (1) + 2 blocks stacked
-    env3 = bs.BlockStackingEnv(num_blocks=4, layout="ground", half_width=0.4, layout_seed=None, image_obs=False)
-    env3.reset(seed=0)
-    place_blocks(env3, [[0.0, H, 0], [0.0, 3 * H + 1e-4, 0], [0.0, 5 * H + 2e-4, 0], [0.25, H, 0]])
-    _, reward, terminated, _, info = env3.step(np.array([0.0, 0.0, 1.0]))
-    assert info["blocks_stacked"] == 2 and reward == 3.0 and not terminated
+    assert (rewards[first_lift:first_delivery] == bs.LIFTED_REWARD).all()
+    assert (rewards[first_delivery:first_stack] == bs.DELIVERED_REWARD).all()
+    # carrying is worth no more than what the block already earned: the carry before the delivery pays 1
+    assert lifted[first_lift:first_delivery].all()
+    # the placed block adds 4 per block of tower height (one block: ~4)
+    assert stacked[first_stack:].all() and len(stacked) - first_stack > 5
+    np.testing.assert_allclose(rewards[-5:], bs.DELIVERED_REWARD + bs.HEIGHT_REWARD_PER_BLOCK, atol=0.02)
+    assert records[-1][2]["blocks_lifted"] == 1 and records[-1][2]["blocks_delivered"] == 1
+    # the flags stick for the episode: put the block back on the ground, the tower term goes, the 2 stays
+    state = env.state()
+    blocks = state[3:].reshape(-1, 3).copy()
+    blocks[source] = [-0.2, H, 0.0]
+    place_blocks(env, blocks, gripper_xz=(0.0, 0.5))
+    _, reward, _, _, info = env.step(np.array([0.0, 0.0, 1.0]))
+    assert info["blocks_stacked"] == 0 and reward == bs.DELIVERED_REWARD
+    env.reset(seed=1)  # a new episode starts without flags
+    _, reward, _, _, info = env.step(np.array([0.0, 0.0, 1.0]))
+    assert reward == 0.0 and info["blocks_lifted"] == 0
+
+
+def test_tower_term_counts_only_blocks_the_agent_placed_and_grows_with_height():
+    env = bs.BlockStackingEnv(num_blocks=4, layout="ground", half_width=0.4, layout_seed=None, image_obs=False)
+    env.reset(seed=0)
+    tower = [[0.0, H, 0], [0.0, 3 * H + 1e-4, 0], [0.0, 5 * H + 2e-4, 0], [0.25, H, 0]]
+    place_blocks(env, tower)
+    _, reward, terminated, _, info = env.step(np.array([0.0, 0.0, 1.0]))
+    assert info["blocks_stacked"] == 2 and reward == 0.0 and not terminated  # a tower the agent did not build
+    env._lifted_flags[:] = True  # as if the agent had lifted every block (and delivered none)
+    _, reward, _, _, info = env.step(np.array([0.0, 0.0, 1.0]))
+    # 4 lift flags, the two upper blocks now above another block (delivered, 2 each), and a 2-block-high tower
+    assert info["blocks_delivered"] == 2
+    np.testing.assert_allclose(reward, 2 * bs.LIFTED_REWARD + 2 * bs.DELIVERED_REWARD + 2 * bs.HEIGHT_REWARD_PER_BLOCK,
+                               atol=0.01)
 
 
 def test_views_have_the_right_shape_and_follow_the_blocks():
