@@ -19,6 +19,14 @@
    downstream env: whole 1000-step episodes of skills sampled from the prior and decoded (``spirl_sac.py
    --explore prior``, no learning), with the highest tower (blocks_stacked) at each episode's end and at its
    best, and the fraction of steps with a block lifted / on another block.
+
+    python benchmarks/block_stacking.py --policy-rollouts runs/<spirl_sac run>/spirl_sac.pt --policy-episodes 4
+
+4. (only this) what a trained SPiRL policy does: ``spirl_sac.py --evaluate`` episodes of the checkpoint (skills
+   sampled from the policy, as in training), then per episode the highest tower at the end and at its best, the
+   first step with a 3-block tower, and how often a block is held in the air: over the episode, after the first
+   3-block tower, and in its last 300 steps (a policy that keeps a block in the gripper instead of placing it
+   shows up here).
 """
 
 import os
@@ -49,6 +57,10 @@ class Args:
     """a block-stacking skill model (spirl_vae.py --env block_stacking): measure only its prior's rollouts"""
     prior_episodes: int = 20
     """--prior-rollouts: 1000-step episodes of prior skills"""
+    policy_rollouts: Optional[str] = None
+    """a spirl_sac.py checkpoint of block stacking: measure only its policy's episodes (spirl_sac.py --evaluate)"""
+    policy_episodes: int = 4
+    """--policy-rollouts: evaluation episodes (written next to the checkpoint as <checkpoint>_evaluate.npz)"""
 
 
 def prior_rollouts(skill_model, episodes, seed):
@@ -71,6 +83,24 @@ def prior_rollouts(skill_model, episodes, seed):
         stacked = np.array([i["blocks_stacked"] for i in info])
         rows.append({"final": int(stacked[-1]), "best": int(stacked.max()),
                      "lifted": float(np.mean([i["lifted"] for i in info])), "on_block": float(np.mean(stacked > 0))})
+    return rows
+
+
+def policy_rollouts(checkpoint, episodes):
+    """Per-episode figures of a trained policy's evaluation episodes (spirl_sac.py --evaluate)."""
+    import spirl_sac
+
+    env = bs.make_env(seed=0, image_obs=False)
+    out = spirl_sac.main(spirl_sac.Args(evaluate=checkpoint, eval_episodes=episodes))
+    rows = []
+    with np.load(out["path"]) as saved:
+        for key in sorted(saved.files, key=lambda k: int(k.split("_")[-1])):
+            info = [env.task_info(s) for s in saved[key]]  # the reset state, then one per env step
+            stacked, lifted = np.array([i["blocks_stacked"] for i in info]), np.array([i["lifted"] for i in info])
+            first_tower = int(np.argmax(stacked >= 2)) if (stacked >= 2).any() else None
+            rows.append({"final": int(stacked[-1]), "best": int(stacked.max()), "first_3_block_tower": first_tower,
+                         "lifted": float(lifted.mean()), "lifted_last_300": float(lifted[-300:].mean()),
+                         "lifted_after_tower": float(lifted[first_tower:].mean()) if first_tower is not None else None})
     return rows
 
 
@@ -131,6 +161,18 @@ if __name__ == "__main__":
               f"the end {final.mean():.2f} (max {final.max()}), best during the episode {best.mean():.2f} (max {best.max()}); "
               f"episodes with any stack {np.mean(best > 0):.2f}; steps with a block lifted "
               f"{np.mean([r['lifted'] for r in rows]):.3f}, with a block on another {np.mean([r['on_block'] for r in rows]):.3f}; "
+              f"{time.perf_counter() - start:.0f} s")
+        sys.exit(0)
+    if args.policy_rollouts:
+        start = time.perf_counter()
+        rows = policy_rollouts(args.policy_rollouts, args.policy_episodes)
+        for k, r in enumerate(rows):
+            after = "-" if r["lifted_after_tower"] is None else f"{r['lifted_after_tower']:.2f}"
+            print(f"episode {k}: blocks_stacked at the end {r['final']}, best {r['best']}, first 3-block tower at step "
+                  f"{r['first_3_block_tower']}; steps with a block lifted {r['lifted']:.2f}, after the first 3-block "
+                  f"tower {after}, in the last 300 steps {r['lifted_last_300']:.2f}")
+        final = np.array([r["final"] for r in rows])
+        print(f"policy {args.policy_rollouts}, {len(rows)} episodes: blocks_stacked at the end {final.mean():.2f}; "
               f"{time.perf_counter() - start:.0f} s")
         sys.exit(0)
     envs_under_test = {"training env, 5 blocks (random stacks)": bs.training_env(image_obs=False),
