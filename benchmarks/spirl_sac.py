@@ -29,11 +29,10 @@ SAMPLER_NAMES = {"prior": "skills from the learned prior", "uniform": "uniform s
 
 @dataclass
 class Args:
-    mode: Literal["explore", "explore_figure", "speed", "run", "near_goal"] = "explore"
+    mode: Literal["explore", "explore_figure", "speed", "run"] = "explore"
     """explore: Fig. 5 coverage comparison; explore_figure: redraw its side-by-side figure from <out_dir>/<name>.json and
     the single panels; speed: throughput of a short training run; run: summary of a
-    training run (success per env-step bin from its tensorboard log, evaluation episodes of its checkpoint drawn);
-    near_goal: a spirl_sac.py training run on the downstream maze with the goal moved to --goal-cell (a diagnostic)"""
+    training run (success per env-step bin from its tensorboard log, evaluation episodes of its checkpoint drawn)"""
     skill_model: Optional[str] = None
     """skill model of spirl_vae.py --env maze; None: checkpoints/skill_model_maze.pt"""
     explore_env_steps: int = 40_000
@@ -52,10 +51,6 @@ class Args:
     """run mode: the run's checkpoint, whose policy is drawn (spirl_sac.py --evaluate: sampled skills)"""
     goal_radius: Optional[float] = None
     """run mode: the goal radius the run was trained with (its --goal-radius; None: the env's default 1.0)"""
-    goal_cell: Tuple[int, int] = (19, 18)
-    """near_goal mode: the goal cell (row, col); (19, 18) is 24 BFS cells from the start, inside the prior's reach"""
-    total_env_steps: int = 300_000
-    """near_goal mode: env steps of the training run"""
     bin_env_steps: int = 50_000
     """run mode: width of the env-step bins of the success table"""
     speed_env_steps: int = 6000
@@ -173,17 +168,9 @@ def summarize_run(args):
         print(f"evaluation episodes drawn -> {png}")
 
 
-def near_goal(args):
-    maze.DOWNSTREAM_GOAL = tuple(args.goal_cell)  # maze.make_env reads its default goal from here at each call
-    spirl_sac.main(spirl_sac.Args(env="maze", skill_model=args.skill_model, seed=args.seeds[0], total_env_steps=args.total_env_steps,
-                                  exp_name=f"near_goal_{args.goal_cell[0]}_{args.goal_cell[1]}", checkpoint_interval=50_000,
-                                  progress_interval=5000))
-
-
 if __name__ == "__main__":
     args = tyro.cli(Args)
     try:
-        {"explore": explore, "explore_figure": redraw_explore_figure, "speed": speed, "run": summarize_run,
-         "near_goal": near_goal}[args.mode](args)
+        {"explore": explore, "explore_figure": redraw_explore_figure, "speed": speed, "run": summarize_run}[args.mode](args)
     except spirl_sac.SetupError as e:
         sys.exit(f"benchmarks/spirl_sac.py: error: {e}")
