@@ -92,6 +92,10 @@ class Args:
     """Adam learning rate of log alpha (B.2)"""
     alpha_init: float = 1.0
     """initial alpha (log alpha = 0, as standard SAC and the authors' code)"""
+    alpha_min: Optional[float] = None
+    """floor of alpha (the authors' agent option `alpha_min`; None, their default: no floor). While the policy stays
+    at the prior (KL < delta) alpha keeps shrinking; a floor bounds how far the KL can overshoot delta when reward
+    first pulls the policy away"""
     critic_layers: Optional[int] = None
     """hidden blocks n of each critic MLP as the authors' builder counts them (input layer, n blocks, head: n + 1
     hidden layers); None: their configs' n (maze and block_stacking 2, kitchen 5)"""
@@ -298,15 +302,18 @@ def prior_divergence(mu_pi, log_sigma_pi, mu_prior, log_sigma_prior, reduction="
 
 
 def sac_update(batch, policy, qf1, qf2, qf1_target, qf2_target, log_alpha,
-               policy_optimizer, q_optimizer, alpha_optimizer, gamma, tau, delta, kl_reduction="sum"):
+               policy_optimizer, q_optimizer, alpha_optimizer, gamma, tau, delta, kl_reduction="sum", alpha_min=None):
     """One gradient step of Algorithm 1 (lines 9-13) on a batch of high-level transitions.
 
     batch: dict of tensors -- policy_obs / next_policy_obs (what the policy and prior see), critic_obs /
     next_critic_obs (normalised low-dim state), skill (B, d), reward (B,) = sum of the H rewards, done (B,)
     = 1 only at a true terminal, and the frozen prior's Gaussian at s and s' (prior_mu, prior_log_sigma,
-    next_prior_mu, next_prior_log_sigma; computed once when the transition was stored).
+    next_prior_mu, next_prior_log_sigma; computed once when the transition was stored). alpha_min: alpha's floor
+    (None: none), applied as the authors do, to the alpha every loss uses, so log alpha stops below it.
     """
-    alpha = log_alpha.exp().detach()
+    # alpha, floored at alpha_min as the authors' agent does (below the floor the clamp passes log alpha no gradient)
+    alpha_t = log_alpha.exp() if alpha_min is None else log_alpha.exp().clamp(min=alpha_min)
+    alpha = alpha_t.detach()
 
     # Alg. 1 line 9: Q-target; alpha * KL(pi || p_a) at s' takes the place of SAC's entropy bonus
     with torch.no_grad():
@@ -345,7 +352,7 @@ def sac_update(batch, policy, qf1, qf2, qf1_target, qf2_target, log_alpha,
 
     # Alg. 1 line 12, with the sign of appendix A (the algorithm box has it flipped): minimise
     # alpha * (delta - KL) over log alpha, so alpha grows while KL > delta and shrinks while KL < delta
-    alpha_loss = (log_alpha.exp() * (delta - kl.detach())).mean()
+    alpha_loss = (alpha_t * (delta - kl.detach())).mean()
     alpha_optimizer.zero_grad()
     alpha_loss.backward()
     alpha_optimizer.step()
@@ -359,7 +366,7 @@ def sac_update(batch, policy, qf1, qf2, qf1_target, qf2_target, log_alpha,
     return {
         "q_target": q_target, "qf1_values": q1.mean().item(), "qf2_values": q2.mean().item(),
         "qf_loss": qf_loss.item(), "policy_loss": policy_loss.item(), "alpha_loss": alpha_loss.item(),
-        "alpha": log_alpha.exp().item(), "kl": kl.mean().item(),
+        "alpha": max(log_alpha.exp().item(), alpha_min or 0.0), "kl": kl.mean().item(),
     }
 
 
@@ -634,6 +641,8 @@ def resolve_args(args):
             raise SetupError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.alpha_init <= 0:
         raise SetupError(f"--alpha-init must be > 0, got {args.alpha_init}")
+    if args.alpha_min is not None and args.alpha_min <= 0:
+        raise SetupError(f"--alpha-min must be > 0 (or omitted: no floor), got {args.alpha_min}")
     if args.goal_radius is not None and (args.env != "maze" or args.goal_radius <= 0):
         raise SetupError(f"--goal-radius {args.goal_radius}: only the maze has a goal radius, and it must be > 0")
     return args, saved
@@ -921,7 +930,7 @@ def main(args):
                 batch = rb.sample(args.batch_size, rng)
                 info_update = sac_update(batch, policy, qf1, qf2, qf1_target, qf2_target, log_alpha, policy_optimizer,
                                          q_optimizer, alpha_optimizer, args.gamma, args.tau, args.delta,
-                                         args.kl_reduction)
+                                         args.kl_reduction, args.alpha_min)
                 grad_steps += 1
             update_time += time.time() - t1
             if high_level_steps % args.log_interval == 0:

@@ -158,6 +158,36 @@ def test_update_equals_plain_reference_computation():
     assert not torch.equal(expected["policy"][0], reference_nets[0].state_dict()["mlp.0.weight"])  # it did move
 
 
+def test_alpha_floor_is_the_alpha_of_every_loss_and_stops_log_alpha_below_it():
+    """--alpha-min, as the authors' alpha_min: the losses use max(alpha, floor); below the floor log alpha gets
+    no gradient (it stays put), above it the update is the plain one."""
+    def update(log_alpha_value, alpha_min):
+        nets = make_nets()
+        with torch.no_grad():
+            nets[6].fill_(log_alpha_value)
+        prior, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, _ = nets
+        sgd = lambda params: torch.optim.SGD(params, lr=0.1)
+        batch = make_batch(prior, prior_shift=0.3)
+        torch.manual_seed(5)
+        info = sac_update(batch, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, sgd(policy.parameters()),
+                          sgd(list(qf1.parameters()) + list(qf2.parameters())), sgd([log_alpha]), 0.9, 0.1, 1.0,
+                          alpha_min=alpha_min)
+        return info, log_alpha.item(), policy.state_dict()
+
+    floored, log_alpha_after, policy_floored = update(np.log(0.01), alpha_min=0.2)
+    at_floor, _, policy_at_floor = update(np.log(0.2), alpha_min=None)
+    assert log_alpha_after == pytest.approx(np.log(0.01))  # no gradient below the floor
+    assert floored["alpha"] == pytest.approx(0.2)
+    torch.testing.assert_close(floored["q_target"], at_floor["q_target"])  # the target used alpha = 0.2
+    assert floored["policy_loss"] == pytest.approx(at_floor["policy_loss"], rel=1e-6)
+    for k, v in policy_floored.items():
+        torch.testing.assert_close(v, policy_at_floor[k])
+    above, log_alpha_above, _ = update(np.log(0.5), alpha_min=0.2)
+    plain, log_alpha_plain, _ = update(np.log(0.5), alpha_min=None)
+    assert log_alpha_above == pytest.approx(log_alpha_plain) != pytest.approx(np.log(0.5))
+    torch.testing.assert_close(above["q_target"], plain["q_target"])
+
+
 def test_actor_loss_value_and_its_gradient_through_the_critics():
     nets = make_nets()
     prior, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, (po, qo, ao) = nets
@@ -442,9 +472,9 @@ def test_kitchen_subtask_order_flag():
 
 @pytest.mark.parametrize("prior_init", [True, False])
 def test_main_wiring(tmp_path, monkeypatch, prior_init):
-    """What main() passes on: the warm-up counted in skills, gamma / tau / delta / the KL reduction per H-step
-    transition, the policy initialised from the prior, the prior's Gaussian stored for s, skills squashed into
-    [-2, 2] in training and evaluation, and --eval-deterministic's mean skill 2 tanh(mu(normalised s))."""
+    """What main() passes on: the warm-up counted in skills, gamma / tau / delta / the KL reduction / alpha's floor
+    per H-step transition, the policy initialised from the prior, the prior's Gaussian stored for s, skills squashed
+    into [-2, 2] in training and evaluation, and --eval-deterministic's mean skill 2 tanh(mu(normalised s))."""
     env = maze_env()
     monkeypatch.chdir(tmp_path)
     write_skill_model("skill.pt", "maze", env, prior_input="state", horizon=5)
@@ -457,10 +487,11 @@ def test_main_wiring(tmp_path, monkeypatch, prior_init):
     real_update, real_execute = spirl_sac.sac_update, spirl_sac.execute_skill
 
     def recording_update(batch, policy, *rest):
-        gamma, tau, delta, kl_reduction = rest[-4:]
+        gamma, tau, delta, kl_reduction, alpha_min = rest[-5:]
         with torch.no_grad():
             mu, log_sigma = policy(batch["policy_obs"])
-        updates.append({"gamma": gamma, "tau": tau, "delta": delta, "kl_reduction": kl_reduction, "skills": len(skills),
+        updates.append({"gamma": gamma, "tau": tau, "delta": delta, "kl_reduction": kl_reduction, "alpha_min": alpha_min,
+                        "skills": len(skills),
                         "policy_is_prior": bool(torch.allclose(mu, batch["prior_mu"], atol=1e-5)
                                                 and torch.allclose(log_sigma, batch["prior_log_sigma"], atol=1e-5))})
         return real_update(batch, policy, *rest)
@@ -474,13 +505,15 @@ def test_main_wiring(tmp_path, monkeypatch, prior_init):
     out = spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill.pt", total_env_steps=150, learning_starts=10,
                                         batch_size=8, gamma=0.8, tau=0.2, delta=0.7, kl_reduction="mean",
                                         eval_interval=0, eval_episodes=1, save_path="run/sac.pt", prior_init=prior_init,
-                                        omega_constant_steps=0, omega_anneal_steps=1, eval_deterministic=True))
+                                        omega_constant_steps=0, omega_anneal_steps=1, eval_deterministic=True,
+                                        alpha_min=0.05))
     train_env = skills[0][0]
     train = [z for env_id, _, z in skills if env_id == train_env]
     evaluation = [(state, z) for env_id, state, z in skills if env_id != train_env]
     assert len(train) == 30 and out["global_step"] == 150  # 30 skills of H = 5 env steps
     assert updates[0]["skills"] == 10 and len(updates) == 30 - 10 + 1  # first update once 10 skills are in
-    assert all((u["gamma"], u["tau"], u["delta"], u["kl_reduction"]) == (0.8, 0.2, 0.7, "mean") for u in updates)
+    assert all((u["gamma"], u["tau"], u["delta"], u["kl_reduction"], u["alpha_min"]) == (0.8, 0.2, 0.7, "mean", 0.05)
+               for u in updates)
     assert updates[0]["policy_is_prior"] == prior_init
     train = np.stack(train)
     assert np.abs(train).max() <= 2.0 and np.abs(train).max() > 1.9  # squashed, and the test can see it
