@@ -228,7 +228,7 @@ class BlockStackingEnv(gym.Env):
             spaces["image"] = gym.spaces.Box(0, 255, (6, 32, 32), np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
         self._frames, self._t = None, 0
-        self._lifted_flags = self._delivered_flags = np.zeros(num_blocks, dtype=bool)
+        self._lifted_flags, self._delivered_flags = np.zeros((2, num_blocks), dtype=bool)  # per episode (reset)
 
     # --- state, image, reward -------------------------------------------------------------------
     def state(self) -> np.ndarray:
