@@ -637,10 +637,13 @@ def plot_bars(results, path, title):
 
 
 def aggregate(sweep_dirs, results_json, results_md, figures_dir, points=200):
-    results, figures = [], []
+    results, figures, notes = [], [], {}
     for sweep_dir in sweep_dirs:
         found = [r for r in (run_result(d, points) for d in sorted(glob.glob(os.path.join(sweep_dir, "*")))) if r]
         results += found
+        note = os.path.join(sweep_dir, "NOTE.md")  # what a reader must know about the sweep (e.g. an older env version)
+        if found and os.path.isfile(note):
+            notes[os.path.basename(os.path.normpath(sweep_dir))] = open(note).read().strip()
         if found:
             path = os.path.join(figures_dir, os.path.basename(os.path.normpath(sweep_dir)) + ".png")
             plot_sweep(found, path, os.path.basename(os.path.normpath(sweep_dir)))
@@ -648,17 +651,18 @@ def aggregate(sweep_dirs, results_json, results_md, figures_dir, points=200):
     os.makedirs(os.path.dirname(results_json) or ".", exist_ok=True)
     with open(results_json, "w") as f:
         json.dump(results, f, indent=1)
-    write_markdown(results, figures, results_md)
+    write_markdown(results, figures, results_md, notes)
     print(f"{len(results)} finished runs -> {results_json}, {results_md}" + (f", {', '.join(figures)}" if figures else ""))
     return results
 
 
-def write_markdown(results, figures, path):
+def write_markdown(results, figures, path, notes=None):
     lines = ["# Results", "",
              "Written by `python benchmarks/sweep.py --aggregate` from the tensorboard logs of the finished sweep runs",
              "(`docs/results.json` holds every run with its curve, settings, data and commit). `final`: mean of the",
              "per-episode training metric over the episodes in the last 10 % of a run's env steps; mean +- std over",
-             "seeds. Runs: `python benchmarks/sweep.py --preset <name>` (see docs/sweeps.md).", ""]
+             "seeds; per seed, the commit that ran it. Runs: `python benchmarks/sweep.py --preset <name>` (see",
+             "docs/sweeps.md); a sweep's NOTE.md, if any, is quoted under its heading.", ""]
     if not results:
         lines += ["No sweep run has finished yet."]
     groups = {}
@@ -669,6 +673,8 @@ def write_markdown(results, figures, path):
         if name != sweep:
             sweep = name
             lines += ["", f"## {name}", ""]
+            if (notes or {}).get(name):
+                lines += [notes[name], ""]
             figure = next((f for f in figures if os.path.basename(f) == f"{name}.png"), None)
             if figure:
                 lines += [f"![{name}]({os.path.relpath(figure, os.path.dirname(path) or '.')})", ""]
@@ -679,7 +685,7 @@ def write_markdown(results, figures, path):
         if any(r.get("final_any_order") is not None for r in runs):
             summary += f" (any order {np.mean([r['final_any_order'] for r in runs if r.get('final_any_order') is not None]):.3g})"
         lines.append(f"| {env} | {label} | {len(runs)} | {max(r['env_steps'] for r in runs)} | {runs[0]['metric']} | {summary} | "
-                     + ", ".join(f"{r['seed']}: {r['final']}" for r in runs)
+                     + ", ".join(f"{r['seed']}: {r['final']} ({r.get('commit') or '?'})" for r in runs)
                      + f" | {REFERENCE.get((env, runs[0]['algo']), '-')} | `{runs[0]['settings']}` |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

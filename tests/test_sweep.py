@@ -123,6 +123,7 @@ def test_two_run_grid_runs_skips_resumes_and_aggregates(tmp_path, monkeypatch, c
     assert "skip sac__kitchen__1: done" in out and "skip spirl__kitchen__1: done" in out
     assert stamps == {p: p.stat().st_mtime for p in stamps}
 
+    (tmp_path / "sweeps" / "custom" / "NOTE.md").write_text("Run with the test's settings.\n")
     sweep.main(sweep.Args(aggregate=True, sweeps=("sweeps/custom",), results_json="docs/results.json",
                           results_md="docs/results.md", figures_dir="docs/figures"))
     results = json.loads((tmp_path / "docs" / "results.json").read_text())
@@ -135,7 +136,11 @@ def test_two_run_grid_runs_skips_resumes_and_aggregates(tmp_path, monkeypatch, c
     assert next(r for r in results if r["algo"] == "spirl")["data"] == "test data"
     assert len(next(r for r in results if r["algo"] == "sac")["curve"]) == 2  # both episodes, the resumed one included
     assert (tmp_path / "docs" / "figures" / "custom.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| kitchen | spirl | 1 | 280 | subtasks_completed |" in (tmp_path / "docs" / "results.md").read_text()
+    markdown = (tmp_path / "docs" / "results.md").read_text()
+    assert "| kitchen | spirl | 1 | 280 | subtasks_completed |" in markdown
+    assert "## custom\n\nRun with the test's settings.\n" in markdown  # the sweep's note under its heading
+    spirl = next(r for r in results if r["algo"] == "spirl")
+    assert f"1: {spirl['final']} ({spirl['commit']})" in markdown  # each seed with the commit that ran it
 
 
 def test_binned_curve_and_final_window():
