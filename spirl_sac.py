@@ -15,6 +15,7 @@ turns z into H actions. The policy is SAC on this H-step MDP with the entropy bo
 so that this divergence stays near the target delta.
 """
 
+import math
 import os
 import random
 import sys
@@ -93,9 +94,11 @@ class Args:
     alpha_init: float = 1.0
     """initial alpha (log alpha = 0, as standard SAC and the authors' code)"""
     alpha_min: Optional[float] = None
-    """floor of alpha (the authors' agent option `alpha_min`; None, their default: no floor). While the policy stays
-    at the prior (KL < delta) alpha keeps shrinking; a floor bounds how far the KL can overshoot delta when reward
-    first pulls the policy away"""
+    """floor of alpha (None, as the authors' default: no floor). While the policy stays at the prior (KL < delta)
+    alpha keeps shrinking; a floor bounds how far the KL can overshoot delta when reward first pulls the policy
+    away. Log alpha is projected back onto the floor after each step, so alpha can rise again at once (the
+    authors' `alpha_min` clamps alpha in the losses instead, which stops log alpha's gradient below the floor
+    and leaves alpha there for good)"""
     critic_layers: Optional[int] = None
     """hidden blocks n of each critic MLP as the authors' builder counts them (input layer, n blocks, head: n + 1
     hidden layers); None: their configs' n (maze and block_stacking 2, kitchen 5)"""
@@ -309,11 +312,9 @@ def sac_update(batch, policy, qf1, qf2, qf1_target, qf2_target, log_alpha,
     next_critic_obs (normalised low-dim state), skill (B, d), reward (B,) = sum of the H rewards, done (B,)
     = 1 only at a true terminal, and the frozen prior's Gaussian at s and s' (prior_mu, prior_log_sigma,
     next_prior_mu, next_prior_log_sigma; computed once when the transition was stored). alpha_min: alpha's floor
-    (None: none), applied as the authors do, to the alpha every loss uses, so log alpha stops below it.
+    (None: none); log alpha is projected onto it after its step.
     """
-    # alpha, floored at alpha_min as the authors' agent does (below the floor the clamp passes log alpha no gradient)
-    alpha_t = log_alpha.exp() if alpha_min is None else log_alpha.exp().clamp(min=alpha_min)
-    alpha = alpha_t.detach()
+    alpha = log_alpha.exp().detach()
 
     # Alg. 1 line 9: Q-target; alpha * KL(pi || p_a) at s' takes the place of SAC's entropy bonus
     with torch.no_grad():
@@ -352,10 +353,13 @@ def sac_update(batch, policy, qf1, qf2, qf1_target, qf2_target, log_alpha,
 
     # Alg. 1 line 12, with the sign of appendix A (the algorithm box has it flipped): minimise
     # alpha * (delta - KL) over log alpha, so alpha grows while KL > delta and shrinks while KL < delta
-    alpha_loss = (alpha_t * (delta - kl.detach())).mean()
+    alpha_loss = (log_alpha.exp() * (delta - kl.detach())).mean()
     alpha_optimizer.zero_grad()
     alpha_loss.backward()
     alpha_optimizer.step()
+    if alpha_min is not None:  # --alpha-min: projected back onto the floor, free to rise from it at the next step
+        with torch.no_grad():
+            log_alpha.clamp_(min=math.log(alpha_min))
 
     # Alg. 1 line 13: Polyak averaging of the target critics
     with torch.no_grad():
@@ -366,7 +370,7 @@ def sac_update(batch, policy, qf1, qf2, qf1_target, qf2_target, log_alpha,
     return {
         "q_target": q_target, "qf1_values": q1.mean().item(), "qf2_values": q2.mean().item(),
         "qf_loss": qf_loss.item(), "policy_loss": policy_loss.item(), "alpha_loss": alpha_loss.item(),
-        "alpha": max(log_alpha.exp().item(), alpha_min or 0.0), "kl": kl.mean().item(),
+        "alpha": log_alpha.exp().item(), "kl": kl.mean().item(),
     }
 
 
@@ -641,8 +645,8 @@ def resolve_args(args):
             raise SetupError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.alpha_init <= 0:
         raise SetupError(f"--alpha-init must be > 0, got {args.alpha_init}")
-    if args.alpha_min is not None and args.alpha_min <= 0:
-        raise SetupError(f"--alpha-min must be > 0 (or omitted: no floor), got {args.alpha_min}")
+    if args.alpha_min is not None and not 0 < args.alpha_min <= args.alpha_init:
+        raise SetupError(f"--alpha-min must be > 0 and at most --alpha-init ({args.alpha_init}), got {args.alpha_min}")
     if args.goal_radius is not None and (args.env != "maze" or args.goal_radius <= 0):
         raise SetupError(f"--goal-radius {args.goal_radius}: only the maze has a goal radius, and it must be > 0")
     return args, saved

@@ -158,10 +158,10 @@ def test_update_equals_plain_reference_computation():
     assert not torch.equal(expected["policy"][0], reference_nets[0].state_dict()["mlp.0.weight"])  # it did move
 
 
-def test_alpha_floor_is_the_alpha_of_every_loss_and_stops_log_alpha_below_it():
-    """--alpha-min, as the authors' alpha_min: the losses use max(alpha, floor); below the floor log alpha gets
-    no gradient (it stays put), above it the update is the plain one."""
-    def update(log_alpha_value, alpha_min):
+def test_alpha_floor_projects_log_alpha_and_lets_it_rise_again():
+    """--alpha-min: after its step log alpha is projected onto the floor (so KL < delta cannot push alpha below
+    it) and from the floor it rises at once when KL > delta; above the floor the update is the plain one."""
+    def update(log_alpha_value, delta, alpha_min):
         nets = make_nets()
         with torch.no_grad():
             nets[6].fill_(log_alpha_value)
@@ -170,22 +170,21 @@ def test_alpha_floor_is_the_alpha_of_every_loss_and_stops_log_alpha_below_it():
         batch = make_batch(prior, prior_shift=0.3)
         torch.manual_seed(5)
         info = sac_update(batch, policy, qf1, qf2, qf1_t, qf2_t, log_alpha, sgd(policy.parameters()),
-                          sgd(list(qf1.parameters()) + list(qf2.parameters())), sgd([log_alpha]), 0.9, 0.1, 1.0,
+                          sgd(list(qf1.parameters()) + list(qf2.parameters())), sgd([log_alpha]), 0.9, 0.1, delta,
                           alpha_min=alpha_min)
-        return info, log_alpha.item(), policy.state_dict()
+        return info, log_alpha.item()
 
-    floored, log_alpha_after, policy_floored = update(np.log(0.01), alpha_min=0.2)
-    at_floor, _, policy_at_floor = update(np.log(0.2), alpha_min=None)
-    assert log_alpha_after == pytest.approx(np.log(0.01))  # no gradient below the floor
-    assert floored["alpha"] == pytest.approx(0.2)
-    torch.testing.assert_close(floored["q_target"], at_floor["q_target"])  # the target used alpha = 0.2
-    assert floored["policy_loss"] == pytest.approx(at_floor["policy_loss"], rel=1e-6)
-    for k, v in policy_floored.items():
-        torch.testing.assert_close(v, policy_at_floor[k])
-    above, log_alpha_above, _ = update(np.log(0.5), alpha_min=0.2)
-    plain, log_alpha_plain, _ = update(np.log(0.5), alpha_min=None)
-    assert log_alpha_above == pytest.approx(log_alpha_plain) != pytest.approx(np.log(0.5))
+    floor = 0.2
+    info, after = update(np.log(floor), delta=100.0, alpha_min=floor)  # KL << delta: alpha would shrink
+    assert after == pytest.approx(np.log(floor)) and info["alpha"] == pytest.approx(floor)
+    assert update(np.log(floor), delta=100.0, alpha_min=None)[1] < np.log(floor)  # without the floor it does
+    _, after = update(np.log(floor), delta=0.0, alpha_min=floor)  # KL > delta: alpha rises from the floor
+    assert after > np.log(floor)
+    above, after_above = update(np.log(0.5), delta=1.0, alpha_min=floor)
+    plain, after_plain = update(np.log(0.5), delta=1.0, alpha_min=None)
+    assert after_above == pytest.approx(after_plain) != pytest.approx(np.log(0.5))
     torch.testing.assert_close(above["q_target"], plain["q_target"])
+    assert above["policy_loss"] == pytest.approx(plain["policy_loss"])
 
 
 def test_actor_loss_value_and_its_gradient_through_the_critics():
