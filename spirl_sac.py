@@ -921,6 +921,9 @@ def main(args):
             writer.add_scalar(f"charts/{metric}", last_metric, global_step)
             if "subtasks_completed_any_order" in info:  # kitchen: the any-order count too, whatever the reward counts
                 writer.add_scalar("charts/subtasks_completed_any_order", info["subtasks_completed_any_order"], global_step)
+            for key in ("blocks_lifted", "blocks_delivered"):  # block stacking: blocks the episode's reward flags hold
+                if key in info:
+                    writer.add_scalar(f"charts/{key}", info[key], global_step)
             obs, _ = env.reset(seed=args.seed + episodes)
             with torch.no_grad():
                 prior_mu, prior_log_sigma = skill_prior(policy_input(obs))
