@@ -591,3 +591,32 @@ def test_evaluation_samples_skills_reproducibly_by_default(tmp_path, monkeypatch
             mu, _ = policy(torch.as_tensor((state - meta["state_mean"]) / meta["state_std"])[None])
         assert np.allclose(z, 2.0 * np.tanh(mu[0].numpy()), atol=1e-5) == is_mean
         assert np.abs(np.stack([s[1] for s in samples])).max() <= 2.0
+
+
+def test_block_stacking_logs_the_reward_flags_per_episode(tmp_path, monkeypatch):
+    """Block stacking: each episode's end logs how many blocks hold the reward's lift / delivery flags, as the env's
+    info reports them (tensorboard charts/blocks_lifted, charts/blocks_delivered)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from envs import block_stacking
+
+    monkeypatch.chdir(tmp_path)
+    env = block_stacking.make_env(seed=0)
+    write_skill_model("skill.pt", "block_stacking", env, prior_input="state", horizon=10)
+    ended = []
+    real_execute = spirl_sac.execute_skill
+
+    def recording_execute(*a, **k):
+        out = real_execute(*a, **k)
+        info = out[4]  # (obs, reward, terminated, truncated, info, n_steps, states)
+        ended.append((info["blocks_lifted"], info["blocks_delivered"]))
+        return out
+
+    monkeypatch.setattr(spirl_sac, "execute_skill", recording_execute)
+    spirl_sac.main(spirl_sac.Args(env="block_stacking", skill_model="skill.pt", total_env_steps=1000, learning_starts=1000,
+                                  eval_interval=0, eval_episodes=1, save_path="run/sac.pt", run_dir="run",
+                                  save_replay_buffer=False))
+    scalars = EventAccumulator("run").Reload()
+    lifted, delivered = (scalars.Scalars(f"charts/{key}") for key in ("blocks_lifted", "blocks_delivered"))
+    assert [e.step for e in lifted] == [e.step for e in delivered] == [1000]  # one training episode, logged at its end
+    assert (lifted[0].value, delivered[0].value) == ended[99]  # the episode's last skill's info (100 skills of H = 10)
