@@ -26,6 +26,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from typing import List, Literal, Optional, Tuple
@@ -608,7 +609,8 @@ def plot_sweep(results, path, title):
         ax.set_title(panel_title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{title}: metric of the training episodes (mean per 1/200 of the budget), mean +- std over seeds")
+    fig.suptitle(textwrap.fill(f"{title}: metric of the training episodes (mean per 1/200 of the budget), mean +- std "
+                               "over seeds", width=60 * len(panels)))  # wrapped to the figure's width
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)
