@@ -252,26 +252,26 @@ class BlockStackingEnv(gym.Env):
         return obs
 
     @staticmethod
-    def _held(state, heights) -> np.ndarray:
-        """(N,) bool: the block is between the closed fingers and not resting on the table or a tower."""
+    def _lifted_blocks(state, heights) -> np.ndarray:
+        """(N,) bool: the block is between the closed fingers, not resting on the table or a tower, and its
+        bottom is >= 2 cm above the table."""
         gx, gz, opening = state[:3]
         blocks = state[3:].reshape(-1, 3)
         return ((np.abs(blocks[:, 0] - gx) < 0.5 * HALF) & (np.abs(blocks[:, 1] - gz) < HALF)
-                & (opening < 0.6) & (heights == 0))
+                & (opening < 0.6) & (heights == 0) & (blocks[:, 1] - HALF > 0.02))
 
-    def task_info(self, state) -> dict:
-        """blocks_stacked (the metric), and whether a block is lifted / stacked in ``state``."""
-        blocks = state[3:].reshape(-1, 3)
-        heights = tower_heights(blocks)
-        lifted = bool((self._held(state, heights) & (blocks[:, 1] - HALF > 0.02)).any())
+    def task_info(self, state, heights=None) -> dict:
+        """blocks_stacked (the metric), and whether a block is lifted / stacked in ``state``; ``heights``:
+        tower_heights of its blocks when the caller has them already."""
+        heights = tower_heights(state[3:].reshape(-1, 3)) if heights is None else heights
         blocks_stacked = int(max(heights.max() - 1, 0))
-        return {"blocks_stacked": blocks_stacked, "lifted": lifted, "stacked": blocks_stacked > 0}
+        return {"blocks_stacked": blocks_stacked, "lifted": bool(self._lifted_blocks(state, heights).any()),
+                "stacked": blocks_stacked > 0}
 
-    def _reward(self, state) -> float:
+    def _reward(self, state, heights) -> float:
         """The authors' per-step reward (module docstring); updates the episode's lifted / delivered flags."""
         blocks = state[3:].reshape(-1, 3)
-        heights = tower_heights(blocks)
-        self._lifted_flags |= self._held(state, heights) & (blocks[:, 1] - HALF > 0.02)
+        self._lifted_flags |= self._lifted_blocks(state, heights)
         dx = np.abs(blocks[:, None, 0] - blocks[None, :, 0])  # (N, N): block i vs block j
         dz = blocks[:, None, 1] - blocks[None, :, 1]
         above_another = ((dx < HALF) & (dz > 2 * HALF - 0.005)).any(axis=1)  # over some other block, higher up
@@ -337,8 +337,9 @@ class BlockStackingEnv(gym.Env):
         state = self.state()
         if self.image_obs:
             self._frames = [self._frames[1], self._frame(state)]
-        reward = self._reward(state)
-        info = {**self.task_info(state), "blocks_lifted": int(self._lifted_flags.sum()),
+        heights = tower_heights(state[3:].reshape(-1, 3))  # once per step, for the reward and the info
+        reward = self._reward(state, heights)
+        info = {**self.task_info(state, heights), "blocks_lifted": int(self._lifted_flags.sum()),
                 "blocks_delivered": int(self._delivered_flags.sum())}
         truncated = self._t >= self.max_episode_steps
         return self._obs(state), reward, False, truncated, info
