@@ -63,6 +63,12 @@ class Args:
     """--policy-rollouts: evaluation episodes (written next to the checkpoint as <checkpoint>_evaluate.npz)"""
 
 
+def stacked_and_lifted(env, states):
+    """Per state of an episode: blocks_stacked (int) and whether a block is held in the air (bool)."""
+    info = [env.task_info(s) for s in states]
+    return np.array([i["blocks_stacked"] for i in info]), np.array([i["lifted"] for i in info])
+
+
 def prior_rollouts(skill_model, episodes, seed):
     """Per-episode figures of skills sampled from the prior in the downstream env (spirl_sac.py --explore prior)."""
     import tempfile
@@ -79,10 +85,9 @@ def prior_rollouts(skill_model, episodes, seed):
     episodes_states = np.split(states, starts[1:] + np.arange(1, len(starts)))
     rows = []
     for ep in episodes_states:
-        info = [env.task_info(s) for s in ep]
-        stacked = np.array([i["blocks_stacked"] for i in info])
+        stacked, lifted = stacked_and_lifted(env, ep)
         rows.append({"final": int(stacked[-1]), "best": int(stacked.max()),
-                     "lifted": float(np.mean([i["lifted"] for i in info])), "on_block": float(np.mean(stacked > 0))})
+                     "lifted": float(lifted.mean()), "on_block": float(np.mean(stacked > 0))})
     return rows
 
 
@@ -95,8 +100,7 @@ def policy_rollouts(checkpoint, episodes):
     rows = []
     with np.load(out["path"]) as saved:
         for key in sorted(saved.files, key=lambda k: int(k.split("_")[-1])):
-            info = [env.task_info(s) for s in saved[key]]  # the reset state, then one per env step
-            stacked, lifted = np.array([i["blocks_stacked"] for i in info]), np.array([i["lifted"] for i in info])
+            stacked, lifted = stacked_and_lifted(env, saved[key])  # the reset state, then one per env step
             first_tower = int(np.argmax(stacked >= 2)) if (stacked >= 2).any() else None
             rows.append({"final": int(stacked[-1]), "best": int(stacked.max()), "first_3_block_tower": first_tower,
                          "lifted": float(lifted.mean()), "lifted_last_300": float(lifted[-300:].mean()),
