@@ -170,23 +170,56 @@ def gaussian_kl(mu_q, log_sigma_q, mu_p, log_sigma_p):
     )
 
 
+def conv_image_encoder(image_shape):
+    """Appendix B.1's image encoder: 3 conv layers (kernel 3, stride 2, 8 / 16 / 32 channels), batch norm,
+    leaky-ReLU, flattened. Returns the module ((B, C, 32, 32) float -> (B, out_dim)) and out_dim."""
+    channels, height, width = image_shape
+    conv = []
+    for out_channels in (8, 16, 32):
+        conv += [
+            nn.Conv2d(channels, out_channels, kernel_size=3, stride=2, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(0.2),
+        ]
+        channels = out_channels
+        height, width = (height + 1) // 2, (width + 1) // 2
+    return nn.Sequential(*conv, nn.Flatten()), channels * height * width
+
+
 class SkillDecoder(nn.Module):
     """p(a_1..H | z): LSTM unrolled H steps with z fed at every step; unit-variance Gaussian output (the mean).
 
     Open loop (paper default): input z each step, learned initial hidden state.
-    Closed loop (--state-conditioned-decoder): input [z, s_t] with the *current* state each step, so the
-    skill is executed step by step: ``hidden = decoder.initial_hidden(B)`` then, for t < H,
-    ``action, hidden = decoder.decode_step(z, state_t, hidden)``. decode() is the same computation
-    over a whole window.
+    Closed loop (--state-conditioned-decoder): input [z, c_t], c_t = condition(o_t) of the *current*
+    observation each step, so the skill is executed step by step: ``hidden = decoder.initial_hidden(B)``
+    then, for t < H, ``action, hidden = decoder.decode_step(z, decoder.condition(o_t), hidden)``.
+    decode() is the same computation over a whole window. o_t is the normalised state (state_dim > 0) or
+    the (6, 32, 32) stacked frames (image_shape given), which pass through a conv encoder of the decoder's own.
     """
 
-    def __init__(self, action_dim, latent_dim, hidden_dim=128, state_dim=0):
+    def __init__(self, action_dim, latent_dim, hidden_dim=128, state_dim=0, image_shape=None):
         super().__init__()
         self.state_dim = state_dim
-        self.lstm = nn.LSTM(latent_dim + state_dim, hidden_dim, batch_first=True)
+        self.image_encoder, cond_dim = None, state_dim
+        if image_shape is not None:
+            conv, conv_dim = conv_image_encoder(image_shape)
+            self.image_encoder = nn.Sequential(conv, nn.Linear(conv_dim, hidden_dim))  # frames -> (B, hidden)
+            cond_dim = hidden_dim
+        self.cond_dim = cond_dim
+        self.lstm = nn.LSTM(latent_dim + cond_dim, hidden_dim, batch_first=True)
         self.initial_h = nn.Parameter(torch.zeros(1, 1, hidden_dim))  # learned initial hidden state
         self.initial_c = nn.Parameter(torch.zeros(1, 1, hidden_dim))
         self.head = nn.Linear(hidden_dim, action_dim)
+
+    def condition(self, obs):
+        """What the closed loop sees of observations: a normalised state (..., state_dim) as it is, or stacked
+        frames (..., 6, 32, 32) (uint8, or float in [0, 1]) through the conv encoder -> (..., hidden)."""
+        if self.image_encoder is None:
+            return obs
+        frames = obs.reshape(-1, *obs.shape[-3:])
+        if frames.dtype == torch.uint8:
+            frames = frames.float() / 255.0
+        return self.image_encoder(frames).reshape(*obs.shape[:-3], -1)
 
     def initial_hidden(self, batch_size):
         """The LSTM state (h, c), each (1, B, hidden), before the first action of a skill."""
@@ -195,21 +228,21 @@ class SkillDecoder(nn.Module):
             self.initial_c.expand(1, batch_size, -1).contiguous(),
         )
 
-    def decode_step(self, z, state=None, hidden=None):
-        """One action of the skill. z: (B, latent); state: (B, state_dim) normalised (closed loop only).
+    def decode_step(self, z, cond=None, hidden=None):
+        """One action of the skill. z: (B, latent); cond: (B, cond_dim) = condition(o_t) (closed loop only).
         Returns the action mean (B, action_dim) and the new hidden state."""
         if hidden is None:
             hidden = self.initial_hidden(z.shape[0])
-        inputs = z if state is None else torch.cat([z, state], dim=-1)
+        inputs = z if cond is None else torch.cat([z, cond], dim=-1)
         output, hidden = self.lstm(inputs.unsqueeze(1), hidden)
         return self.head(output[:, 0]), hidden
 
-    def decode(self, z, states=None, horizon=None):
-        """All H actions at once: z (B, latent), states (B, H, state_dim) closed loop only -> (B, H, action_dim)."""
-        horizon = states.shape[1] if states is not None else horizon
+    def decode(self, z, conds=None, horizon=None):
+        """All H actions at once: z (B, latent), conds (B, H, cond_dim) closed loop only -> (B, H, action_dim)."""
+        horizon = conds.shape[1] if conds is not None else horizon
         inputs = z.unsqueeze(1).expand(-1, horizon, -1)  # z at every step (B.1)
-        if states is not None:
-            inputs = torch.cat([inputs, states], dim=-1)
+        if conds is not None:
+            inputs = torch.cat([inputs, conds], dim=-1)
         outputs, _ = self.lstm(inputs, self.initial_hidden(z.shape[0]))
         return self.head(outputs)
 
@@ -224,18 +257,7 @@ class SkillPrior(nn.Module):
     def __init__(self, latent_dim, hidden_dim=128, num_layers=6, state_dim=None, image_shape=None):
         super().__init__()
         if image_shape is not None:
-            channels, height, width = image_shape
-            conv = []
-            for out_channels in (8, 16, 32):  # appendix B.1: 3 layers, kernel 3, (8, 16, 32) channels
-                conv += [
-                    nn.Conv2d(channels, out_channels, kernel_size=3, stride=2, padding=1),
-                    nn.BatchNorm2d(out_channels),
-                    nn.LeakyReLU(0.2),
-                ]
-                channels = out_channels
-                height, width = (height + 1) // 2, (width + 1) // 2
-            self.image_encoder = nn.Sequential(*conv, nn.Flatten())
-            in_dim = channels * height * width  # flattened feature map (B.1)
+            self.image_encoder, in_dim = conv_image_encoder(image_shape)  # flattened feature map (B.1)
         else:
             self.image_encoder = None
             in_dim = state_dim
@@ -444,7 +466,8 @@ def execute_skill(env, obs, skill, decoder, skill_horizon, state_mean, state_std
     """Alg. 1 line 6: decode skill z (latent,) into up to H actions and execute them.
 
     Open loop (paper): all H actions are decoded from z before the first step. Closed loop (a model
-    trained with --state-conditioned-decoder): each action is decoded from z and the *current* state.
+    trained with --state-conditioned-decoder): each action is decoded from z and the *current* observation
+    (the normalised state, or the stacked frames for a model trained with --closed-loop-input image).
     Stops early when the episode ends inside the skill. Returns the H-step transition's pieces: the last
     observation (before any reset), the summed reward, terminated / truncated of the last step, its info,
     the number of env steps taken and the low-dim states visited after every step (n_steps, state_dim)."""
@@ -458,9 +481,12 @@ def execute_skill(env, obs, skill, decoder, skill_horizon, state_mean, state_std
     info = {}
     for t in range(skill_horizon):
         if closed_loop:
-            state = torch.as_tensor((obs["state"] - state_mean) / state_std, dtype=torch.float32).unsqueeze(0)
+            if decoder.image_encoder is not None:
+                seen = torch.as_tensor(obs["image"]).unsqueeze(0)  # (1, 6, 32, 32) uint8
+            else:
+                seen = torch.as_tensor((obs["state"] - state_mean) / state_std, dtype=torch.float32).unsqueeze(0)
             with torch.no_grad():
-                action, hidden = decoder.decode_step(z, state, hidden)
+                action, hidden = decoder.decode_step(z, decoder.condition(seen), hidden)
             action = action[0].numpy()
         else:
             action = actions[t]
@@ -517,16 +543,19 @@ def build_skill_model(ckpt, env_name, env, source="skill model"):
     if ckpt["state_dim"] != state_dim or ckpt["action_dim"] != action_dim:
         raise SetupError(f"{source} has state_dim {ckpt['state_dim']} / action_dim {ckpt['action_dim']}, but env "
                          f"{env_name} has {state_dim} / {action_dim}: retrain it with `python spirl_vae.py --env {env_name}`")
-    image_shape = None
-    if ckpt["prior_input"] == "image":
-        image_shape = tuple(ckpt["image_shape"])
+    # the closed loop sees the state or the frames (spirl_vae.py --closed-loop-input; older checkpoints: state)
+    closed_loop_input = (ckpt.get("closed_loop_input") or "state") if ckpt["state_conditioned_decoder"] else None
+    image_shape = tuple(ckpt["image_shape"]) if ckpt["prior_input"] == "image" else None  # the prior's input
+    if "image" in (ckpt["prior_input"], closed_loop_input):
         env_image = env.observation_space.spaces.get("image")
-        if env_image is None or tuple(env_image.shape) != image_shape:
-            raise SetupError(f"{source} has an image prior over {image_shape}, but env {env_name} gives "
+        if env_image is None or tuple(env_image.shape) != tuple(ckpt["image_shape"]):
+            user = "prior" if ckpt["prior_input"] == "image" else "closed-loop decoder"
+            raise SetupError(f"{source} has an image {user} over {tuple(ckpt['image_shape'])}, but env {env_name} gives "
                              f"{None if env_image is None else tuple(env_image.shape)}: retrain it with "
                              f"`python spirl_vae.py --env {env_name}`")
-    closed_loop = bool(ckpt["state_conditioned_decoder"])
-    decoder = SkillDecoder(action_dim, ckpt["latent_dim"], ckpt["hidden_dim"], state_dim=state_dim if closed_loop else 0)
+    decoder = SkillDecoder(action_dim, ckpt["latent_dim"], ckpt["hidden_dim"],
+                           state_dim=state_dim if closed_loop_input == "state" else 0,
+                           image_shape=tuple(ckpt["image_shape"]) if closed_loop_input == "image" else None)
     skill_prior = SkillPrior(ckpt["latent_dim"], ckpt["hidden_dim"], ckpt["prior_layers"],
                              state_dim=state_dim, image_shape=image_shape)
     model = ckpt["model"]

@@ -64,7 +64,12 @@ class Args:
     prior_layers: int = 6
     """linear layers of the skill prior MLP (appendix B.1: 6)"""
     state_conditioned_decoder: bool = False
-    """closed-loop variant (appendix D, "SPiRL-cl"): encoder and decoder also see the state at every step"""
+    """closed-loop variant (appendix D, "SPiRL-cl"): encoder and decoder also see the observation at every step"""
+    closed_loop_input: Literal["auto", "state", "image"] = "auto"
+    """with --state-conditioned-decoder, what encoder and decoder see at every step: "state" (the normalised
+    low-dim state; the authors' ClSPiRLMdl), "image" (the two stacked 32x32 frames through the decoder's own conv
+    encoder; their ImageClSPiRLMdl) or "auto": what the prior sees. Images matter for block stacking, whose
+    state has more block slots downstream (11) than in the data (5, padded)"""
     init_grad_clip_steps: int = 100
     """clip the gradient norm during this many first steps, as the authors do to avoid early NaNs"""
     init_grad_clip: float = 1e-3
@@ -112,17 +117,33 @@ def gaussian_kl(mu_q, log_sigma_q, mu_p, log_sigma_p):
     )
 
 
-class SkillEncoder(nn.Module):
-    """q(z | a_1..H) (closed-loop variant: q(z | s_1..H, a_1..H)): one-layer LSTM, last output -> (mu, log sigma)."""
+def conv_image_encoder(image_shape):
+    """Appendix B.1's image encoder: 3 conv layers (kernel 3, stride 2, 8 / 16 / 32 channels), batch norm,
+    leaky-ReLU, flattened. Returns the module ((B, C, 32, 32) float -> (B, out_dim)) and out_dim."""
+    channels, height, width = image_shape
+    conv = []
+    for out_channels in (8, 16, 32):
+        conv += [
+            nn.Conv2d(channels, out_channels, kernel_size=3, stride=2, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(0.2),
+        ]
+        channels = out_channels
+        height, width = (height + 1) // 2, (width + 1) // 2
+    return nn.Sequential(*conv, nn.Flatten()), channels * height * width
 
-    def __init__(self, action_dim, latent_dim, hidden_dim=128, state_dim=0):
+
+class SkillEncoder(nn.Module):
+    """q(z | a_1..H) (closed-loop variant: q(z | o_1..H, a_1..H)): one-layer LSTM, last output -> (mu, log sigma)."""
+
+    def __init__(self, action_dim, latent_dim, hidden_dim=128, cond_dim=0):
         super().__init__()
-        self.lstm = nn.LSTM(action_dim + state_dim, hidden_dim, batch_first=True)
+        self.lstm = nn.LSTM(action_dim + cond_dim, hidden_dim, batch_first=True)
         self.head = nn.Linear(hidden_dim, 2 * latent_dim)
 
-    def forward(self, actions, states=None):
-        # actions: (B, H, action_dim); states: (B, H, state_dim) normalised, closed-loop variant only
-        inputs = actions if states is None else torch.cat([states, actions], dim=-1)
+    def forward(self, actions, cond=None):
+        # actions: (B, H, action_dim); cond: (B, H, cond_dim) = decoder.condition(observations), closed loop only
+        inputs = actions if cond is None else torch.cat([cond, actions], dim=-1)
         outputs, _ = self.lstm(inputs)  # (B, H, hidden)
         mu, log_sigma = self.head(outputs[:, -1]).chunk(2, dim=-1)  # after the full sequence (B.1)
         return mu, log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)
@@ -132,19 +153,36 @@ class SkillDecoder(nn.Module):
     """p(a_1..H | z): LSTM unrolled H steps with z fed at every step; unit-variance Gaussian output (the mean).
 
     Open loop (paper default): input z each step, learned initial hidden state.
-    Closed loop (--state-conditioned-decoder): input [z, s_t] with the *current* state each step, so the
-    skill is executed step by step: ``hidden = decoder.initial_hidden(B)`` then, for t < H,
-    ``action, hidden = decoder.decode_step(z, state_t, hidden)``. decode() is the same computation
-    over a whole window.
+    Closed loop (--state-conditioned-decoder): input [z, c_t], c_t = condition(o_t) of the *current*
+    observation each step, so the skill is executed step by step: ``hidden = decoder.initial_hidden(B)``
+    then, for t < H, ``action, hidden = decoder.decode_step(z, decoder.condition(o_t), hidden)``.
+    decode() is the same computation over a whole window. o_t is the normalised state (state_dim > 0) or
+    the (6, 32, 32) stacked frames (image_shape given), which pass through a conv encoder of the decoder's own.
     """
 
-    def __init__(self, action_dim, latent_dim, hidden_dim=128, state_dim=0):
+    def __init__(self, action_dim, latent_dim, hidden_dim=128, state_dim=0, image_shape=None):
         super().__init__()
         self.state_dim = state_dim
-        self.lstm = nn.LSTM(latent_dim + state_dim, hidden_dim, batch_first=True)
+        self.image_encoder, cond_dim = None, state_dim
+        if image_shape is not None:
+            conv, conv_dim = conv_image_encoder(image_shape)
+            self.image_encoder = nn.Sequential(conv, nn.Linear(conv_dim, hidden_dim))  # frames -> (B, hidden)
+            cond_dim = hidden_dim
+        self.cond_dim = cond_dim
+        self.lstm = nn.LSTM(latent_dim + cond_dim, hidden_dim, batch_first=True)
         self.initial_h = nn.Parameter(torch.zeros(1, 1, hidden_dim))  # learned initial hidden state
         self.initial_c = nn.Parameter(torch.zeros(1, 1, hidden_dim))
         self.head = nn.Linear(hidden_dim, action_dim)
+
+    def condition(self, obs):
+        """What the closed loop sees of observations: a normalised state (..., state_dim) as it is, or stacked
+        frames (..., 6, 32, 32) (uint8, or float in [0, 1]) through the conv encoder -> (..., hidden)."""
+        if self.image_encoder is None:
+            return obs
+        frames = obs.reshape(-1, *obs.shape[-3:])
+        if frames.dtype == torch.uint8:
+            frames = frames.float() / 255.0
+        return self.image_encoder(frames).reshape(*obs.shape[:-3], -1)
 
     def initial_hidden(self, batch_size):
         """The LSTM state (h, c), each (1, B, hidden), before the first action of a skill."""
@@ -153,21 +191,21 @@ class SkillDecoder(nn.Module):
             self.initial_c.expand(1, batch_size, -1).contiguous(),
         )
 
-    def decode_step(self, z, state=None, hidden=None):
-        """One action of the skill. z: (B, latent); state: (B, state_dim) normalised (closed loop only).
+    def decode_step(self, z, cond=None, hidden=None):
+        """One action of the skill. z: (B, latent); cond: (B, cond_dim) = condition(o_t) (closed loop only).
         Returns the action mean (B, action_dim) and the new hidden state."""
         if hidden is None:
             hidden = self.initial_hidden(z.shape[0])
-        inputs = z if state is None else torch.cat([z, state], dim=-1)
+        inputs = z if cond is None else torch.cat([z, cond], dim=-1)
         output, hidden = self.lstm(inputs.unsqueeze(1), hidden)
         return self.head(output[:, 0]), hidden
 
-    def decode(self, z, states=None, horizon=None):
-        """All H actions at once: z (B, latent), states (B, H, state_dim) closed loop only -> (B, H, action_dim)."""
-        horizon = states.shape[1] if states is not None else horizon
+    def decode(self, z, conds=None, horizon=None):
+        """All H actions at once: z (B, latent), conds (B, H, cond_dim) closed loop only -> (B, H, action_dim)."""
+        horizon = conds.shape[1] if conds is not None else horizon
         inputs = z.unsqueeze(1).expand(-1, horizon, -1)  # z at every step (B.1)
-        if states is not None:
-            inputs = torch.cat([inputs, states], dim=-1)
+        if conds is not None:
+            inputs = torch.cat([inputs, conds], dim=-1)
         outputs, _ = self.lstm(inputs, self.initial_hidden(z.shape[0]))
         return self.head(outputs)
 
@@ -182,18 +220,7 @@ class SkillPrior(nn.Module):
     def __init__(self, latent_dim, hidden_dim=128, num_layers=6, state_dim=None, image_shape=None):
         super().__init__()
         if image_shape is not None:
-            channels, height, width = image_shape
-            conv = []
-            for out_channels in (8, 16, 32):  # appendix B.1: 3 layers, kernel 3, (8, 16, 32) channels
-                conv += [
-                    nn.Conv2d(channels, out_channels, kernel_size=3, stride=2, padding=1),
-                    nn.BatchNorm2d(out_channels),
-                    nn.LeakyReLU(0.2),
-                ]
-                channels = out_channels
-                height, width = (height + 1) // 2, (width + 1) // 2
-            self.image_encoder = nn.Sequential(*conv, nn.Flatten())
-            in_dim = channels * height * width  # flattened feature map (B.1)
+            self.image_encoder, in_dim = conv_image_encoder(image_shape)  # flattened feature map (B.1)
         else:
             self.image_encoder = None
             in_dim = state_dim
@@ -217,17 +244,24 @@ class SkillModel(nn.Module):
     """Skill encoder + decoder + prior; state_dict keys "encoder.*", "decoder.*", "skill_prior.*"."""
 
     def __init__(self, state_dim, action_dim, latent_dim=10, hidden_dim=128, prior_layers=6,
-                 image_shape=None, state_conditioned_decoder=False):
+                 image_shape=None, state_conditioned_decoder=False, closed_loop_image_shape=None):
+        """image_shape: the prior's input frames (None: the prior sees the state); closed_loop_image_shape: with
+        state_conditioned_decoder, the frames the closed loop sees (None: it sees the state)."""
         super().__init__()
-        cond_dim = state_dim if state_conditioned_decoder else 0
-        self.encoder = SkillEncoder(action_dim, latent_dim, hidden_dim, state_dim=cond_dim)
-        self.decoder = SkillDecoder(action_dim, latent_dim, hidden_dim, state_dim=cond_dim)
+        closed_loop_image_shape = closed_loop_image_shape if state_conditioned_decoder else None
+        state_cond = state_dim if state_conditioned_decoder and closed_loop_image_shape is None else 0
+        cond_dim = hidden_dim if closed_loop_image_shape is not None else state_cond  # SkillDecoder.cond_dim
+        self.encoder = SkillEncoder(action_dim, latent_dim, hidden_dim, cond_dim=cond_dim)
+        self.decoder = SkillDecoder(action_dim, latent_dim, hidden_dim, state_dim=state_cond,
+                                    image_shape=closed_loop_image_shape)
         self.skill_prior = SkillPrior(latent_dim, hidden_dim, prior_layers, state_dim=state_dim, image_shape=image_shape)
         self.state_conditioned_decoder = state_conditioned_decoder
 
-    def forward(self, actions, states, prior_obs):
-        """actions (B, H, A); states (B, H, S) normalised; prior_obs: first state (B, S) or image (B, 6, 32, 32)."""
-        cond = states if self.state_conditioned_decoder else None
+    def forward(self, actions, step_obs, prior_obs):
+        """actions (B, H, A); step_obs: what the closed loop sees at each step, normalised states (B, H, S) or
+        frames (B, H, 6, 32, 32); prior_obs: first state (B, S) or frames (B, 6, 32, 32)."""
+        # the encoder shares the decoder's view of the observations, as the authors' closed-loop models do
+        cond = self.decoder.condition(step_obs) if self.state_conditioned_decoder else None
         mu_z, log_sigma_z = self.encoder(actions, cond)
         z = mu_z + torch.randn_like(mu_z) * log_sigma_z.exp()  # reparameterised posterior sample
         reconstruction = self.decoder.decode(z, cond, horizon=actions.shape[1])
@@ -235,13 +269,13 @@ class SkillModel(nn.Module):
         return reconstruction, mu_z, log_sigma_z, mu_p, log_sigma_p
 
 
-def skill_model_losses(model, actions, states, prior_obs):
+def skill_model_losses(model, actions, step_obs, prior_obs):
     """The three terms of eq. (4), every one a MEAN over its elements, as the authors compute them (the
     paper's beta is calibrated to means; with sums it would have to change by H * action_dim / latent_dim):
     reconstruction: unit-variance Gaussian NLL 0.5 * (a - a_hat)^2 (constant dropped), mean over batch, steps, action dims;
     kl: KL(q(z|a) || N(0, I)), mean over batch and latent dims (weighted by beta by the caller);
     prior: KL(N(sg mu_z, sg sigma_z) || N(mu_p, sigma_p)), mean over batch and latent dims."""
-    reconstruction, mu_z, log_sigma_z, mu_p, log_sigma_p = model(actions, states, prior_obs)
+    reconstruction, mu_z, log_sigma_z, mu_p, log_sigma_p = model(actions, step_obs, prior_obs)
     recon = 0.5 * ((reconstruction - actions) ** 2).mean()
     kl = gaussian_kl(mu_z, log_sigma_z, torch.zeros_like(mu_z), torch.zeros_like(log_sigma_z)).mean()
     # eq. (4) prior term: stop-gradient on the posterior, so the prior cannot bend the embedding
@@ -283,7 +317,7 @@ def env_spec(env_name):
     return spec
 
 
-def check_dataset(dataset, spec, skill_horizon, prior_input):
+def check_dataset(dataset, spec, skill_horizon, prior_input, closed_loop_input=None):
     """Stop with a one-line error, before any training, if the data cannot train this env's skill model.
     Returns the (start, end) of every trajectory long enough to hold one H-step skill."""
     for key in ("states", "actions", "traj_ends"):
@@ -298,12 +332,13 @@ def check_dataset(dataset, spec, skill_horizon, prior_input):
                          f"{spec['state_dim']}: pass a --dataset recorded in this env")
     if len(states) != len(actions):
         raise SystemExit(f"error: dataset has {len(states)} states but {len(actions)} actions: they must pair up")
-    if prior_input == "image":
+    if "image" in (prior_input, closed_loop_input):
+        flag = "--prior-input" if prior_input == "image" else "--closed-loop-input"
         if spec["image_shape"] is None:
-            raise SystemExit("error: --prior-input image but this env has no camera: use --prior-input state")
+            raise SystemExit(f"error: {flag} image but this env has no camera: use {flag} state")
         images = dataset.get("images")
         if images is None:
-            raise SystemExit("error: --prior-input image but the dataset has no 'images': use --prior-input state "
+            raise SystemExit(f"error: {flag} image but the dataset has no 'images': use {flag} state "
                              "or a dataset with images")
         if tuple(images.shape) != (len(states), *spec["image_shape"]) or images.dtype != np.uint8:
             raise SystemExit(f"error: dataset images are {images.dtype} {tuple(images.shape)}, expected uint8 "
@@ -335,17 +370,23 @@ def split_windows(trajectories, skill_horizon, val_fraction, rng):
     return window_starts(order[num_val:]), window_starts(order[:num_val])
 
 
+def gather_images(images, index):
+    """images[index] as a uint8 tensor for an index tensor of any shape -> (*index.shape, 6, 32, 32)."""
+    if torch.is_tensor(images):
+        return images[index]
+    # a lazy image store (the maze's stacked views): only the batch's images are read
+    return torch.from_numpy(np.asarray(images[index.reshape(-1).numpy()])).reshape(*index.shape, *images.shape[1:])
+
+
 def get_batch(data, window_starts, skill_horizon):
-    """H-step windows starting at ``window_starts``: actions (B, H, A), normalised states (B, H, S), prior input."""
+    """H-step windows starting at ``window_starts``: actions (B, H, A), what the closed loop sees at each step
+    (normalised states (B, H, S), or frames (B, H, 6, 32, 32) if data has "step_images"), the prior's input
+    (the first state (B, S), or the first frames (B, 6, 32, 32) if data has "images")."""
     index = torch.as_tensor(window_starts)[:, None] + torch.arange(skill_horizon)  # (B, H)
     states = data["states"][index]
-    if "images" not in data:
-        prior_obs = states[:, 0]  # the prior sees s_1 only
-    elif torch.is_tensor(data["images"]):
-        prior_obs = data["images"][index[:, 0]]  # (B, 6, 32, 32) uint8, the image of s_1
-    else:  # a lazy image store (the maze's stacked views): only the batch's images are read
-        prior_obs = torch.from_numpy(np.asarray(data["images"][index[:, 0].numpy()]))
-    return data["actions"][index], states, prior_obs
+    prior_obs = gather_images(data["images"], index[:, 0]) if "images" in data else states[:, 0]  # s_1 only
+    step_obs = gather_images(data["step_images"], index) if "step_images" in data else states
+    return data["actions"][index], step_obs, prior_obs
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -376,8 +417,8 @@ def decoded_skills_figure(model, data, window_starts, skill_horizon, panel=(160,
     from PIL import Image, ImageDraw
 
     model.eval()
-    actions, states, prior_obs = get_batch(data, window_starts, skill_horizon)
-    cond = states if model.state_conditioned_decoder else None
+    actions, step_obs, prior_obs = get_batch(data, window_starts, skill_horizon)
+    cond = model.decoder.condition(step_obs) if model.state_conditioned_decoder else None
     mu_z, _ = model.encoder(actions, cond)
     mu_p, _ = model.skill_prior(prior_obs)
     reconstruction = model.decoder.decode(mu_z, cond, horizon=skill_horizon)
@@ -406,7 +447,7 @@ def decoded_skills_figure(model, data, window_starts, skill_horizon, panel=(160,
     return np.asarray(image)
 
 
-def save_checkpoint(path, model, optimizer, step, args, spec, prior_input, norm, data_source, run_name):
+def save_checkpoint(path, model, optimizer, step, args, spec, prior_input, closed_loop_input, norm, data_source, run_name):
     """Write the checkpoint (format spirl-skill-model-v1, see docs/skill_model_format.md) atomically."""
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
@@ -414,13 +455,14 @@ def save_checkpoint(path, model, optimizer, step, args, spec, prior_input, norm,
         "args": dict(vars(args)),
         "prior_input": prior_input,
         "state_dim": spec["state_dim"],
-        "image_shape": list(spec["image_shape"]) if prior_input == "image" else None,
+        "image_shape": list(spec["image_shape"]) if "image" in (prior_input, closed_loop_input) else None,
         "action_dim": spec["action_dim"],
         "skill_horizon": args.skill_horizon,
         "latent_dim": args.latent_dim,
         "hidden_dim": args.hidden_dim,
         "prior_layers": args.prior_layers,
         "state_conditioned_decoder": args.state_conditioned_decoder,
+        "closed_loop_input": closed_loop_input,
         "state_mean": norm[0],
         "state_std": norm[1],
         "action_low": np.asarray(spec["action_low"], dtype=np.float32),
@@ -438,12 +480,21 @@ def save_checkpoint(path, model, optimizer, step, args, spec, prior_input, norm,
     os.replace(tmp_path, path)  # atomic: readers never see a half-written file
 
 
+def closed_loop_input_of(checkpoint):
+    """None (open loop), "state" or "image"; checkpoints from before --closed-loop-input have no key: state."""
+    if not checkpoint["state_conditioned_decoder"]:
+        return None
+    return checkpoint.get("closed_loop_input") or "state"
+
+
 def build_model(checkpoint):
     """The SkillModel described by a checkpoint dict, with its weights (strict)."""
+    closed_loop_input = closed_loop_input_of(checkpoint)
     model = SkillModel(
         checkpoint["state_dim"], checkpoint["action_dim"], checkpoint["latent_dim"], checkpoint["hidden_dim"],
-        checkpoint["prior_layers"], image_shape=checkpoint["image_shape"],
+        checkpoint["prior_layers"], image_shape=checkpoint["image_shape"] if checkpoint["prior_input"] == "image" else None,
         state_conditioned_decoder=checkpoint["state_conditioned_decoder"],
+        closed_loop_image_shape=checkpoint["image_shape"] if closed_loop_input == "image" else None,
     )
     model.load_state_dict(checkpoint["model"])
     return model
@@ -462,11 +513,14 @@ def train(args, dataset, spec, run_dir="runs"):
     prior_input = spec["default_prior_input"] if args.prior_input == "auto" else args.prior_input
     if prior_input not in ("state", "image"):
         raise SystemExit(f"error: --prior-input must be auto, state or image, not {args.prior_input!r}")
+    closed_loop_input = None
+    if args.state_conditioned_decoder:  # "auto": the closed loop sees what the prior sees
+        closed_loop_input = prior_input if args.closed_loop_input == "auto" else args.closed_loop_input
     beta = BETA[args.env] if args.beta is None else args.beta
     total_steps = DEFAULT_TOTAL_STEPS[args.env] if args.total_steps is None else args.total_steps
     save_path = args.save_path or f"checkpoints/skill_model_{args.env}.pt"
     H = args.skill_horizon
-    trajectories = check_dataset(dataset, spec, H, prior_input)
+    trajectories = check_dataset(dataset, spec, H, prior_input, closed_loop_input)
     data_source = str(dataset.get("source", "unknown (the dataset gave no 'source')"))
 
     random.seed(args.seed)
@@ -486,17 +540,21 @@ def train(args, dataset, spec, run_dir="runs"):
 
     model = SkillModel(spec["state_dim"], spec["action_dim"], args.latent_dim, args.hidden_dim, args.prior_layers,
                        image_shape=spec["image_shape"] if prior_input == "image" else None,
-                       state_conditioned_decoder=args.state_conditioned_decoder)
+                       state_conditioned_decoder=args.state_conditioned_decoder,
+                       closed_loop_image_shape=spec["image_shape"] if closed_loop_input == "image" else None)
     optimizer = torch.optim.RAdam(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
     step, run_name = 0, f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if args.resume:
         if not os.path.exists(save_path):
             raise SystemExit(f"error: --resume but no checkpoint at {save_path}: drop --resume to start fresh")
         checkpoint = torch.load(save_path, map_location="cpu", weights_only=False)
-        for key in ("env", "prior_input", "skill_horizon", "latent_dim", "hidden_dim", "prior_layers", "state_conditioned_decoder"):
-            now = {"env": args.env, "prior_input": prior_input, "skill_horizon": H}.get(key, getattr(args, key, None))
-            if checkpoint[key] != now:
-                raise SystemExit(f"error: cannot resume {save_path}: it has {key}={checkpoint[key]!r}, this run {now!r}")
+        for key in ("env", "prior_input", "skill_horizon", "latent_dim", "hidden_dim", "prior_layers",
+                    "state_conditioned_decoder", "closed_loop_input"):
+            now = {"env": args.env, "prior_input": prior_input, "skill_horizon": H,
+                   "closed_loop_input": closed_loop_input}.get(key, getattr(args, key, None))
+            saved = closed_loop_input_of(checkpoint) if key == "closed_loop_input" else checkpoint[key]
+            if saved != now:
+                raise SystemExit(f"error: cannot resume {save_path}: it has {key}={saved!r}, this run {now!r}")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step, run_name = checkpoint["step"], checkpoint["run_name"]
@@ -510,9 +568,13 @@ def train(args, dataset, spec, run_dir="runs"):
         "states": torch.from_numpy((states - state_mean) / state_std),
         "actions": torch.from_numpy(np.asarray(dataset["actions"], dtype=np.float32)),
     }
-    if prior_input == "image":
+    if "image" in (prior_input, closed_loop_input):
         images = dataset["images"]  # an array, or a lazy store indexable by an index array (too big for memory)
-        data["images"] = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+        images = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+        if prior_input == "image":
+            data["images"] = images
+        if closed_loop_input == "image":
+            data["step_images"] = images
 
     if args.track:  # CleanRL's convention: W&B mirrors the tensorboard scalars
         import wandb
@@ -528,11 +590,13 @@ def train(args, dataset, spec, run_dir="runs"):
     print(f"data: {len(states)} steps, {num_trajectories} trajectories, {num_trajectories - len(trajectories)} of them "
           f"shorter than H={H} and skipped; "
           f"{len(train_starts)} train / {len(val_starts)} validation windows (split by trajectory)")
-    print(f"model: prior input {prior_input}, beta {beta}, batch {args.batch_size}, {total_steps} steps, "
+    loop = f"closed loop on the {closed_loop_input}" if closed_loop_input else "open-loop decoder"
+    print(f"model: prior input {prior_input}, {loop}, beta {beta}, batch {args.batch_size}, {total_steps} steps, "
           f"{sum(p.numel() for p in model.parameters())} parameters -> {save_path}  (tensorboard: {log_dir})")
 
     def checkpoint_now():
-        save_checkpoint(save_path, model, optimizer, step, args, spec, prior_input, (state_mean, state_std), data_source, run_name)
+        save_checkpoint(save_path, model, optimizer, step, args, spec, prior_input, closed_loop_input, (state_mean, state_std),
+                        data_source, run_name)
 
     def validate():
         val = evaluate(model, data, val_eval, H)

@@ -103,23 +103,56 @@ class Args:
 # ----------------------------------------------------------------------------------------------------
 
 
+def conv_image_encoder(image_shape):
+    """Appendix B.1's image encoder: 3 conv layers (kernel 3, stride 2, 8 / 16 / 32 channels), batch norm,
+    leaky-ReLU, flattened. Returns the module ((B, C, 32, 32) float -> (B, out_dim)) and out_dim."""
+    channels, height, width = image_shape
+    conv = []
+    for out_channels in (8, 16, 32):
+        conv += [
+            nn.Conv2d(channels, out_channels, kernel_size=3, stride=2, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(0.2),
+        ]
+        channels = out_channels
+        height, width = (height + 1) // 2, (width + 1) // 2
+    return nn.Sequential(*conv, nn.Flatten()), channels * height * width
+
+
 class SkillDecoder(nn.Module):
     """p(a_1..H | z): LSTM unrolled H steps with z fed at every step; unit-variance Gaussian output (the mean).
 
     Open loop (paper default): input z each step, learned initial hidden state.
-    Closed loop (--state-conditioned-decoder): input [z, s_t] with the *current* state each step, so the
-    skill is executed step by step: ``hidden = decoder.initial_hidden(B)`` then, for t < H,
-    ``action, hidden = decoder.decode_step(z, state_t, hidden)``. decode() is the same computation
-    over a whole window.
+    Closed loop (--state-conditioned-decoder): input [z, c_t], c_t = condition(o_t) of the *current*
+    observation each step, so the skill is executed step by step: ``hidden = decoder.initial_hidden(B)``
+    then, for t < H, ``action, hidden = decoder.decode_step(z, decoder.condition(o_t), hidden)``.
+    decode() is the same computation over a whole window. o_t is the normalised state (state_dim > 0) or
+    the (6, 32, 32) stacked frames (image_shape given), which pass through a conv encoder of the decoder's own.
     """
 
-    def __init__(self, action_dim, latent_dim, hidden_dim=128, state_dim=0):
+    def __init__(self, action_dim, latent_dim, hidden_dim=128, state_dim=0, image_shape=None):
         super().__init__()
         self.state_dim = state_dim
-        self.lstm = nn.LSTM(latent_dim + state_dim, hidden_dim, batch_first=True)
+        self.image_encoder, cond_dim = None, state_dim
+        if image_shape is not None:
+            conv, conv_dim = conv_image_encoder(image_shape)
+            self.image_encoder = nn.Sequential(conv, nn.Linear(conv_dim, hidden_dim))  # frames -> (B, hidden)
+            cond_dim = hidden_dim
+        self.cond_dim = cond_dim
+        self.lstm = nn.LSTM(latent_dim + cond_dim, hidden_dim, batch_first=True)
         self.initial_h = nn.Parameter(torch.zeros(1, 1, hidden_dim))  # learned initial hidden state
         self.initial_c = nn.Parameter(torch.zeros(1, 1, hidden_dim))
         self.head = nn.Linear(hidden_dim, action_dim)
+
+    def condition(self, obs):
+        """What the closed loop sees of observations: a normalised state (..., state_dim) as it is, or stacked
+        frames (..., 6, 32, 32) (uint8, or float in [0, 1]) through the conv encoder -> (..., hidden)."""
+        if self.image_encoder is None:
+            return obs
+        frames = obs.reshape(-1, *obs.shape[-3:])
+        if frames.dtype == torch.uint8:
+            frames = frames.float() / 255.0
+        return self.image_encoder(frames).reshape(*obs.shape[:-3], -1)
 
     def initial_hidden(self, batch_size):
         """The LSTM state (h, c), each (1, B, hidden), before the first action of a skill."""
@@ -128,21 +161,21 @@ class SkillDecoder(nn.Module):
             self.initial_c.expand(1, batch_size, -1).contiguous(),
         )
 
-    def decode_step(self, z, state=None, hidden=None):
-        """One action of the skill. z: (B, latent); state: (B, state_dim) normalised (closed loop only).
+    def decode_step(self, z, cond=None, hidden=None):
+        """One action of the skill. z: (B, latent); cond: (B, cond_dim) = condition(o_t) (closed loop only).
         Returns the action mean (B, action_dim) and the new hidden state."""
         if hidden is None:
             hidden = self.initial_hidden(z.shape[0])
-        inputs = z if state is None else torch.cat([z, state], dim=-1)
+        inputs = z if cond is None else torch.cat([z, cond], dim=-1)
         output, hidden = self.lstm(inputs.unsqueeze(1), hidden)
         return self.head(output[:, 0]), hidden
 
-    def decode(self, z, states=None, horizon=None):
-        """All H actions at once: z (B, latent), states (B, H, state_dim) closed loop only -> (B, H, action_dim)."""
-        horizon = states.shape[1] if states is not None else horizon
+    def decode(self, z, conds=None, horizon=None):
+        """All H actions at once: z (B, latent), conds (B, H, cond_dim) closed loop only -> (B, H, action_dim)."""
+        horizon = conds.shape[1] if conds is not None else horizon
         inputs = z.unsqueeze(1).expand(-1, horizon, -1)  # z at every step (B.1)
-        if states is not None:
-            inputs = torch.cat([inputs, states], dim=-1)
+        if conds is not None:
+            inputs = torch.cat([inputs, conds], dim=-1)
         outputs, _ = self.lstm(inputs, self.initial_hidden(z.shape[0]))
         return self.head(outputs)
 
@@ -157,18 +190,7 @@ class SkillPrior(nn.Module):
     def __init__(self, latent_dim, hidden_dim=128, num_layers=6, state_dim=None, image_shape=None):
         super().__init__()
         if image_shape is not None:
-            channels, height, width = image_shape
-            conv = []
-            for out_channels in (8, 16, 32):  # appendix B.1: 3 layers, kernel 3, (8, 16, 32) channels
-                conv += [
-                    nn.Conv2d(channels, out_channels, kernel_size=3, stride=2, padding=1),
-                    nn.BatchNorm2d(out_channels),
-                    nn.LeakyReLU(0.2),
-                ]
-                channels = out_channels
-                height, width = (height + 1) // 2, (width + 1) // 2
-            self.image_encoder = nn.Sequential(*conv, nn.Flatten())
-            in_dim = channels * height * width  # flattened feature map (B.1)
+            self.image_encoder, in_dim = conv_image_encoder(image_shape)  # flattened feature map (B.1)
         else:
             self.image_encoder = None
             in_dim = state_dim
@@ -206,8 +228,10 @@ def load_skill_model(path, env_name):
     if ckpt["env"] != env_name:
         raise SystemExit(f"skill model {path!r} was trained on {ckpt['env']!r}, not {env_name!r}: pass --skill-model")
     state_dim, action_dim, latent_dim = ckpt["state_dim"], ckpt["action_dim"], ckpt["latent_dim"]
-    cond_dim = state_dim if ckpt["state_conditioned_decoder"] else 0
-    decoder = SkillDecoder(action_dim, latent_dim, ckpt["hidden_dim"], state_dim=cond_dim)
+    # closed loop on the state or on the frames (spirl_vae.py --closed-loop-input; older checkpoints: state)
+    closed_loop_input = (ckpt.get("closed_loop_input") or "state") if ckpt["state_conditioned_decoder"] else None
+    decoder = SkillDecoder(action_dim, latent_dim, ckpt["hidden_dim"], state_dim=state_dim if closed_loop_input == "state" else 0,
+                           image_shape=tuple(ckpt["image_shape"]) if closed_loop_input == "image" else None)
     image_shape = tuple(ckpt["image_shape"]) if ckpt["prior_input"] == "image" else None
     skill_prior = SkillPrior(latent_dim, ckpt["hidden_dim"], ckpt["prior_layers"], state_dim=state_dim, image_shape=image_shape)
     weights = ckpt["model"]
@@ -370,8 +394,8 @@ if __name__ == "__main__":
     if obs["state"].shape[0] != ckpt["state_dim"] or env.action_space.shape[0] != ckpt["action_dim"]:
         raise SystemExit(f"skill model has state_dim {ckpt['state_dim']}, action_dim {ckpt['action_dim']}, the env "
                          f"{obs['state'].shape[0]}, {env.action_space.shape[0]}: retrain it with spirl_vae.py --env {args.env}")
-    if use_image and tuple(obs.get("image", np.zeros(0)).shape) != tuple(ckpt["image_shape"]):
-        raise SystemExit(f"the skill prior sees images {tuple(ckpt['image_shape'])} but env {args.env!r} gives "
+    if (use_image or decoder.image_encoder is not None) and tuple(obs.get("image", np.zeros(0)).shape) != tuple(ckpt["image_shape"]):
+        raise SystemExit(f"the skill model sees images {tuple(ckpt['image_shape'])} but env {args.env!r} gives "
                          f"{obs['image'].shape if 'image' in obs else None}: retrain it with spirl_vae.py --env {args.env}")
 
     def normalise(state):
@@ -454,8 +478,11 @@ if __name__ == "__main__":
         skill_reward, hidden = 0.0, None
         for _ in range(horizon):
             with torch.no_grad():
-                state_in = normalise(obs["state"]).unsqueeze(0) if ckpt["state_conditioned_decoder"] else None
-                action, hidden = decoder.decode_step(z, state_in, hidden)
+                cond = None
+                if ckpt["state_conditioned_decoder"]:  # closed loop: what the decoder sees of the current obs
+                    seen = torch.as_tensor(obs["image"]) if decoder.image_encoder is not None else normalise(obs["state"])
+                    cond = decoder.condition(seen.unsqueeze(0))
+                action, hidden = decoder.decode_step(z, cond, hidden)
             action = np.clip(action[0].numpy(), action_low, action_high)
             step_start = time.time()
             obs, reward, terminated, truncated, info = env.step(action)

@@ -155,30 +155,36 @@ def test_ssp_entropy_term_and_target():
 
 
 def write_skill_model(path, env_name, state_dim, action_dim, image_shape=None, closed_loop=False, latent_dim=4):
-    """A checkpoint in the contract's format, built with spirl_vae.py's own classes (untrained)."""
+    """A checkpoint in the contract's format, built with spirl_vae.py's own classes (untrained). closed_loop:
+    False, True / "state" (the decoder sees the state) or "image" (it sees image_shape frames)."""
     import spirl_vae
 
+    closed_loop_input = None if not closed_loop else ("image" if closed_loop == "image" else "state")
     model = spirl_vae.SkillModel(state_dim, action_dim, latent_dim, hidden_dim=32, prior_layers=3,
-                                 image_shape=image_shape, state_conditioned_decoder=closed_loop)
+                                 image_shape=image_shape, state_conditioned_decoder=bool(closed_loop),
+                                 closed_loop_image_shape=image_shape if closed_loop_input == "image" else None)
     torch.save({"format": "spirl-skill-model-v1", "env": env_name, "args": {}, "data_source": "test",
                 "prior_input": "image" if image_shape else "state", "state_dim": state_dim,
                 "image_shape": list(image_shape) if image_shape else None, "action_dim": action_dim,
                 "skill_horizon": 5, "latent_dim": latent_dim, "hidden_dim": 32, "prior_layers": 3,
-                "state_conditioned_decoder": closed_loop,
+                "state_conditioned_decoder": bool(closed_loop), "closed_loop_input": closed_loop_input,
                 "state_mean": np.zeros(state_dim, np.float32), "state_std": np.ones(state_dim, np.float32),
                 "action_low": -np.ones(action_dim, np.float32), "action_high": np.ones(action_dim, np.float32),
                 "model": model.state_dict(), "step": 0}, path)
     return model
 
 
-@pytest.mark.parametrize("image_shape, closed_loop", [(None, False), ((6, 32, 32), True)])
+@pytest.mark.parametrize("image_shape, closed_loop", [(None, False), ((6, 32, 32), True), ((6, 32, 32), "image")])
 def test_ssp_loads_spirl_vae_checkpoint_strictly(tmp_path, image_shape, closed_loop):
     model = write_skill_model(tmp_path / "m.pt", "kitchen", 7, 3, image_shape, closed_loop)
     _, decoder, prior = ssp.load_skill_model(str(tmp_path / "m.pt"), "kitchen")
     z = torch.randn(2, 4)
     model.eval()
-    states = torch.randn(2, 5, 7) if closed_loop else None
-    torch.testing.assert_close(decoder.decode(z, states, horizon=5), model.decoder.decode(z, states, horizon=5))
+    seen = {False: None, True: torch.randn(2, 5, 7), "image": torch.randint(0, 255, (2, 5, 6, 32, 32), dtype=torch.uint8)}
+    conds = decoder.condition(seen[closed_loop]) if closed_loop else None
+    assert (decoder.image_encoder is not None) == (closed_loop == "image")
+    torch.testing.assert_close(decoder.decode(z, conds, horizon=5),
+                               model.decoder.decode(z, model.decoder.condition(seen[closed_loop]) if closed_loop else None, horizon=5))
     prior_in = torch.randint(0, 255, (2, *image_shape), dtype=torch.uint8) if image_shape else torch.randn(2, 7)
     prior.eval()
     torch.testing.assert_close(prior(prior_in)[0], model.skill_prior(prior_in)[0])
@@ -254,7 +260,9 @@ def test_ssp_smoke(env_name, prior_init, tmp_path, monkeypatch, capsys):
     env = envs.make_env(env_name, seed=0)
     obs, _ = env.reset(seed=0)
     image_shape = obs["image"].shape if module.DEFAULT_PRIOR_INPUT == "image" else None
-    write_skill_model(tmp_path / "m.pt", env_name, obs["state"].shape[0], env.action_space.shape[0], image_shape)
+    # image envs: the run without prior init executes an image closed-loop model (decoder sees the frames)
+    closed_loop = "image" if image_shape is not None and not prior_init else False
+    write_skill_model(tmp_path / "m.pt", env_name, obs["state"].shape[0], env.action_space.shape[0], image_shape, closed_loop)
     env.close()
     argv = ["--env", env_name, "--skill-model", str(tmp_path / "m.pt"), "--total-timesteps", str(STEPS[env_name]),
             "--critic-hidden-dim", "32", "--batch-size", "16", "--log-interval", "100", "--learning-starts", "100"]

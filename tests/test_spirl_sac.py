@@ -362,19 +362,23 @@ def test_omega_schedule():
 # ----------------------------------------------------------------------------------------------------
 
 
-def write_skill_model(path, env_name, env, latent=4, horizon=5, closed_loop=False, prior_input=None):
+def write_skill_model(path, env_name, env, latent=4, horizon=5, closed_loop=False, prior_input=None,
+                      closed_loop_input="state"):
     import spirl_vae
 
     state_dim = env.observation_space["state"].shape[0]
     action_dim = env.action_space.shape[0]
     prior_input = prior_input or ("image" if "image" in env.observation_space.spaces else "state")
-    image_shape = list(env.observation_space["image"].shape) if prior_input == "image" else None
+    frames = list(env.observation_space["image"].shape) if "image" in env.observation_space.spaces else None
+    image_shape = frames if prior_input == "image" else None
     model = spirl_vae.SkillModel(state_dim, action_dim, latent, hidden_dim=16, prior_layers=3, image_shape=image_shape,
-                                 state_conditioned_decoder=closed_loop)
+                                 state_conditioned_decoder=closed_loop,
+                                 closed_loop_image_shape=frames if closed_loop_input == "image" else None)
     torch.save({
         "format": "spirl-skill-model-v1", "env": env_name, "args": {}, "prior_input": prior_input,
-        "state_dim": state_dim, "image_shape": image_shape, "action_dim": action_dim, "skill_horizon": horizon,
-        "latent_dim": latent, "hidden_dim": 16, "prior_layers": 3, "state_conditioned_decoder": closed_loop,
+        "state_dim": state_dim, "image_shape": frames if closed_loop_input == "image" else image_shape,
+        "action_dim": action_dim, "skill_horizon": horizon, "latent_dim": latent, "hidden_dim": 16, "prior_layers": 3,
+        "state_conditioned_decoder": closed_loop, "closed_loop_input": closed_loop_input if closed_loop else None,
         "state_mean": np.zeros(state_dim, np.float32), "state_std": np.ones(state_dim, np.float32) * 5,
         "action_low": env.action_space.low, "action_high": env.action_space.high, "data_source": "test",
         "model": model.state_dict(), "step": 0,
@@ -620,3 +624,39 @@ def test_block_stacking_logs_the_reward_flags_per_episode(tmp_path, monkeypatch)
     lifted, delivered = (scalars.Scalars(f"charts/{key}") for key in ("blocks_lifted", "blocks_delivered"))
     assert [e.step for e in lifted] == [e.step for e in delivered] == [1000]  # one training episode, logged at its end
     assert (lifted[0].value, delivered[0].value) == ended[99]  # the episode's last skill's info (100 skills of H = 10)
+
+
+def test_image_closed_loop_decodes_from_the_current_frames_on_maze(tmp_path, monkeypatch):
+    """A skill model trained with --closed-loop-input image (state prior here, so only the decoder sees frames):
+    execute_skill feeds the current frames through the decoder's conv encoder at every step, and a short run
+    trains on it; an env without frames is refused with a clear error."""
+    env = maze_env()
+    monkeypatch.chdir(tmp_path)
+    write_skill_model("skill_icl.pt", "maze", env, closed_loop=True, prior_input="state", closed_loop_input="image")
+    decoder, prior, meta = spirl_sac.load_skill_model("skill_icl.pt", "maze", env)
+    assert decoder.image_encoder is not None and meta["image_shape"] is None  # the prior sees the state
+    obs, _ = env.reset(seed=0)
+    z = np.array([1.5, -1.0, 0.5, 2.0], np.float32)
+    seen, taken = [obs["image"]], []
+
+    class Recording:  # the env, recording each action and the frames after it
+        def step(self, action):
+            taken.append(np.array(action))
+            out = env.step(action)
+            seen.append(out[0]["image"])
+            return out
+    execute_skill(Recording(), obs, z, decoder, 5, np.zeros(4, np.float32), np.ones(4, np.float32),
+                  env.action_space.low, env.action_space.high, True)
+    hidden = None
+    for t in range(5):  # the action of step t is decoded from z and the frames before it
+        with torch.no_grad():
+            action, hidden = decoder.decode_step(torch.as_tensor(z)[None], decoder.condition(torch.as_tensor(seen[t])[None]), hidden)
+        np.testing.assert_allclose(taken[t], np.clip(action[0].numpy(), env.action_space.low, env.action_space.high),
+                                   rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(seen[0], seen[-1])  # the frames did change along the skill
+    out = spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill_icl.pt", total_env_steps=60, learning_starts=5,
+                                        batch_size=4, eval_interval=0, eval_episodes=1, save_path="icl/sac.pt"))
+    assert out["global_step"] == 60 and out["grad_steps"] > 0
+    state_only = maze_module().make_env(seed=0, images=False)
+    with pytest.raises(SetupError, match="image closed-loop decoder"):
+        spirl_sac.load_skill_model("skill_icl.pt", "maze", state_only)
