@@ -20,6 +20,12 @@
    --explore prior``, no learning), with the highest tower (blocks_stacked) at each episode's end and at its
    best, and the fraction of steps with a block lifted / on another block.
 
+    python benchmarks/block_stacking.py --prior-rollouts runs/<skill run>/skill_model.pt --prior-num-blocks 5
+
+   With --prior-num-blocks other than 11: the same in a downstream env with that many blocks (all on the ground),
+   its states padded to the 11 block slots as the data's are (``pad_states``), so that a decoder that sees the
+   state meets the states of the data's 5-block world: how much of a prior's behaviour is lost to the 5 -> 11 shift.
+
     python benchmarks/block_stacking.py --policy-rollouts runs/<spirl_sac run>/spirl_sac.pt --policy-episodes 4
 
 4. (only this) what a trained SPiRL policy does: ``spirl_sac.py --evaluate`` episodes of the checkpoint (skills
@@ -56,6 +62,9 @@ class Args:
     prior_rollouts: Optional[str] = None
     """a block-stacking skill model (spirl_vae.py --env block_stacking): measure only its prior's rollouts"""
     prior_episodes: int = 20
+    """--prior-rollouts: episodes of 1000 env steps"""
+    prior_num_blocks: int = 11
+    """--prior-rollouts: blocks in the downstream env (11: spirl_sac.py --explore prior itself; fewer: states padded to 11 slots)"""
     """--prior-rollouts: 1000-step episodes of prior skills"""
     policy_rollouts: Optional[str] = None
     """a spirl_sac.py checkpoint of block stacking: measure only its policy's episodes (spirl_sac.py --evaluate)"""
@@ -88,6 +97,47 @@ def prior_rollouts(skill_model, episodes, seed):
         stacked, lifted = stacked_and_lifted(env, ep)
         rows.append({"final": int(stacked[-1]), "best": int(stacked.max()),
                      "lifted": float(lifted.mean()), "on_block": float(np.mean(stacked > 0))})
+    return rows
+
+
+def padded_prior_rollouts(skill_model, episodes, seed, num_blocks):
+    """prior_rollouts in a ``num_blocks``-block downstream env whose states are padded to the 11 slots the
+    skill model knows (the data's layout): skills z ~ p_a(z|s) decoded and executed with spirl_sac's own
+    execute_skill; the per-step measures come from the env's info."""
+    import torch
+
+    import spirl_sac
+
+    torch.set_num_threads(1)  # as spirl_sac.py: tiny networks, and no threads spinning on a shared box
+    decoder, prior, meta = spirl_sac.load_skill_model(skill_model, "block_stacking", bs.make_env(seed=seed))
+    env = bs.make_env(seed=seed, num_blocks=num_blocks)
+    mean, std = np.asarray(meta["state_mean"], np.float32), np.asarray(meta["state_std"], np.float32)
+    infos = []
+
+    def padded(obs):
+        return {**obs, "state": bs.pad_states(obs["state"][None], 11)[0]}
+
+    class Padded:  # the env as the skill model sees it; records every step's info
+        def step(self, action):
+            obs, reward, terminated, truncated, info = env.step(action)
+            infos.append(info)
+            return padded(obs), reward, terminated, truncated, info
+
+    torch.manual_seed(seed)
+    rows = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        obs, infos, done = padded(obs), [], False
+        while not done:
+            with torch.no_grad():
+                z = spirl_sac.squashed_sample(*prior(torch.as_tensor(obs["image"]).unsqueeze(0)))[0].numpy()
+            obs, _, terminated, truncated, _, _, _ = spirl_sac.execute_skill(
+                Padded(), obs, z, decoder, meta["skill_horizon"], mean, std, np.asarray(meta["action_low"]),
+                np.asarray(meta["action_high"]), bool(meta["state_conditioned_decoder"]))
+            done = terminated or truncated
+        stacked = np.array([i["blocks_stacked"] for i in infos])
+        rows.append({"final": int(stacked[-1]), "best": int(stacked.max()),
+                     "lifted": float(np.mean([i["lifted"] for i in infos])), "on_block": float(np.mean(stacked > 0))})
     return rows
 
 
@@ -159,9 +209,12 @@ if __name__ == "__main__":
           f"load average {os.getloadavg()[0]:.2f}, seed {args.seed}")
     if args.prior_rollouts:
         start = time.perf_counter()
-        rows = prior_rollouts(args.prior_rollouts, args.prior_episodes, args.seed)
+        if args.prior_num_blocks == 11:
+            rows = prior_rollouts(args.prior_rollouts, args.prior_episodes, args.seed)
+        else:
+            rows = padded_prior_rollouts(args.prior_rollouts, args.prior_episodes, args.seed, args.prior_num_blocks)
         final, best = np.array([r["final"] for r in rows]), np.array([r["best"] for r in rows])
-        print(f"prior rollouts of {args.prior_rollouts}, {len(rows)} episodes of 1000 steps, 11 blocks: blocks_stacked at "
+        print(f"prior rollouts of {args.prior_rollouts}, {len(rows)} episodes of 1000 steps, {args.prior_num_blocks} blocks: blocks_stacked at "
               f"the end {final.mean():.2f} (max {final.max()}), best during the episode {best.mean():.2f} (max {best.max()}); "
               f"episodes with any stack {np.mean(best > 0):.2f}; steps with a block lifted "
               f"{np.mean([r['lifted'] for r in rows]):.3f}, with a block on another {np.mean([r['on_block'] for r in rows]):.3f}; "
