@@ -601,7 +601,7 @@ def plot_sweep(results, path, title):
             seeds = f"{len(runs)} seeds" if len(runs) > 1 else f"seed {runs[0]['seed']}"
             budget = max(r["env_steps"] for r in runs)  # flat SAC's budget is smaller: say so
             line, = ax.plot(grid, mean, label=f"{label}" + (f" ({env})" if len({e for e, _ in groups}) > 1 else "")
-                            + f", {seeds}, {budget / 1000:g}k env steps")
+                            + f", {seeds}, {budget / 1000:.0f}k env steps")  # a skill may overrun the budget by < H steps
             ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k"))
         ax.set_xlabel("env steps (warm-up included)")
