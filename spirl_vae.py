@@ -197,8 +197,10 @@ class SkillDecoder(nn.Module):
         if hidden is None:
             hidden = self.initial_hidden(z.shape[0])
         inputs = z if cond is None else torch.cat([z, cond], dim=-1)
-        output, hidden = self.lstm(inputs.unsqueeze(1), hidden)
-        return self.head(output[:, 0]), hidden
+        # one step of self.lstm with its own weights; lstm_cell is ~4x faster than the sequence module for one step
+        h, c = torch.lstm_cell(inputs, (hidden[0][0], hidden[1][0]), self.lstm.weight_ih_l0, self.lstm.weight_hh_l0,
+                               self.lstm.bias_ih_l0, self.lstm.bias_hh_l0)
+        return self.head(h), (h.unsqueeze(0), c.unsqueeze(0))
 
     def decode(self, z, conds=None, horizon=None):
         """All H actions at once: z (B, latent), conds (B, H, cond_dim) closed loop only -> (B, H, action_dim)."""
