@@ -103,17 +103,15 @@ class Args:
 # ----------------------------------------------------------------------------------------------------
 
 
-def conv_image_encoder(image_shape):
-    """Appendix B.1's image encoder: 3 conv layers (kernel 3, stride 2, 8 / 16 / 32 channels), batch norm,
-    leaky-ReLU, flattened. Returns the module ((B, C, 32, 32) float -> (B, out_dim)) and out_dim."""
+def conv_image_encoder(image_shape, batch_norm=True):
+    """Appendix B.1's image encoder: 3 conv layers (kernel 3, stride 2, 8 / 16 / 32 channels), batch norm (unless
+    batch_norm=False), leaky-ReLU, flattened. Returns the module ((B, C, 32, 32) float -> (B, out_dim)) and out_dim."""
     channels, height, width = image_shape
     conv = []
     for out_channels in (8, 16, 32):
-        conv += [
-            nn.Conv2d(channels, out_channels, kernel_size=3, stride=2, padding=1),
-            nn.BatchNorm2d(out_channels),
-            nn.LeakyReLU(0.2),
-        ]
+        conv += [nn.Conv2d(channels, out_channels, kernel_size=3, stride=2, padding=1)]
+        conv += [nn.BatchNorm2d(out_channels)] if batch_norm else []
+        conv += [nn.LeakyReLU(0.2)]
         channels = out_channels
         height, width = (height + 1) // 2, (width + 1) // 2
     return nn.Sequential(*conv, nn.Flatten()), channels * height * width
@@ -135,7 +133,9 @@ class SkillDecoder(nn.Module):
         self.state_dim = state_dim
         self.image_encoder, cond_dim = None, state_dim
         if image_shape is not None:
-            conv, conv_dim = conv_image_encoder(image_shape)
+            # no batch norm: its running statistics, used when the decoder runs in eval mode (RL), lagged the weights
+            # and made the decoded actions ~10x worse than in training mode (maze, measured); train = eval without it
+            conv, conv_dim = conv_image_encoder(image_shape, batch_norm=False)
             self.image_encoder = nn.Sequential(conv, nn.Linear(conv_dim, hidden_dim))  # frames -> (B, hidden)
             cond_dim = hidden_dim
         self.cond_dim = cond_dim

@@ -284,6 +284,9 @@ def test_image_closed_loop_trains_and_rebuilds(tmp_path):
     assert checkpoint["closed_loop_input"] == "image" and checkpoint["image_shape"] == [6, 32, 32]
     model = spirl_vae.build_model(checkpoint)  # strict load
     assert model.decoder.image_encoder is not None and model.decoder.state_dim == 0
+    frames = torch.randint(0, 256, (4, 10, 6, 32, 32), dtype=torch.uint8)
+    in_training = model.train().decoder.condition(frames)  # no batch norm: RL (eval mode) sees what training saw
+    torch.testing.assert_close(model.eval().decoder.condition(frames), in_training)
     with pytest.raises(SystemExit, match="closed_loop_input"):  # resuming with another closed-loop input
         spirl_vae.train(short_args(tmp_path, total_steps=310, save_path=str(tmp_path / "image.pt"), resume=True,
                                    state_conditioned_decoder=True, closed_loop_input="state"),
