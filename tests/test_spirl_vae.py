@@ -310,3 +310,14 @@ def test_short_training_on_generated_maze_data(tmp_path):
     # learning is asserted on the synthetic data above, the reconstruction here
     assert last["recon"] < 0.5 * first["recon"], (first, last)
     assert torch.load(result["save_path"], weights_only=False)["data_source"] == dataset["source"]
+
+
+def test_image_closed_loop_needs_a_camera_and_images(tmp_path):
+    """--closed-loop-input image in an env without frames, or with data without images: one-line errors naming the flag."""
+    args = short_args(tmp_path, total_steps=5, state_conditioned_decoder=True, closed_loop_input="image", prior_input="state")
+    for dataset, spec, message in ((synthetic_dataset(num_traj=4, length=20), make_spec(), "no camera"),
+                                   (synthetic_dataset(num_traj=4, length=20), make_spec(image=True), "no 'images'")):
+        with pytest.raises(SystemExit) as error:
+            spirl_vae.train(args, dataset, spec, run_dir=str(tmp_path / "runs"))
+        assert message in str(error.value) and "--closed-loop-input" in str(error.value)
+    assert not os.path.exists(tmp_path / "skill_model.pt")
