@@ -168,7 +168,6 @@ class SkillDecoder(nn.Module):
             conv, conv_dim = conv_image_encoder(image_shape, batch_norm=False)
             self.image_encoder = nn.Sequential(conv, nn.Linear(conv_dim, hidden_dim))  # frames -> (B, hidden)
             cond_dim = hidden_dim
-        self.cond_dim = cond_dim
         self.lstm = nn.LSTM(latent_dim + cond_dim, hidden_dim, batch_first=True)
         self.initial_h = nn.Parameter(torch.zeros(1, 1, hidden_dim))  # learned initial hidden state
         self.initial_c = nn.Parameter(torch.zeros(1, 1, hidden_dim))
@@ -252,7 +251,7 @@ class SkillModel(nn.Module):
         super().__init__()
         closed_loop_image_shape = closed_loop_image_shape if state_conditioned_decoder else None
         state_cond = state_dim if state_conditioned_decoder and closed_loop_image_shape is None else 0
-        cond_dim = hidden_dim if closed_loop_image_shape is not None else state_cond  # SkillDecoder.cond_dim
+        cond_dim = hidden_dim if closed_loop_image_shape is not None else state_cond  # as SkillDecoder computes it
         self.encoder = SkillEncoder(action_dim, latent_dim, hidden_dim, cond_dim=cond_dim)
         self.decoder = SkillDecoder(action_dim, latent_dim, hidden_dim, state_dim=state_cond,
                                     image_shape=closed_loop_image_shape)

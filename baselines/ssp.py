@@ -138,7 +138,6 @@ class SkillDecoder(nn.Module):
             conv, conv_dim = conv_image_encoder(image_shape, batch_norm=False)
             self.image_encoder = nn.Sequential(conv, nn.Linear(conv_dim, hidden_dim))  # frames -> (B, hidden)
             cond_dim = hidden_dim
-        self.cond_dim = cond_dim
         self.lstm = nn.LSTM(latent_dim + cond_dim, hidden_dim, batch_first=True)
         self.initial_h = nn.Parameter(torch.zeros(1, 1, hidden_dim))  # learned initial hidden state
         self.initial_c = nn.Parameter(torch.zeros(1, 1, hidden_dim))

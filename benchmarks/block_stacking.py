@@ -62,10 +62,9 @@ class Args:
     prior_rollouts: Optional[str] = None
     """a block-stacking skill model (spirl_vae.py --env block_stacking): measure only its prior's rollouts"""
     prior_episodes: int = 20
-    """--prior-rollouts: episodes of 1000 env steps"""
+    """--prior-rollouts: 1000-step episodes of prior skills"""
     prior_num_blocks: int = 11
     """--prior-rollouts: blocks in the downstream env (11: spirl_sac.py --explore prior itself; fewer: states padded to 11 slots)"""
-    """--prior-rollouts: 1000-step episodes of prior skills"""
     policy_rollouts: Optional[str] = None
     """a spirl_sac.py checkpoint of block stacking: measure only its policy's episodes (spirl_sac.py --evaluate)"""
     policy_episodes: int = 4
@@ -112,7 +111,7 @@ def padded_prior_rollouts(skill_model, episodes, seed, num_blocks):
     decoder, prior, meta = spirl_sac.load_skill_model(skill_model, "block_stacking", bs.make_env(seed=seed))
     env = bs.make_env(seed=seed, num_blocks=num_blocks)
     mean, std = np.asarray(meta["state_mean"], np.float32), np.asarray(meta["state_std"], np.float32)
-    infos = []
+    infos = []  # the current episode's per-step infos
 
     def padded(obs):
         return {**obs, "state": bs.pad_states(obs["state"][None], 11)[0]}
@@ -127,7 +126,8 @@ def padded_prior_rollouts(skill_model, episodes, seed, num_blocks):
     rows = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
-        obs, infos, done = padded(obs), [], False
+        obs, done = padded(obs), False
+        infos.clear()
         while not done:
             with torch.no_grad():
                 z = spirl_sac.squashed_sample(*prior(torch.as_tensor(obs["image"]).unsqueeze(0)))[0].numpy()
