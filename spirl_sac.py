@@ -216,8 +216,8 @@ class SkillDecoder(nn.Module):
         if self.image_encoder is None:
             return obs
         frames = obs.reshape(-1, *obs.shape[-3:])
-        if frames.dtype == torch.uint8:
-            frames = frames.float() / 255.0
+        if frames.dtype == torch.uint8:  # in place: a second fresh image-sized tensor page-faults (CPU)
+            frames = frames.float().div_(255.0)
         return self.image_encoder(frames).reshape(*obs.shape[:-3], -1)
 
     def initial_hidden(self, batch_size):
@@ -271,8 +271,8 @@ class SkillPrior(nn.Module):
 
     def forward(self, obs):
         if self.image_encoder is not None:
-            if obs.dtype == torch.uint8:
-                obs = obs.float() / 255.0
+            if obs.dtype == torch.uint8:  # in place: a second fresh image-sized tensor page-faults (CPU)
+                obs = obs.float().div_(255.0)
             obs = self.image_encoder(obs)
         mu, log_sigma = self.mlp(obs).chunk(2, dim=-1)
         return mu, log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)
@@ -423,13 +423,16 @@ class ReplayBuffer:
             "next_prior_log_sigma": np.zeros((capacity, latent_dim), np.float32),
         }
         if image_shape is not None:  # np.zeros only commits memory for the rows that get written
-            self.data["image"] = np.zeros((capacity, *image_shape), np.uint8)
-            self.data["next_image"] = np.zeros((capacity, *image_shape), np.uint8)
+            # stored channels-last, (H, W, C): a sampled batch is then already in the memory layout in which the CPU's
+            # convolutions run fastest (see make_policy), with no transposing copy at every update
+            channels, height, width = image_shape
+            self.data["image"] = np.zeros((capacity, height, width, channels), np.uint8)
+            self.data["next_image"] = np.zeros((capacity, height, width, channels), np.uint8)
 
     def add(self, **transition):
-        """One transition; keys as self.data (images only when the prior sees images)."""
+        """One transition; keys as self.data (images only when the prior sees images, as (C, H, W))."""
         for key, array in self.data.items():
-            array[self.pos] = transition[key]
+            array[self.pos] = np.moveaxis(transition[key], 0, -1) if key in ("image", "next_image") else transition[key]
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
@@ -440,8 +443,8 @@ class ReplayBuffer:
         mean, std = torch.as_tensor(self.state_mean, device=self.device), torch.as_tensor(self.state_std, device=self.device)
         critic_obs, next_critic_obs = (t["state"] - mean) / std, (t["next_state"] - mean) / std
         images = "image" in t
-        if images:  # channels-last, the layout in which the CPU's convolutions run fastest (see make_policy)
-            t["image"], t["next_image"] = (t[k].contiguous(memory_format=torch.channels_last) for k in ("image", "next_image"))
+        if images:  # (B, H, W, C) -> (B, C, H, W) with channels-last strides: a view, no copy
+            t["image"], t["next_image"] = (t[k].permute(0, 3, 1, 2) for k in ("image", "next_image"))
         return {
             "policy_obs": t["image"] if images else critic_obs,
             "next_policy_obs": t["next_image"] if images else next_critic_obs,
@@ -458,7 +461,10 @@ class ReplayBuffer:
         if size > self.capacity:
             raise SetupError(f"saved replay buffer holds {size} transitions, more than --buffer-size {self.capacity}")
         for key, array in self.data.items():
-            array[:size] = saved[key]
+            if key in ("image", "next_image") and saved[key].shape[1:] != array.shape[1:]:
+                array[:size] = np.moveaxis(saved[key], 1, -1)  # a buffer saved before images were stored (H, W, C)
+            else:
+                array[:size] = saved[key]
         self.size, self.pos = size, int(saved["pos"]) % self.capacity
 
 

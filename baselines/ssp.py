@@ -149,8 +149,8 @@ class SkillDecoder(nn.Module):
         if self.image_encoder is None:
             return obs
         frames = obs.reshape(-1, *obs.shape[-3:])
-        if frames.dtype == torch.uint8:
-            frames = frames.float() / 255.0
+        if frames.dtype == torch.uint8:  # in place: a second fresh image-sized tensor page-faults (CPU)
+            frames = frames.float().div_(255.0)
         return self.image_encoder(frames).reshape(*obs.shape[:-3], -1)
 
     def initial_hidden(self, batch_size):
@@ -204,8 +204,8 @@ class SkillPrior(nn.Module):
 
     def forward(self, obs):
         if self.image_encoder is not None:
-            if obs.dtype == torch.uint8:
-                obs = obs.float() / 255.0
+            if obs.dtype == torch.uint8:  # in place: a second fresh image-sized tensor page-faults (CPU)
+                obs = obs.float().div_(255.0)
             obs = self.image_encoder(obs)
         mu, log_sigma = self.mlp(obs).chunk(2, dim=-1)
         return mu, log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)

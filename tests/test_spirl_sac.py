@@ -333,6 +333,30 @@ def test_replay_buffer_stores_h_step_transitions(terminate_at, truncate_at, step
     torch.testing.assert_close(batch["skill"], torch.as_tensor(z).expand(4, -1))
 
 
+def test_replay_buffer_images_come_back_as_added_in_channels_last_layout():
+    rng = np.random.default_rng(0)
+    shape = (6, 8, 8)
+    images = rng.integers(0, 256, (5, *shape), dtype=np.uint8)  # (C, H, W) each, as the envs give them
+    rb = ReplayBuffer(5, STATE, LATENT, np.zeros(STATE), np.ones(STATE), image_shape=shape)
+    zeros = np.zeros(LATENT, np.float32)
+    for i, image in enumerate(images):
+        rb.add(state=np.full(STATE, i, np.float32), next_state=np.zeros(STATE), skill=zeros, reward=0.0, done=0.0,
+               prior_mu=zeros, prior_log_sigma=zeros, next_prior_mu=zeros, next_prior_log_sigma=zeros,
+               image=image, next_image=255 - image)
+    batch = rb.sample(16, np.random.default_rng(1))
+    rows = batch["critic_obs"][:, 0].long().numpy()
+    assert batch["policy_obs"].shape == (16, *shape) and batch["policy_obs"].dtype == torch.uint8
+    assert batch["policy_obs"].is_contiguous(memory_format=torch.channels_last)  # what the policy's convs run fastest on
+    np.testing.assert_array_equal(batch["policy_obs"].numpy(), images[rows])
+    np.testing.assert_array_equal(batch["next_policy_obs"].numpy(), 255 - images[rows])
+    # a buffer saved with images as (C, H, W) (runs started before the channels-last storage) loads the same
+    saved = rb.state_dict()
+    saved = {**saved, **{k: np.ascontiguousarray(np.moveaxis(saved[k], -1, 1)) for k in ("image", "next_image")}}
+    rb2 = ReplayBuffer(5, STATE, LATENT, np.zeros(STATE), np.ones(STATE), image_shape=shape)
+    rb2.load_state_dict(saved)
+    for key in rb.data:
+        np.testing.assert_array_equal(rb2.data[key], rb.data[key])
+
 def test_execute_skill_open_and_closed_loop_actions():
     env = CountingEnv()
     obs, _ = env.reset()
