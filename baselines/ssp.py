@@ -46,6 +46,9 @@ class Args:
     """skill-model checkpoint written by spirl_vae.py; empty: checkpoints/skill_model_<env>.pt"""
     prior_init: bool = False
     """appendix E "SSP PriorInit + SAC": initialise the policy with the skill prior's weights (still no prior regularisation)"""
+    goal_radius: Optional[float] = None
+    """maze only: reward at every step within this distance of the goal; None: 1.0, the authors' value at the
+    paper's time (2.0 is their later value; spirl_sac.py has the same flag)"""
     seed: int = 1
     """seed of python, numpy, torch and the env"""
     total_timesteps: int = 300_000
@@ -366,6 +369,8 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     if args.env not in envs.ENV_NAMES:
         raise SystemExit(f"unknown env {args.env!r}: choose one of {', '.join(envs.ENV_NAMES)}")
+    if args.goal_radius is not None and (args.env != "maze" or args.goal_radius <= 0):
+        raise SystemExit(f"--goal-radius {args.goal_radius}: only the maze has a goal radius, and it must be > 0")
     exp_name = args.exp_name + ("_prior_init" if args.prior_init else "")
     resume_ckpt = load_resume_checkpoint(args.resume, args) if args.resume else None
     run_dir = args.run_dir or (os.path.dirname(args.resume) if args.resume else
@@ -390,7 +395,8 @@ if __name__ == "__main__":
     use_image = ckpt["prior_input"] == "image"
     critic_layers = args.critic_layers or DEFAULT_CRITIC_LAYERS[args.env]
 
-    env, metric = envs.make_env(args.env, seed=args.seed), envs.env_module(args.env).METRIC
+    options = {} if args.goal_radius is None else {"goal_radius": args.goal_radius}
+    env, metric = envs.make_env(args.env, seed=args.seed, **options), envs.env_module(args.env).METRIC
     obs, _ = env.reset(seed=args.seed)
     if obs["state"].shape[0] != ckpt["state_dim"] or env.action_space.shape[0] != ckpt["action_dim"]:
         raise SystemExit(f"skill model has state_dim {ckpt['state_dim']}, action_dim {ckpt['action_dim']}, the env "

@@ -355,3 +355,19 @@ def test_track_logs_through_wandb(tmp_path, monkeypatch, capsys):
     run_script("sac", ["--env", "Pendulum-v1", "--policy-layers", "1", *SMALL, "--total-timesteps", "200", "--track",
                        "--wandb-project-name", "p"], monkeypatch, tmp_path, capsys)
     assert len(calls) == 1 and calls[0]["project"] == "p" and calls[0]["sync_tensorboard"] and calls[0]["config"]["seed"] == 1
+
+
+@pytest.mark.parametrize("script", ["sac", "bc_sac", "flat_prior"])
+def test_goal_radius_flag_reaches_the_maze_and_only_the_maze(script):
+    make_env = load_script(script).make_env
+    env, _, _ = make_env("maze", 0, "state", 2.0)
+    assert env.unwrapped.goal_radius == 2.0
+    env, _, _ = make_env("maze", 0, "state")
+    assert env.unwrapped.goal_radius == 1.0  # the paper's time
+    with pytest.raises(SystemExit, match="only the maze has a goal radius"):
+        make_env("kitchen", 0, "auto", 2.0)
+
+
+def test_ssp_goal_radius_outside_the_maze_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit, match="only the maze has a goal radius"):
+        run_script("ssp", ["--env", "kitchen", "--goal-radius", "2.0"], monkeypatch, tmp_path, capsys)
