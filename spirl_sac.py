@@ -18,6 +18,7 @@ so that this divergence stays near the target delta.
 import math
 import os
 import random
+import shutil
 import sys
 import time
 import zipfile
@@ -126,6 +127,9 @@ class Args:
     """env steps between progress lines"""
     checkpoint_interval: int = 100_000
     """env steps between periodic checkpoints (a final one is always written)"""
+    keep_checkpoints: bool = False
+    """also keep every periodic checkpoint as <save_path stem>_<env step>.pt (without the replay buffer; kitchen ~13 MB
+    each), so that a run's policy can be studied where it changed, e.g. with --evaluate"""
     save_path: Optional[str] = None
     """checkpoint path; None: <run_dir>/spirl_sac.pt"""
     run_dir: Optional[str] = None
@@ -905,6 +909,8 @@ def main(args):
                     "generator": rng.bit_generator.state},
             "skill_model": skill_ckpt,
         }, save_path)
+        if args.keep_checkpoints:
+            shutil.copyfile(save_path, f"{os.path.splitext(save_path)[0]}_{global_step}.pt")
         if args.save_replay_buffer:
             save_replay(rb, save_path + ".replay.npz")
 

@@ -455,9 +455,15 @@ def test_smoke_run_on_maze_then_resume_and_evaluate(tmp_path, monkeypatch):
     write_skill_model("skill.pt", "maze", env)
     common = dict(env="maze", skill_model="skill.pt", learning_starts=20, batch_size=16, eval_interval=0,
                   eval_episodes=1, progress_interval=200, log_interval=5)
-    out = spirl_sac.main(spirl_sac.Args(total_env_steps=300, save_path="run/sac.pt", **common))
+    out = spirl_sac.main(spirl_sac.Args(total_env_steps=300, save_path="run/sac.pt", keep_checkpoints=True,
+                                        checkpoint_interval=100, **common))
     assert out["global_step"] == 300 and out["grad_steps"] > 0
     assert os.path.isfile("run/sac.pt") and os.path.isfile("run/sac.pt.replay.npz")
+    kept = sorted(f for f in os.listdir("run") if f.startswith("sac_") and f.endswith(".pt"))
+    assert kept == ["sac_100.pt", "sac_200.pt", "sac_300.pt"], kept  # every periodic checkpoint and the final one
+    early, final = (torch.load(f"run/{f}", weights_only=False) for f in ("sac_100.pt", "sac.pt"))
+    assert early["global_step"] == 100 and not torch.equal(early["qf1"]["mlp.0.weight"], final["qf1"]["mlp.0.weight"])
+    assert np.isfinite(spirl_sac.main(spirl_sac.Args(env="maze", evaluate="run/sac_100.pt", eval_episodes=1))["return"])
     out2 = spirl_sac.main(spirl_sac.Args(resume="run/sac.pt", total_env_steps=400))
     assert out2["global_step"] == 400 and out2["grad_steps"] > out["grad_steps"]
     assert out2["replay_size"] > out["replay_size"]
