@@ -4,6 +4,7 @@
     python benchmarks/kitchen.py --composition data/kitchen_scripted.hdf5   # subtask orders vs kitchen-mixed
     python benchmarks/kitchen.py --rollouts runs/<run>/explore_prior.npz    # prior rollouts: microwave, then kettle?
     python benchmarks/kitchen.py --diagnose checkpoints/skill_model_kitchen.pt  # why the prior misses the microwave
+    python benchmarks/kitchen.py --policies runs/<run>/spirl_sac.pt          # what a SPiRL policy does first, its Q
 
 Speed: env steps per second with uniform random actions (episodes of 280 steps, resets included), and the bare
 FrankaKitchen-v1 simulator underneath, so the cost of the D4RL layer (60-dim observation, object noise, reward) is
@@ -58,7 +59,9 @@ class Args:
     dataset: str = "data/kitchen_scripted.hdf5"
     """the skill model's training data, for --diagnose"""
     diagnose_episodes: int = 16
-    """rollouts per configuration for --diagnose"""
+    """rollouts per configuration for --diagnose and --policies"""
+    policies: tuple[str, ...] = ()
+    """instead of timing: spirl_sac.py kitchen checkpoints whose policy and prior to compare (see policy_diagnosis)"""
     json_out: Optional[str] = None
     """also write the composition / rollout / diagnosis measurements to this JSON file"""
 
@@ -220,15 +223,67 @@ def prior_diagnosis(checkpoint_path, dataset_path, episodes=16, steps=200):
     return results
 
 
+def policy_diagnosis(checkpoint_path, episodes=16, seed=10_001):
+    """What a SPiRL policy does from the start state and how its critics rank that: whole episodes (skills sampled
+    as in training, squashed) of the checkpoint's policy and of its prior, from the evaluation env's first start
+    state; per episode the first two subtasks completed (any order) and min(Q1, Q2) of the episode's first skill."""
+    import torch
+
+    import spirl_sac
+    from envs.kitchen_env import completed_subtasks
+
+    torch.set_num_threads(1)
+    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    run_args = spirl_sac.Args(**ckpt["args"])
+    env = spirl_sac.make_env(run_args, seed)
+    decoder, prior, meta = spirl_sac.build_skill_model(ckpt["skill_model"], "kitchen", env)
+    policy = spirl_sac.make_policy(prior, meta, prior_init=True)
+    policy.load_state_dict(ckpt["policy"])
+    critic_kwargs = dict(state_dim=meta["state_dim"], latent_dim=meta["latent_dim"], hidden_dim=run_args.critic_hidden_dim,
+                         num_layers=run_args.critic_layers)
+    critics = [spirl_sac.Critic(**critic_kwargs) for _ in range(2)]
+    for critic, key in zip(critics, ("qf1", "qf2")):
+        critic.load_state_dict(ckpt[key])
+    mean, std = np.asarray(meta["state_mean"], np.float32), np.asarray(meta["state_std"], np.float32)
+    low, high = np.asarray(meta["action_low"]), np.asarray(meta["action_high"])
+    generator = torch.Generator().manual_seed(0)
+    result = {"checkpoint": checkpoint_path, "global_step": ckpt["global_step"], "alpha": float(ckpt["log_alpha"].exp())}
+    for name, net in (("policy", policy), ("prior", prior)):
+        firsts = {}
+        for _ in range(episodes):
+            obs, _ = env.reset(seed=seed)
+            order, first_q = [], None
+            while True:
+                state = torch.as_tensor((obs["state"] - mean) / std).unsqueeze(0)
+                with torch.no_grad():
+                    skill = spirl_sac.squashed_sample(*net(state), generator)
+                    if first_q is None:
+                        first_q = min(float(critic(state, skill)) for critic in critics)
+                obs, _, terminated, truncated, _, _, _ = spirl_sac.execute_skill(
+                    env, obs, skill[0].numpy(), decoder, meta["skill_horizon"], mean, std, low, high,
+                    bool(meta["state_conditioned_decoder"]))
+                order += [t for t in completed_subtasks(obs["state"]) if t not in order]
+                if terminated or truncated:
+                    break
+            firsts.setdefault(" -> ".join(order[:2]) or "none", []).append(first_q)
+        result[name] = {first: {"episodes": len(qs), "mean_q_first_skill": round(float(np.mean(qs)), 2)}
+                        for first, qs in sorted(firsts.items(), key=lambda item: -len(item[1]))}
+        print(f"{checkpoint_path} (step {result['global_step']}, alpha {result['alpha']:.3g}), {name}, {episodes} episodes:")
+        for first, row in result[name].items():
+            print(f"  {first:32s} {row['episodes']:3d} episodes, mean Q of the first skill {row['mean_q_first_skill']:.2f}")
+    return result
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    if args.composition or args.rollouts or args.diagnose:
+    if args.composition or args.rollouts or args.diagnose or args.policies:
         results = {}
         if args.composition:
             results["composition"] = dataset_composition(args.composition)
         results["rollouts"] = [prior_rollouts(path) for path in args.rollouts]
         if args.diagnose:
             results["diagnosis"] = prior_diagnosis(args.diagnose, args.dataset, args.diagnose_episodes)
+        results["policies"] = [policy_diagnosis(path, args.diagnose_episodes) for path in args.policies]
         if args.json_out:
             with open(args.json_out, "w") as f:
                 json.dump(results, f, indent=1)
