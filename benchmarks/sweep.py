@@ -95,7 +95,8 @@ class Args:
     aggregate: bool = False
     """read every finished run under the sweep directories and write --results-json, --results-md and figures; no runs"""
     sweeps: Tuple[str, ...] = ()
-    """--aggregate: sweep directories to read; empty: every directory under --root (presets and --name sweeps)"""
+    """--aggregate: sweep directories to read; empty: every directory under --root (presets and --name sweeps). The
+    outputs then hold these sweeps only: pass other --results-json / --results-md to keep docs/results.* whole"""
     results_json: str = "docs/results.json"
     """--aggregate: output list of finished runs"""
     results_md: str = "docs/results.md"
