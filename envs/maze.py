@@ -75,6 +75,7 @@ VIEW_COLOURS = (FLOOR_RGB[:, None] + np.arange(256) / 255 * (WALL_RGB - FLOOR_RG
 DEFAULT_NUM_TRAJECTORIES = 1500  # ~10 min with 2 workers on the shared 2-core box (docs/maze.md); the paper: 85000
 DATA_GOAL_RADIUS = 0.5  # a data trajectory ends within 0.5 m of its goal cell's centre
 COLLECT_MAX_STEPS = 2000  # a data trajectory that has not reached its goal by then ends as a timeout
+WAYPOINT_RADIUS = 0.3  # the controller moves on to the next cell centre within this distance (the authors': 0.1)
 LAZY_IMAGES_BYTES = 2 * 2**30  # load_dataset keeps the frames on disk above this size (stacked images)
 DEFAULT_DATA_PATH = Path("data") / "maze.hdf5"  # relative to the current directory, like runs/ and checkpoints/
 
@@ -373,7 +374,8 @@ class WaypointController:
     The waypoint is the next cell centre on the path; it advances once the point is within
     ``waypoint_radius``; if noise pushes the point off the path, it replans from the cell it is in."""
 
-    def __init__(self, layout, goal_cell, p_gain: float = 10.0, d_gain: float = -1.0, waypoint_radius: float = 0.3):
+    def __init__(self, layout, goal_cell, p_gain: float = 10.0, d_gain: float = -1.0,
+                 waypoint_radius: float = WAYPOINT_RADIUS):
         self.layout, self.goal_cell = layout, tuple(int(v) for v in goal_cell)
         self.p_gain, self.d_gain, self.waypoint_radius = p_gain, d_gain, waypoint_radius
         self.path, self.index = None, 0
@@ -392,7 +394,8 @@ class WaypointController:
 
 
 def collect_trajectory(rng: np.random.Generator, size: int = TRAIN_SIZE, action_noise: float = 0.1,
-                       max_steps: int = COLLECT_MAX_STEPS, images: bool = True) -> dict:
+                       max_steps: int = COLLECT_MAX_STEPS, images: bool = True,
+                       waypoint_radius: float = WAYPOINT_RADIUS) -> dict:
     """One goal-reaching trajectory in a fresh layout of the authors' generator (a random seed other than
     the downstream one) from a random free cell to a random other cell connected to it.
 
@@ -411,7 +414,7 @@ def collect_trajectory(rng: np.random.Generator, size: int = TRAIN_SIZE, action_
     env = MazeEnv(layout, start, cell_to_world(goal_cell), max_episode_steps=max_steps, goal_radius=DATA_GOAL_RADIUS,
                   images=images)
     obs, info = env.reset(seed=0)
-    controller = WaypointController(layout, goal_cell)
+    controller = WaypointController(layout, goal_cell, waypoint_radius=waypoint_radius)
     states, actions, frames = [], [], []
     reached, truncated = info["distance_to_goal"] <= DATA_GOAL_RADIUS, False
     while not reached and not truncated:
@@ -436,8 +439,9 @@ def _trajectory_rng(seed: int, index: int) -> np.random.Generator:
 
 def _collect_block(job) -> str:
     """Worker: trajectories [first, last) written to their own temporary .npz file; returns its path."""
-    path, seed, first, last, size, action_noise, max_steps = job
-    block = [collect_trajectory(_trajectory_rng(seed, i), size, action_noise, max_steps) for i in range(first, last)]
+    path, seed, first, last, size, action_noise, max_steps, waypoint_radius = job
+    block = [collect_trajectory(_trajectory_rng(seed, i), size, action_noise, max_steps, waypoint_radius=waypoint_radius)
+             for i in range(first, last)]
     arrays = {}
     for k, t in enumerate(block):
         arrays.update({f"{k}_{name}": np.asarray(t[name]) for name in
@@ -450,7 +454,8 @@ def _collect_block(job) -> str:
 
 def generate_dataset(out, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, seed: int = 0, action_noise: float = 0.1,
                      max_steps: int = COLLECT_MAX_STEPS, size: int = TRAIN_SIZE, flush_every: int = 50,
-                     progress: bool = True, wait_for_other: bool = False, workers: Optional[int] = None) -> Path:
+                     progress: bool = True, wait_for_other: bool = False, workers: Optional[int] = None,
+                     waypoint_radius: float = WAYPOINT_RADIUS) -> Path:
     """Write ``num_trajectories`` planner trajectories to the HDF5 file ``out`` (D4RL-style keys).
 
     Keys: observations (N, 4) float32 = (x, y, vx, vy); actions (N, 2) float32; terminals (N,) bool (the
@@ -474,7 +479,8 @@ def generate_dataset(out, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, seed
     with _generation_lock(out, wait=wait_for_other):
         if wait_for_other and out.exists():  # another process generated it while we waited
             return out
-        return _write_dataset(out, num_trajectories, seed, action_noise, max_steps, size, flush_every, progress, workers)
+        return _write_dataset(out, num_trajectories, seed, action_noise, max_steps, size, flush_every, progress, workers,
+                              waypoint_radius)
 
 
 @contextmanager
@@ -495,7 +501,8 @@ def _generation_lock(out: Path, wait: bool):
             lock_path.unlink(missing_ok=True)  # while still holding it: a waiter then finds `out` and returns
 
 
-def _write_dataset(out: Path, num_trajectories, seed, action_noise, max_steps, size, flush_every, progress, workers) -> Path:
+def _write_dataset(out: Path, num_trajectories, seed, action_noise, max_steps, size, flush_every, progress, workers,
+                   waypoint_radius) -> Path:
     import multiprocessing
 
     import h5py
@@ -503,7 +510,8 @@ def _write_dataset(out: Path, num_trajectories, seed, action_noise, max_steps, s
 
     partial = out.with_name(out.name + ".partial")
     settings = {"seed": seed, "action_noise": action_noise, "max_steps": max_steps, "layout_size": size,
-                "view_size": VIEW_SIZE, "generator": "authors' sample_layout", "flush_every": flush_every}
+                "view_size": VIEW_SIZE, "generator": "authors' sample_layout", "flush_every": flush_every,
+                "waypoint_radius": waypoint_radius}
     done = 0
     if partial.exists():
         try:
@@ -537,7 +545,7 @@ def _write_dataset(out: Path, num_trajectories, seed, action_noise, max_steps, s
         dset[-len(values):] = values
 
     blocks = [(str(partial) + f".block{first}.npz", seed, first, min(first + flush_every, num_trajectories), size,
-               action_noise, max_steps) for first in range(done, num_trajectories, flush_every)]
+               action_noise, max_steps, waypoint_radius) for first in range(done, num_trajectories, flush_every)]
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and len(blocks) > 1 else None
     try:
         results = pool.imap(_collect_block, blocks) if pool else map(_collect_block, blocks)
@@ -711,6 +719,9 @@ class Args:
     """std of the Gaussian noise added to the controller's action before clipping to [-1, 1]"""
     max_steps: int = COLLECT_MAX_STEPS
     """steps after which a trajectory that has not reached its goal ends (as a timeout)"""
+    waypoint_radius: float = WAYPOINT_RADIUS
+    """the controller heads for the next cell centre of the path once within this distance (m) of the current
+    one (the authors' collection script: 0.1)"""
     png: Optional[str] = None
     """if set: only draw the downstream maze with start, goal and one planner rollout to this PNG, and exit"""
 
@@ -748,7 +759,7 @@ if __name__ == "__main__":
         else:
             start = time.time()
             out = generate_dataset(args.out, args.num_trajectories, args.seed, args.action_noise, args.max_steps,
-                                   workers=args.workers)
+                                   workers=args.workers, waypoint_radius=args.waypoint_radius)
             data = load_dataset(out, images=False)
             print(f"maze: wrote {out}: {len(data['traj_ends'])} trajectories, {len(data['states'])} steps, "
                   f"{out.stat().st_size / 2**20:.0f} MB in {time.time() - start:.0f} s with {args.workers} workers")

@@ -129,6 +129,19 @@ def test_planner_and_controller_reach_the_goal_in_training_mazes():
         assert maze.bfs_distances(r["layout"], r["goal_cell"])[tuple(r["start_cell"])] > 0
 
 
+def test_waypoint_radius_sets_when_the_controller_moves_on_and_is_stored(tmp_path):
+    layout = np.ones((9, 9), np.uint8)
+    layout[4, 1:-1] = 0  # a corridor along y (grids are indexed [x, y])
+    state = np.concatenate([maze.cell_to_world((4, 2)) + [0.0, 0.2], [0.0, 0.0]])  # 0.2 m past the cell centre
+    tight, loose = (maze.WaypointController(layout, (4, 6), waypoint_radius=r) for r in (0.1, 0.3))
+    assert tight.act(state)[1] < 0 < loose.act(state)[1]  # 0.1: back to the centre first; 0.3: on to the next cell
+    out = tmp_path / "wp.hdf5"
+    maze.generate_dataset(out, num_trajectories=2, seed=3, progress=False, workers=1, waypoint_radius=0.1,
+                          action_noise=0.0)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["waypoint_radius"] == 0.1 and f["terminals"][:].sum() == 2
+
+
 def test_local_view_shape_orientation_and_motion():
     layout = np.ones((9, 9), np.uint8)
     layout[1:-1, 1:-1] = 0  # a 7x7 room
