@@ -516,7 +516,8 @@ def _write_dataset(out: Path, num_trajectories, seed, action_noise, max_steps, s
     if partial.exists():
         try:
             with h5py.File(partial, "r") as f:
-                if all(f.attrs.get(k) == v for k, v in settings.items()):
+                # files written before waypoint_radius was a setting used the default: they resume too
+                if all(f.attrs.get(k, WAYPOINT_RADIUS if k == "waypoint_radius" else None) == v for k, v in settings.items()):
                     done = min(int(f.attrs["num_trajectories"]), num_trajectories)
         except (OSError, KeyError):
             done = 0

@@ -129,7 +129,7 @@ def test_planner_and_controller_reach_the_goal_in_training_mazes():
         assert maze.bfs_distances(r["layout"], r["goal_cell"])[tuple(r["start_cell"])] > 0
 
 
-def test_waypoint_radius_sets_when_the_controller_moves_on_and_is_stored(tmp_path):
+def test_waypoint_radius_sets_when_the_controller_moves_on_and_is_stored(tmp_path, capsys):
     layout = np.ones((9, 9), np.uint8)
     layout[4, 1:-1] = 0  # a corridor along y (grids are indexed [x, y])
     state = np.concatenate([maze.cell_to_world((4, 2)) + [0.0, 0.2], [0.0, 0.0]])  # 0.2 m past the cell centre
@@ -140,6 +140,14 @@ def test_waypoint_radius_sets_when_the_controller_moves_on_and_is_stored(tmp_pat
                           action_noise=0.0)
     with h5py.File(out, "r") as f:
         assert f.attrs["waypoint_radius"] == 0.1 and f["terminals"][:].sum() == 2
+    # a partial file from before the setting existed (no attribute) resumes at the default radius
+    old = tmp_path / "old.hdf5"
+    maze.generate_dataset(old, num_trajectories=2, seed=3, flush_every=1, progress=False, workers=1)
+    with h5py.File(old, "a") as f:
+        del f.attrs["waypoint_radius"]
+    old.rename(tmp_path / "old.hdf5.partial")
+    maze.generate_dataset(old, num_trajectories=3, seed=3, flush_every=1, progress=False, workers=1)
+    assert "resuming" in capsys.readouterr().out
 
 
 def test_local_view_shape_orientation_and_motion():
