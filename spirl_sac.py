@@ -100,6 +100,9 @@ class Args:
     away. Log alpha is projected back onto the floor after each step, so alpha can rise again at once (the
     authors' `alpha_min` clamps alpha in the losses instead, which stops log alpha's gradient below the floor
     and leaves alpha there for good)"""
+    bootstrap_at_time_limit: bool = True
+    """at a time-limit truncation the Q-target bootstraps from the last observation (the standard choice: the state
+    did not end); --no-bootstrap-at-time-limit stores done = 1 there instead, as the authors' code does"""
     critic_layers: Optional[int] = None
     """hidden blocks n of each critic MLP as the authors' builder counts them (input layer, n blocks, head: n + 1
     hidden layers); None: their configs' n (maze and block_stacking 2, kitchen 5)"""
@@ -337,7 +340,7 @@ def sac_update(batch, policy, qf1, qf2, qf1_target, qf2_target, log_alpha,
 
     batch: dict of tensors -- policy_obs / next_policy_obs (what the policy and prior see), critic_obs /
     next_critic_obs (normalised low-dim state), skill (B, d), reward (B,) = sum of the H rewards, done (B,)
-    = 1 only at a true terminal, and the frozen prior's Gaussian at s and s' (prior_mu, prior_log_sigma,
+    = 1 where the target must not bootstrap (a terminal; a time limit with --no-bootstrap-at-time-limit), and the frozen prior's Gaussian at s and s' (prior_mu, prior_log_sigma,
     next_prior_mu, next_prior_log_sigma; computed once when the transition was stored). alpha_min: alpha's floor
     (None: none); log alpha is projected onto it after its step.
     """
@@ -350,8 +353,8 @@ def sac_update(batch, policy, qf1, qf2, qf1_target, qf2_target, log_alpha,
         next_kl = prior_divergence(next_mu, next_log_sigma, batch["next_prior_mu"], batch["next_prior_log_sigma"],
                                    kl_reduction)
         next_q = torch.min(qf1_target(batch["next_critic_obs"], next_skill), qf2_target(batch["next_critic_obs"], next_skill))
-        # no bootstrapping past a true terminal; a time-limit truncation has done = 0 and bootstraps (the
-        # standard choice: the state did not end; the authors' code marks it done = 1 and does not bootstrap)
+        # no bootstrapping past a terminal; by default a time-limit truncation is stored with done = 0 and
+        # bootstraps (--bootstrap-at-time-limit)
         q_target = batch["reward"] + gamma * (1.0 - batch["done"]) * (next_q - alpha * next_kl)
 
     # Alg. 1 line 10: policy loss alpha * KL(pi || p_a) - min Q(s, z ~ pi), z reparameterised. The gradient
@@ -942,9 +945,10 @@ def main(args):
         next_obs, reward, terminated, truncated, info, steps, _ = run_skill(env, obs, z)
         with torch.no_grad():
             next_prior_mu, next_prior_log_sigma = skill_prior(policy_input(next_obs))
-        # Alg. 1 line 7: store (s_t, z_t, r~ = sum of the rewards, s_{t+H}, done). done is set only by a
-        # true terminal; at a time-limit truncation the target bootstraps from the last observation.
-        rb.add(state=obs["state"], next_state=next_obs["state"], skill=z, reward=reward, done=float(terminated),
+        # Alg. 1 line 7: store (s_t, z_t, r~ = sum of the rewards, s_{t+H}, done). done is set by a true terminal,
+        # and by a time-limit truncation only with --no-bootstrap-at-time-limit (the authors' choice)
+        done = terminated or (truncated and not args.bootstrap_at_time_limit)
+        rb.add(state=obs["state"], next_state=next_obs["state"], skill=z, reward=reward, done=float(done),
                prior_mu=prior_mu[0].cpu().numpy(), prior_log_sigma=prior_log_sigma[0].cpu().numpy(),
                next_prior_mu=next_prior_mu[0].cpu().numpy(), next_prior_log_sigma=next_prior_log_sigma[0].cpu().numpy(),
                **({"image": obs["image"], "next_image": next_obs["image"]} if image_prior else {}))
