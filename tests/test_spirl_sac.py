@@ -721,3 +721,29 @@ def test_time_limit_transitions_bootstrap_unless_told_not_to(tmp_path, monkeypat
     train_flags = truncated_flags[:len(stored_done)]  # the final evaluation's skills come after training's
     assert len(stored_done) == 12 and sum(train_flags) == 3
     assert stored_done == [float(t and not bootstrap) for t in train_flags]
+
+
+def test_q_bias_realised_returns_unroll_the_q_target(tmp_path, monkeypatch):
+    """benchmarks/q_bias.py: G_t = r_t + gamma (G_{t+1} - alpha KL_{t+1}), G_{T-1} = r_{T-1} + gamma tail (by hand);
+    on a maze checkpoint the tail is the critics' soft value at the last state only if the run bootstrapped there."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import q_bias
+
+    np.testing.assert_allclose(q_bias.realised_returns([1.0, 2.0, 3.0], [0.5, 1.0, 2.0], alpha=2.0, gamma=0.9, tail=10.0),
+                               [1 + 0.9 * (9.2 - 2 * 1.0), 2 + 0.9 * (12 - 2 * 2.0), 3 + 0.9 * 10])
+    env = maze_env()
+    monkeypatch.chdir(tmp_path)
+    write_skill_model("skill.pt", "maze", env)
+    spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill.pt", total_env_steps=100, learning_starts=10,
+                                  batch_size=8, eval_interval=0, eval_episodes=1, save_path="run/sac.pt",
+                                  save_replay_buffer=False))
+    ckpt = torch.load("run/sac.pt", weights_only=False)
+    ckpt["args"]["bootstrap_at_time_limit"] = False
+    torch.save(ckpt, "run/no_bootstrap.pt")
+    with_tail, without = (q_bias.episode_rows(path, episodes=1, seed=0) for path in ("run/sac.pt", "run/no_bootstrap.pt"))
+    row, row_without = with_tail["episodes"][0], without["episodes"][0]
+    assert row["skills"] == maze_module().EPISODE_LENGTH // 5 and row["bootstrapped_tail"] and row["tail"] != 0.0
+    assert not row_without["bootstrapped_tail"] and row_without["tail"] == 0.0
+    assert row["own_first"] == row_without["G_first"] == row_without["own_first"]  # same episode, same samples
+    assert row["G_first"] == pytest.approx(row["own_first"] + 0.99 ** row["skills"] * row["tail"], rel=1e-6, abs=1e-6)
