@@ -100,6 +100,10 @@ class Args:
     away. Log alpha is projected back onto the floor after each step, so alpha can rise again at once (the
     authors' `alpha_min` clamps alpha in the losses instead, which stops log alpha's gradient below the floor
     and leaves alpha there for good)"""
+    reward_scale: float = 1.0
+    """factor on the summed reward r~ in the Q-target (the authors' SAC option `reward_scale`, 1 in their configs);
+    the critics then learn values of the scaled reward, and alpha, tuned against delta, scales with them. The
+    logged returns stay unscaled"""
     bootstrap_at_time_limit: bool = True
     """at a time-limit truncation the Q-target bootstraps from the last observation (the standard choice: the state
     did not end); --no-bootstrap-at-time-limit stores done = 1 there instead, as the authors' code does"""
@@ -686,6 +690,8 @@ def resolve_args(args):
     for name in ("total_env_steps", "batch_size", "buffer_size", "gradient_steps", "critic_layers", "eval_episodes"):
         if getattr(args, name) < 1:
             raise SetupError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.reward_scale > 0:
+        raise SetupError(f"--reward-scale must be > 0, got {args.reward_scale} (1: the reward as the env gives it)")
     if args.alpha_init <= 0:
         raise SetupError(f"--alpha-init must be > 0, got {args.alpha_init}")
     if args.alpha_min is not None and not 0 < args.alpha_min <= args.alpha_init:
@@ -945,10 +951,10 @@ def main(args):
         next_obs, reward, terminated, truncated, info, steps, _ = run_skill(env, obs, z)
         with torch.no_grad():
             next_prior_mu, next_prior_log_sigma = skill_prior(policy_input(next_obs))
-        # Alg. 1 line 7: store (s_t, z_t, r~ = sum of the rewards, s_{t+H}, done). done is set by a true terminal,
-        # and by a time-limit truncation only with --no-bootstrap-at-time-limit (the authors' choice)
+        # Alg. 1 line 7: store (s_t, z_t, r~ = sum of the rewards (times --reward-scale), s_{t+H}, done). done is set
+        # by a true terminal, and by a time-limit truncation only with --no-bootstrap-at-time-limit (the authors' choice)
         done = terminated or (truncated and not args.bootstrap_at_time_limit)
-        rb.add(state=obs["state"], next_state=next_obs["state"], skill=z, reward=reward, done=float(done),
+        rb.add(state=obs["state"], next_state=next_obs["state"], skill=z, reward=args.reward_scale * reward, done=float(done),
                prior_mu=prior_mu[0].cpu().numpy(), prior_log_sigma=prior_log_sigma[0].cpu().numpy(),
                next_prior_mu=next_prior_mu[0].cpu().numpy(), next_prior_log_sigma=next_prior_log_sigma[0].cpu().numpy(),
                **({"image": obs["image"], "next_image": next_obs["image"]} if image_prior else {}))

@@ -70,7 +70,7 @@ def realised_returns(rewards, kls, alpha, gamma, tail):
 
 def episode_rows(checkpoint_path, episodes, seed):
     ckpt, run_args, env, decoder, prior, policy, critics, meta = load(checkpoint_path)
-    alpha, gamma = float(ckpt["log_alpha"].exp()), run_args.gamma
+    alpha, gamma, reward_scale = float(ckpt["log_alpha"].exp()), run_args.gamma, getattr(run_args, "reward_scale", 1.0)
     mean, std = np.asarray(meta["state_mean"], np.float32), np.asarray(meta["state_std"], np.float32)
     low, high = np.asarray(meta["action_low"]), np.asarray(meta["action_high"])
     image_prior = meta["image_shape"] is not None
@@ -97,7 +97,7 @@ def episode_rows(checkpoint_path, episodes, seed):
             z, q, kl = skill_at(obs)
             obs, reward, terminated, truncated, info, _, _ = spirl_sac.execute_skill(
                 env, obs, z, decoder, meta["skill_horizon"], mean, std, low, high, bool(meta["state_conditioned_decoder"]))
-            qs.append(q), rewards.append(reward), kls.append(kl)
+            qs.append(q), rewards.append(reward_scale * reward), kls.append(kl)  # what the critics were trained on
             if terminated or truncated:
                 break
         _, last_q, last_kl = skill_at(obs)
@@ -107,7 +107,7 @@ def episode_rows(checkpoint_path, episodes, seed):
         qs = np.asarray(qs)
         quarters = np.array_split(np.arange(len(qs)), 4)
         rows.append({"episode": episode, metric: float(info.get(metric, 0.0)), "skills": len(qs),
-                     "return": float(sum(rewards)), "bootstrapped_tail": bootstrap, "tail": float(tail),
+                     "return": float(sum(rewards) / reward_scale), "bootstrapped_tail": bootstrap, "tail": float(tail),
                      "q_first": float(qs[0]), "G_first": float(returns["G"][0]), "own_first": float(returns["own"][0]),
                      "bias_by_quarter": [float((qs[i] - returns["G"][i]).mean()) for i in quarters],
                      "q_by_quarter": [float(qs[i].mean()) for i in quarters],

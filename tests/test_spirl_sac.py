@@ -430,6 +430,8 @@ def test_bad_inputs_give_clear_errors(tmp_path, monkeypatch):
     for delta in (0.0, -1.0):
         with pytest.raises(SetupError, match="target divergence must be > 0"):
             spirl_sac.main(spirl_sac.Args(env="maze", delta=delta))
+    with pytest.raises(SetupError, match="--reward-scale must be > 0"):
+        spirl_sac.main(spirl_sac.Args(env="maze", reward_scale=0.0))
     with pytest.raises(SetupError, match="--evaluate missing.pt: no such checkpoint"):
         spirl_sac.main(spirl_sac.Args(evaluate="missing.pt"))
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
@@ -692,35 +694,40 @@ def test_image_closed_loop_decodes_from_the_current_frames_on_maze(tmp_path, mon
         spirl_sac.load_skill_model("skill_icl.pt", "maze", state_only)
 
 
-@pytest.mark.parametrize("bootstrap", [True, False])
-def test_time_limit_transitions_bootstrap_unless_told_not_to(tmp_path, monkeypatch, bootstrap):
+@pytest.mark.parametrize("bootstrap, reward_scale", [(True, 1.0), (False, 0.01)])
+def test_time_limit_transitions_bootstrap_unless_told_not_to(tmp_path, monkeypatch, bootstrap, reward_scale):
     """A skill that ends in a time-limit truncation is stored with done = 0 (the target bootstraps through it) by
-    default, and with done = 1 under --no-bootstrap-at-time-limit (the authors' choice); every other skill has 0."""
+    default, and with done = 1 under --no-bootstrap-at-time-limit (the authors' choice); every other skill has 0.
+    The stored reward is the skill's summed reward times --reward-scale."""
     env = maze_env()
     monkeypatch.chdir(tmp_path)
     write_skill_model("skill.pt", "maze", env, prior_input="state", horizon=5)
     real_execute, real_add = spirl_sac.execute_skill, spirl_sac.ReplayBuffer.add
-    truncated_flags, stored_done = [], []
+    truncated_flags, stored_done, rewards, stored_rewards = [], [], [], []
 
     def truncate_every_fourth(env, obs, skill, *rest):
         next_obs, reward, terminated, truncated, info, n, states = real_execute(env, obs, skill, *rest)
         truncated = len(truncated_flags) % 4 == 3
         truncated_flags.append(truncated)
-        return next_obs, reward, terminated, truncated, info, n, states
+        rewards.append(float(len(rewards) + 1))  # a reward of its own per skill (the maze pays none here)
+        return next_obs, rewards[-1], terminated, truncated, info, n, states
 
     def recording_add(self, **transition):
         stored_done.append(transition["done"])
+        stored_rewards.append(transition["reward"])
         return real_add(self, **transition)
 
     monkeypatch.setattr(spirl_sac, "execute_skill", truncate_every_fourth)
     monkeypatch.setattr(spirl_sac.ReplayBuffer, "add", recording_add)
     out = spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill.pt", total_env_steps=60, learning_starts=4,
                                         batch_size=4, eval_interval=0, eval_episodes=1, save_path="run/sac.pt",
-                                        bootstrap_at_time_limit=bootstrap, save_replay_buffer=False))
+                                        bootstrap_at_time_limit=bootstrap, reward_scale=reward_scale,
+                                        save_replay_buffer=False))
     assert out["global_step"] == 60
     train_flags = truncated_flags[:len(stored_done)]  # the final evaluation's skills come after training's
     assert len(stored_done) == 12 and sum(train_flags) == 3
     assert stored_done == [float(t and not bootstrap) for t in train_flags]
+    np.testing.assert_allclose(stored_rewards, [reward_scale * r for r in rewards[:12]])
 
 
 def test_q_bias_realised_returns_unroll_the_q_target(tmp_path, monkeypatch):
