@@ -76,6 +76,9 @@ class Args:
     """discount factor (appendix B.2)"""
     tau: float = 5e-3
     """target network update rate (appendix B.2)"""
+    bootstrap_at_time_limit: bool = True
+    """at a time-limit truncation the Q-target bootstraps from the last observation (the standard choice: the state
+    did not end); --no-bootstrap-at-time-limit stores it as a terminal, as the authors' code does"""
     batch_size: int = 256
     """replay batch size (appendix B.2)"""
     learning_starts: int = 5000
@@ -304,7 +307,8 @@ def prior_divergence(mean_pi, log_std_pi, mean_prior, log_std_prior):
 
 def prior_regularised_q_target(rewards, terminated, next_q, next_divergence, alpha, gamma):
     """Alg. 1 line 9: r + gamma * (1 - terminated) * (min_i Q_target_i(s', a') - alpha * KL(pi(.|s') || p(.|s'))).
-    Truncation (time limit) is not termination: the target bootstraps through it."""
+    terminated = 1 only where the target must not bootstrap: a terminal, or a time limit with
+    --no-bootstrap-at-time-limit."""
     return rewards + gamma * (1.0 - terminated) * (next_q - alpha * next_divergence)
 
 
@@ -471,7 +475,8 @@ if __name__ == "__main__":
         step_start = time.time()
         next_obs, reward, terminated, truncated, info = env.step(action)
         env_time += time.time() - step_start
-        rb.add(obs[obs_key], obs["state"], action, reward, next_obs[obs_key], next_obs["state"], float(terminated))
+        done = terminated or (truncated and not args.bootstrap_at_time_limit)  # the time limit: see the flag
+        rb.add(obs[obs_key], obs["state"], action, reward, next_obs[obs_key], next_obs["state"], float(done))
         episode_return += float(reward)
         episode_length += 1
         obs = next_obs

@@ -59,6 +59,9 @@ class Args:
     """discount factor per skill transition (appendix B.2)"""
     tau: float = 5e-3
     """target network update rate (appendix B.2)"""
+    bootstrap_at_time_limit: bool = True
+    """at a time-limit truncation the Q-target bootstraps from the last observation (the standard choice: the state
+    did not end); --no-bootstrap-at-time-limit stores it as a terminal, as the authors' code does"""
     batch_size: int = 256
     """replay batch size (appendix B.2)"""
     learning_starts: int = 5000
@@ -500,7 +503,8 @@ if __name__ == "__main__":
             episode_length += 1
             if terminated or truncated:
                 break
-        rb.add(skill_obs, skill_state, z[0].numpy(), skill_reward, policy_input(obs), normalise(obs["state"]).numpy(), float(terminated))
+        done = terminated or (truncated and not args.bootstrap_at_time_limit)  # the time limit: see the flag
+        rb.add(skill_obs, skill_state, z[0].numpy(), skill_reward, policy_input(obs), normalise(obs["state"]).numpy(), float(done))
         if terminated or truncated:
             writer.add_scalar("charts/episodic_return", episode_return, global_step)
             writer.add_scalar("charts/episodic_length", episode_length, global_step)

@@ -371,3 +371,28 @@ def test_goal_radius_flag_reaches_the_maze_and_only_the_maze(script):
 def test_ssp_goal_radius_outside_the_maze_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match="only the maze has a goal radius"):
         run_script("ssp", ["--env", "kitchen", "--goal-radius", "2.0"], monkeypatch, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("bootstrap", [True, False])
+@pytest.mark.parametrize("script", ["sac", "bc_sac", "flat_prior", "ssp"])
+def test_time_limit_is_terminal_only_when_told(script, bootstrap, tmp_path, monkeypatch, capsys):
+    """Pendulum-v1 (kitchen for ssp) never terminates here and truncates every 200 (280) steps: by default no
+    transition is stored as terminal (the target bootstraps through the time limit); --no-bootstrap-at-time-limit
+    marks exactly the last transition of each episode, as the authors' code does."""
+    if script == "ssp":
+        env_or_skip("kitchen")
+        env = envs.make_env("kitchen", seed=0)
+        write_skill_model(tmp_path / "m.pt", "kitchen", env.observation_space["state"].shape[0], env.action_space.shape[0])
+        env.close()
+        argv = ["--env", "kitchen", "--skill-model", str(tmp_path / "m.pt"), "--critic-hidden-dim", "32",
+                "--critic-layers", "2", "--batch-size", "16", "--learning-starts", "10", "--total-timesteps", "600"]
+    else:
+        argv = ["--env", "Pendulum-v1", "--policy-layers", "1", *SMALL, "--total-timesteps", "450"]
+        if script != "sac":
+            pendulum_dataset(tmp_path / "data.npz")
+            argv += ["--dataset", str(tmp_path / "data.npz"), "--bc-steps" if script == "bc_sac" else "--prior-steps", "20"]
+    run_script(script, argv + ([] if bootstrap else ["--no-bootstrap-at-time-limit"]), monkeypatch, tmp_path, capsys)
+    with np.load(next((tmp_path / "runs").iterdir()) / "agent.pt.replay.npz") as saved:
+        terminated = saved["terminated"][:int(saved["size"]), 0]
+    episode_ends = [55, 111] if script == "ssp" else [199, 399]  # ssp: the test model's skills of H = 5, 56 per episode
+    assert np.flatnonzero(terminated).tolist() == ([] if bootstrap else episode_ends)
