@@ -42,7 +42,8 @@ class Args:
 
 
 def load(checkpoint_path):
-    """(run args, env, decoder, prior, policy, [qf1, qf2], meta, alpha) of a spirl_sac.py checkpoint."""
+    """(checkpoint dict, run args, env, decoder, prior, policy, [qf1, qf2], skill-model meta) of a spirl_sac.py
+    checkpoint; the env is built as the run built its training env."""
     ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     run_args = spirl_sac.Args(**ckpt["args"])
     env = spirl_sac.make_env(run_args, 0)
@@ -119,7 +120,10 @@ def episode_rows(checkpoint_path, episodes, seed):
 
 def summary(result):
     rows, metric = result["episodes"], result["metric"]
-    mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731
+
+    def mean(key):
+        return float(np.mean([r[key] for r in rows]))
+
     bias = np.mean([r["bias_by_quarter"] for r in rows], axis=0)
     print(f"{result['checkpoint']} ({result['env']}, step {result['global_step']}, alpha {result['alpha']:.3g}, "
           f"bootstrap at time limit: {result['bootstrap_at_time_limit']}), {len(rows)} episodes:")
