@@ -231,19 +231,10 @@ def policy_diagnosis(checkpoint_path, episodes=16, seed=10_001):
 
     import spirl_sac
     from envs.kitchen_env import completed_subtasks
+    from q_bias import load as load_spirl_checkpoint  # benchmarks/q_bias.py: policy, prior and critics of a checkpoint
 
     torch.set_num_threads(1)
-    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    run_args = spirl_sac.Args(**ckpt["args"])
-    env = spirl_sac.make_env(run_args, seed)
-    decoder, prior, meta = spirl_sac.build_skill_model(ckpt["skill_model"], "kitchen", env)
-    policy = spirl_sac.make_policy(prior, meta, prior_init=True)
-    policy.load_state_dict(ckpt["policy"])
-    critic_kwargs = dict(state_dim=meta["state_dim"], latent_dim=meta["latent_dim"], hidden_dim=run_args.critic_hidden_dim,
-                         num_layers=run_args.critic_layers)
-    critics = [spirl_sac.Critic(**critic_kwargs) for _ in range(2)]
-    for critic, key in zip(critics, ("qf1", "qf2")):
-        critic.load_state_dict(ckpt[key])
+    ckpt, _, env, decoder, prior, policy, critics, meta = load_spirl_checkpoint(checkpoint_path, env_seed=seed)
     mean, std = np.asarray(meta["state_mean"], np.float32), np.asarray(meta["state_std"], np.float32)
     low, high = np.asarray(meta["action_low"]), np.asarray(meta["action_high"])
     generator = torch.Generator().manual_seed(0)

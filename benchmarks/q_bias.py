@@ -41,12 +41,12 @@ class Args:
     """write every checkpoint's figures and per-episode rows here"""
 
 
-def load(checkpoint_path):
+def load(checkpoint_path, env_seed=0):
     """(checkpoint dict, run args, env, decoder, prior, policy, [qf1, qf2], skill-model meta) of a spirl_sac.py
     checkpoint; the env is built as the run built its training env."""
     ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     run_args = spirl_sac.Args(**ckpt["args"])
-    env = spirl_sac.make_env(run_args, 0)
+    env = spirl_sac.make_env(run_args, env_seed)
     decoder, prior, meta = spirl_sac.build_skill_model(ckpt["skill_model"], run_args.env, env)
     policy = spirl_sac.make_policy(prior, meta, prior_init=True)
     policy.load_state_dict(ckpt["policy"])
@@ -71,7 +71,7 @@ def realised_returns(rewards, kls, alpha, gamma, tail):
 
 def episode_rows(checkpoint_path, episodes, seed):
     ckpt, run_args, env, decoder, prior, policy, critics, meta = load(checkpoint_path)
-    alpha, gamma, reward_scale = float(ckpt["log_alpha"].exp()), run_args.gamma, getattr(run_args, "reward_scale", 1.0)
+    alpha, gamma, reward_scale = float(ckpt["log_alpha"].exp()), run_args.gamma, run_args.reward_scale
     mean, std = np.asarray(meta["state_mean"], np.float32), np.asarray(meta["state_std"], np.float32)
     low, high = np.asarray(meta["action_low"]), np.asarray(meta["action_high"])
     image_prior = meta["image_shape"] is not None
@@ -102,7 +102,7 @@ def episode_rows(checkpoint_path, episodes, seed):
             if terminated or truncated:
                 break
         _, last_q, last_kl = skill_at(obs)
-        bootstrap = truncated and not terminated and getattr(run_args, "bootstrap_at_time_limit", True)
+        bootstrap = truncated and not terminated and run_args.bootstrap_at_time_limit
         tail = last_q - alpha * last_kl if bootstrap else 0.0
         returns = {name: realised_returns(rewards, kls, alpha, gamma, end) for name, end in (("G", tail), ("own", 0.0))}
         qs = np.asarray(qs)
@@ -114,7 +114,7 @@ def episode_rows(checkpoint_path, episodes, seed):
                      "q_by_quarter": [float(qs[i].mean()) for i in quarters],
                      "kl_mean": float(np.mean(kls))})
     return {"checkpoint": checkpoint_path, "env": run_args.env, "global_step": int(ckpt["global_step"]),
-            "alpha": alpha, "gamma": gamma, "bootstrap_at_time_limit": getattr(run_args, "bootstrap_at_time_limit", True),
+            "alpha": alpha, "gamma": gamma, "bootstrap_at_time_limit": run_args.bootstrap_at_time_limit,
             "metric": metric, "episodes": rows}
 
 
