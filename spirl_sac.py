@@ -112,6 +112,11 @@ class Args:
     hidden layers); None: their configs' n (maze and block_stacking 2, kitchen 5)"""
     critic_hidden_dim: int = 256
     """units per critic hidden layer"""
+    critic_layer_norm: bool = False
+    """LayerNorm after every hidden Linear of the critics (not in the paper nor the authors' code, which use no
+    normalisation): a lever against the critic divergence measured in docs/spirl_sac.md. Normalised features
+    bound |Q| by the head's weights, so the critics cannot grow Q by extrapolating to skills far from the data
+    the way an unnormalised leaky-ReLU net does (Ball et al. 2023, "Efficient Online RL with Offline Data")"""
     prior_init: bool = True
     """initialise the policy with the skill prior's weights (B.2); --no-prior-init is appendix F's ablation"""
     omega_constant_steps: int = 500_000
@@ -298,14 +303,17 @@ class SkillPrior(nn.Module):
 class Critic(nn.Module):
     """Q(s, z): an MLP over the normalised low-dim state and the skill, built as the authors' builder does:
     an input layer, num_layers hidden blocks and a head (num_layers + 1 hidden layers of hidden_dim), leaky-ReLU,
-    no normalisation, Xavier-normal weights and zero biases. The critics see obs["state"] even when the prior
-    and policy see images, as in the authors' maze runs."""
+    no normalisation (layer_norm: our lever, not theirs), Xavier-normal weights and zero biases. The critics see
+    obs["state"] even when the prior and policy see images, as in the authors' maze runs."""
 
-    def __init__(self, state_dim, latent_dim, hidden_dim=256, num_layers=2):
+    def __init__(self, state_dim, latent_dim, hidden_dim=256, num_layers=2, layer_norm=False):
         super().__init__()
-        layers = [nn.Linear(state_dim + latent_dim, hidden_dim), nn.LeakyReLU(0.2)]
+        def hidden(in_dim):  # --critic-layer-norm puts a LayerNorm between the Linear and its activation
+            norm = [nn.LayerNorm(hidden_dim)] if layer_norm else []
+            return [nn.Linear(in_dim, hidden_dim), *norm, nn.LeakyReLU(0.2)]
+        layers = hidden(state_dim + latent_dim)
         for _ in range(num_layers):
-            layers += [nn.Linear(hidden_dim, hidden_dim), nn.LeakyReLU(0.2)]
+            layers += hidden(hidden_dim)
         layers.append(nn.Linear(hidden_dim, 1))
         self.mlp = nn.Sequential(*layers)
         for layer in self.mlp:
@@ -774,7 +782,7 @@ def main(args):
     # Alg. 1 line 2: policy (initialised from the prior), twin critics and their targets, alpha
     policy = make_policy(skill_prior, meta, args.prior_init).to(device)
     critic_kwargs = dict(state_dim=meta["state_dim"], latent_dim=latent_dim, hidden_dim=args.critic_hidden_dim,
-                         num_layers=args.critic_layers)
+                         num_layers=args.critic_layers, layer_norm=args.critic_layer_norm)
     qf1, qf2 = Critic(**critic_kwargs).to(device), Critic(**critic_kwargs).to(device)
     qf1_target, qf2_target = Critic(**critic_kwargs).to(device), Critic(**critic_kwargs).to(device)
     qf1_target.load_state_dict(qf1.state_dict())

@@ -53,7 +53,8 @@ def load(checkpoint_path, env_seed=0):
     critics = []
     for key in ("qf1", "qf2"):
         critic = spirl_sac.Critic(state_dim=meta["state_dim"], latent_dim=meta["latent_dim"],
-                                  hidden_dim=run_args.critic_hidden_dim, num_layers=run_args.critic_layers)
+                                  hidden_dim=run_args.critic_hidden_dim, num_layers=run_args.critic_layers,
+                                  layer_norm=run_args.critic_layer_norm)
         critic.load_state_dict(ckpt[key])
         critics.append(critic.eval())
     return ckpt, run_args, env, decoder, prior.eval(), policy.eval(), critics, meta

@@ -754,3 +754,36 @@ def test_q_bias_realised_returns_unroll_the_q_target(tmp_path, monkeypatch):
     assert not row_without["bootstrapped_tail"] and row_without["tail"] == 0.0
     assert row["own_first"] == row_without["G_first"] == row_without["own_first"]  # same episode, same samples
     assert row["G_first"] == pytest.approx(row["own_first"] + 0.99 ** row["skills"] * row["tail"], rel=1e-6, abs=1e-6)
+
+
+def test_critic_layer_norm_bounds_q_far_from_the_data_and_travels_with_the_checkpoint(tmp_path, monkeypatch):
+    """--critic-layer-norm: a LayerNorm between each hidden Linear and its activation. With zero biases the plain
+    leaky-ReLU critic is positively homogeneous (input x 1000 -> Q x 1000: it extrapolates without bound); the
+    normalised one keeps |Q| <= the head's |w|_1 * max|feature| + |b| for any input. The flag is stored with the
+    run, so resuming and q_bias.load rebuild the same critics (old checkpoints load as before)."""
+    torch.manual_seed(0)
+    plain, normed = Critic(60, 10, 64, 2), Critic(60, 10, 64, 2, layer_norm=True)
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in plain.mlp)
+    assert [type(m).__name__ for m in normed.mlp[:3]] == ["Linear", "LayerNorm", "LeakyReLU"]
+    assert list(plain.state_dict())[:4] == ["mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"]
+    state, skill = torch.randn(32, 60), torch.randn(32, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(1000 * state, 1000 * skill), 1000 * plain(state, skill), rtol=1e-4, atol=1e-3)
+        features = normed.mlp[:-1](torch.cat([1000 * state, 1000 * skill], -1))  # (B, 64)
+        head = normed.mlp[-1]
+        bound = head.weight.abs().sum() * features.abs().max() + head.bias.abs()
+        assert features.abs().max() < 64 ** 0.5 and normed(1000 * state, 1000 * skill).abs().max() <= bound
+    env = maze_env()
+    monkeypatch.chdir(tmp_path)
+    write_skill_model("skill.pt", "maze", env)
+    spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill.pt", total_env_steps=100, learning_starts=10,
+                                  batch_size=8, eval_interval=0, eval_episodes=1, save_path="run/sac.pt",
+                                  critic_layer_norm=True))
+    ckpt = torch.load("run/sac.pt", weights_only=False)
+    assert ckpt["args"]["critic_layer_norm"] and "mlp.1.weight" in ckpt["qf1"]  # the LayerNorm's gain
+    out = spirl_sac.main(spirl_sac.Args(resume="run/sac.pt", total_env_steps=150))
+    assert out["global_step"] == 150
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import q_bias
+    assert isinstance(q_bias.load("run/sac.pt")[6][0].mlp[1], torch.nn.LayerNorm)
