@@ -12,6 +12,7 @@ onto, realised along the episode instead of bootstrapped at every step (Alg. 1 l
 tail = min Q(s_T, z_T) - alpha * KL_T at a time-limit truncation if the run bootstrapped there (its
 --bootstrap-at-time-limit), else 0; `own` is the same with tail = 0 (what the episode itself earned). Q - G is the
 critics' bias on the policy's own skills: positive = overestimation. Printed per quarter of the episode's skills.
+--replay-states N adds the critics' Q surface on the run's recent replay states (see Args).
 """
 
 import json
@@ -39,6 +40,13 @@ class Args:
     """reset seed of the first episode (the next ones count up); 10 001 = spirl_sac.py's first evaluation episode"""
     json_out: Optional[str] = None
     """write every checkpoint's figures and per-episode rows here"""
+    replay_states: int = 0
+    """> 0: also the critics' Q surface on this many states of the run's replay buffer (the
+    `spirl_sac.pt.replay.npz` next to the checkpoint, which must not have wrapped past the checkpoint's step),
+    drawn from the last `replay_window` skills stored before the checkpoint: does Q rise only at the policy's own
+    skills (extrapolation in z) or at every skill, the stored ones included (the whole value level inflating)?"""
+    replay_window: int = 10_000
+    """skills stored before the checkpoint from which --replay-states draws"""
 
 
 def load(checkpoint_path, env_seed=0):
@@ -119,6 +127,50 @@ def episode_rows(checkpoint_path, episodes, seed):
             "metric": metric, "episodes": rows}
 
 
+def replay_surface(checkpoint_path, n_states, window, seed=0):
+    """On n_states recent replay states s: min(Q1, Q2) at the policy's skill z ~ pi(z|s), at the skill stored with
+    the transition and at a prior sample z ~ p_a(z|s); the stored reward per skill (what those skills earned);
+    KL(pi || p_a) at s; |dQ/dz| at the policy's skill; the distance from the policy's skill to the nearest stored
+    skill of the window (against the same distance between stored skills)."""
+    ckpt, run_args, _, _, prior, policy, critics, meta = load(checkpoint_path)
+    replay_path = os.path.join(os.path.dirname(checkpoint_path), "spirl_sac.pt.replay.npz")
+    if not os.path.isfile(replay_path):
+        raise SystemExit(f"--replay-states needs the run's replay buffer next to the checkpoint: {replay_path} is missing")
+    replay = np.load(replay_path)
+    end = int(ckpt["skills_collected"])
+    if int(replay["size"]) < end or int(replay["pos"]) != int(replay["size"]):
+        raise SystemExit(f"{replay_path} has wrapped or holds fewer than the checkpoint's {end} skills")
+    rows = np.random.default_rng(seed).choice(np.arange(max(0, end - window), end), min(n_states, window), replace=False)
+    mean, std = np.asarray(meta["state_mean"], np.float32), np.asarray(meta["state_std"], np.float32)
+    states = torch.as_tensor((replay["state"][rows] - mean) / std)  # what the critics see
+    policy_obs = (torch.as_tensor(replay["image"][rows]).permute(0, 3, 1, 2) if meta["image_shape"] is not None
+                  else states)  # stored channels-last (B, H, W, C) -> (B, C, H, W)
+    stored = torch.as_tensor(replay["skill"][rows])  # (N, latent_dim)
+    window_skills = torch.as_tensor(replay["skill"][max(0, end - window):end])
+    generator = torch.Generator().manual_seed(seed)
+
+    def min_q(z):
+        return torch.min(critics[0](states, z), critics[1](states, z))
+
+    with torch.no_grad():
+        mu, log_sigma = policy(policy_obs)
+        prior_mu, prior_log_sigma = prior(policy_obs)
+        own = spirl_sac.squashed_sample(mu, log_sigma, generator)
+        from_prior = spirl_sac.squashed_sample(prior_mu, prior_log_sigma, generator)
+        kl = spirl_sac.prior_divergence(mu, log_sigma, prior_mu, prior_log_sigma, run_args.kl_reduction)
+        q_own, q_stored, q_prior = min_q(own), min_q(stored), min_q(from_prior)
+        nearest_own = torch.cdist(own, window_skills).min(1).values
+        between = torch.cdist(stored, window_skills)
+        nearest_stored = between.masked_fill(between == 0, float("inf")).min(1).values  # itself excluded
+    own.requires_grad_(True)
+    min_q(own).sum().backward()
+    return {"global_step": int(ckpt["global_step"]), "alpha": float(ckpt["log_alpha"].exp()), "states": len(rows),
+            "reward_per_skill": float(replay["reward"][rows].mean()), "q_own": float(q_own.mean()),
+            "q_stored": float(q_stored.mean()), "q_prior": float(q_prior.mean()), "kl_mean": float(kl.mean()),
+            "kl_p90": float(kl.quantile(0.9)), "dq_dz": float(own.grad.norm(dim=1).mean()),
+            "nearest_stored_from_own": float(nearest_own.mean()), "nearest_stored_from_stored": float(nearest_stored.mean())}
+
+
 def summary(result):
     rows, metric = result["episodes"], result["metric"]
 
@@ -142,6 +194,13 @@ if __name__ == "__main__":
     for path in args.checkpoints:
         result = episode_rows(path, args.episodes, args.seed)
         result["summary"] = summary(result)
+        if args.replay_states > 0:
+            surface = result["replay_surface"] = replay_surface(path, args.replay_states, args.replay_window)
+            print(f"  replay states ({surface['states']}, last {args.replay_window} skills): stored reward per skill "
+                  f"{surface['reward_per_skill']:.3f}; min Q at the policy's skill {surface['q_own']:.2f}, at the stored "
+                  f"skill {surface['q_stored']:.2f}, at a prior sample {surface['q_prior']:.2f}; KL {surface['kl_mean']:.2f} "
+                  f"(p90 {surface['kl_p90']:.1f}); |dQ/dz| {surface['dq_dz']:.2f}; nearest stored skill from the "
+                  f"policy's {surface['nearest_stored_from_own']:.2f}, from a stored one {surface['nearest_stored_from_stored']:.2f}")
         results.append(result)
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -787,3 +787,32 @@ def test_critic_layer_norm_bounds_q_far_from_the_data_and_travels_with_the_check
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
     import q_bias
     assert isinstance(q_bias.load("run/sac.pt")[6][0].mlp[1], torch.nn.LayerNorm)
+
+
+def test_q_bias_replay_surface_reads_the_skills_stored_before_the_checkpoint(tmp_path, monkeypatch):
+    """q_bias.py --replay-states: Q at the stored skills equals min(Q1, Q2) of the checkpoint's critics recomputed
+    by hand on the same replay rows, which all lie before the checkpoint's step; a missing replay is a clear error."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import q_bias
+
+    env = maze_env()
+    monkeypatch.chdir(tmp_path)
+    write_skill_model("skill.pt", "maze", env)
+    spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill.pt", total_env_steps=200, learning_starts=10,
+                                  batch_size=8, eval_interval=0, eval_episodes=1, save_path="run/spirl_sac.pt"))
+    surface = q_bias.replay_surface("run/spirl_sac.pt", n_states=30, window=35, seed=3)
+    assert surface["states"] == 30 and surface["global_step"] == 200
+    ckpt, _, _, _, _, _, critics, meta = q_bias.load("run/spirl_sac.pt")
+    replay = np.load("run/spirl_sac.pt.replay.npz")
+    end = int(ckpt["skills_collected"])
+    rows = np.random.default_rng(3).choice(np.arange(end - 35, end), 30, replace=False)
+    states = torch.as_tensor((replay["state"][rows] - np.float32(meta["state_mean"])) / np.float32(meta["state_std"]))
+    with torch.no_grad():
+        by_hand = torch.min(*(c(states, torch.as_tensor(replay["skill"][rows])) for c in critics)).mean()
+    assert surface["q_stored"] == pytest.approx(float(by_hand), rel=1e-5, abs=1e-6)
+    assert surface["reward_per_skill"] == pytest.approx(float(replay["reward"][rows].mean()))
+    assert np.isfinite([surface[k] for k in ("q_own", "q_prior", "kl_mean", "dq_dz")]).all()
+    os.remove("run/spirl_sac.pt.replay.npz")
+    with pytest.raises(SystemExit, match="replay buffer next to the checkpoint"):
+        q_bias.replay_surface("run/spirl_sac.pt", n_states=30, window=35)
