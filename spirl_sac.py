@@ -936,6 +936,7 @@ def main(args):
     with torch.no_grad():
         prior_mu, prior_log_sigma = skill_prior(policy_input(obs))
     episode_return, episode_length, episode_metrics = 0.0, 0, []  # episode_metrics: (env step at its end, metric)
+    episode_kls = []  # KL(pi || p_a) at the states where the policy sampled this episode's skills
     last_return, last_metric, info_update = float("nan"), float("nan"), {}
     start_step, start_grad_steps, start_time, env_time, update_time = global_step, grad_steps, time.time(), 0.0, 0.0
     next_eval = global_step + args.eval_interval if args.eval_interval > 0 else None
@@ -954,7 +955,10 @@ def main(args):
             if warm_up or rng.random() < omega:
                 z = squashed_sample(prior_mu, prior_log_sigma)
             else:
-                z = squashed_sample(*policy(policy_input(obs)))
+                mu, log_sigma = policy(policy_input(obs))
+                z = squashed_sample(mu, log_sigma)
+                # the KL where the policy acts; the replay batches' KL of the updates mixes in states it left long ago
+                episode_kls.append(prior_divergence(mu, log_sigma, prior_mu, prior_log_sigma, args.kl_reduction).item())
         z = z[0].cpu().numpy()
         # Alg. 1 line 6: execute the H decoded actions, s_{t+H} ~ p(s_{t+H} | s_t, z_t)
         next_obs, reward, terminated, truncated, info, steps, _ = run_skill(env, obs, z)
@@ -985,10 +989,12 @@ def main(args):
             for key in ("blocks_lifted", "blocks_delivered"):  # block stacking: blocks the episode's reward flags hold
                 if key in info:
                     writer.add_scalar(f"charts/{key}", info[key], global_step)
+            if episode_kls:
+                writer.add_scalar(f"charts/kl_{args.kl_reduction}_on_own_states", np.mean(episode_kls), global_step)
             obs, _ = env.reset(seed=args.seed + episodes)
             with torch.no_grad():
                 prior_mu, prior_log_sigma = skill_prior(policy_input(obs))
-            episode_return, episode_length = 0.0, 0
+            episode_return, episode_length, episode_kls = 0.0, 0, []
         t1 = time.time()
         env_time += t1 - t0
 

@@ -816,3 +816,37 @@ def test_q_bias_replay_surface_reads_the_skills_stored_before_the_checkpoint(tmp
     os.remove("run/spirl_sac.pt.replay.npz")
     with pytest.raises(SystemExit, match="replay buffer next to the checkpoint"):
         q_bias.replay_surface("run/spirl_sac.pt", n_states=30, window=35)
+
+
+def test_each_training_episode_logs_the_kl_on_the_states_where_the_policy_acted(tmp_path, monkeypatch):
+    """charts/kl_sum_on_own_states: at each training episode's end, the mean KL(pi || p_a) over the skills the policy
+    sampled in it (the prior's warm-up skills excluded); the updates' KL on replay batches mixes in old states."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    env = maze_env()
+    monkeypatch.chdir(tmp_path)
+    write_skill_model("skill.pt", "maze", env, prior_input="state", horizon=5)
+    real_execute, real_divergence = spirl_sac.execute_skill, spirl_sac.prior_divergence
+    skills, acting_kls = [], []
+
+    def truncate_every_fourth(env, obs, skill, *rest):
+        next_obs, reward, terminated, _, info, n, states = real_execute(env, obs, skill, *rest)
+        skills.append(len(skills))
+        return next_obs, reward, terminated, len(skills) % 4 == 0, info, n, states
+
+    def recording_divergence(*a, **k):
+        kl = real_divergence(*a, **k)
+        if kl.shape == (1,):  # where a skill is sampled; the updates pass batches of 4
+            acting_kls.append(float(kl))
+        return kl
+
+    monkeypatch.setattr(spirl_sac, "execute_skill", truncate_every_fourth)
+    monkeypatch.setattr(spirl_sac, "prior_divergence", recording_divergence)
+    spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill.pt", total_env_steps=60, learning_starts=4,
+                                  batch_size=4, eval_interval=0, eval_episodes=1, save_path="run/sac.pt", run_dir="run",
+                                  save_replay_buffer=False))
+    logged = EventAccumulator("run").Reload().Scalars("charts/kl_sum_on_own_states")
+    assert len(acting_kls) == 8  # 12 skills: the first episode's 4 are the warm-up's, from the prior
+    assert [e.step for e in logged] == [40, 60]  # the second and third episodes' ends
+    np.testing.assert_allclose([e.value for e in logged], [np.mean(acting_kls[:4]), np.mean(acting_kls[4:])], rtol=1e-6)
+    assert min(acting_kls) >= 0 and max(acting_kls) > 0
