@@ -143,8 +143,11 @@ def replay_surface(checkpoint_path, n_states, window, seed=0):
     rows = np.random.default_rng(seed).choice(np.arange(max(0, end - window), end), min(n_states, window), replace=False)
     mean, std = np.asarray(meta["state_mean"], np.float32), np.asarray(meta["state_std"], np.float32)
     states = torch.as_tensor((replay["state"][rows] - mean) / std)  # what the critics see
-    policy_obs = (torch.as_tensor(replay["image"][rows]).permute(0, 3, 1, 2) if meta["image_shape"] is not None
-                  else states)  # stored channels-last (B, H, W, C) -> (B, C, H, W)
+    policy_obs = states
+    if meta["image_shape"] is not None:  # stored channels-last (B, H, W, C), or (B, C, H, W) by runs before session 6
+        policy_obs = torch.as_tensor(replay["image"][rows])
+        if tuple(policy_obs.shape[1:]) != tuple(meta["image_shape"]):
+            policy_obs = policy_obs.permute(0, 3, 1, 2)
     stored = torch.as_tensor(replay["skill"][rows])  # (N, latent_dim)
     window_skills = torch.as_tensor(replay["skill"][max(0, end - window):end])
     generator = torch.Generator().manual_seed(seed)
