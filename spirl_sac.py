@@ -114,9 +114,9 @@ class Args:
     """units per critic hidden layer"""
     critic_layer_norm: bool = False
     """LayerNorm after every hidden Linear of the critics (not in the paper nor the authors' code, which use no
-    normalisation): a lever against the critic divergence measured in docs/spirl_sac.md. Normalised features
-    bound |Q| by the head's weights, so the critics cannot grow Q by extrapolating to skills far from the data
-    the way an unnormalised leaky-ReLU net does (Ball et al. 2023, "Efficient Online RL with Offline Data")"""
+    normalisation): a lever against the critic divergence measured in docs/spirl_sac.md, where the whole value
+    level inflates through the bootstrapped targets. Normalised features bound |Q| by the head's weights and are
+    known to keep TD learning from diverging (Ball et al. 2023; Gallici et al. 2024)"""
     prior_init: bool = True
     """initialise the policy with the skill prior's weights (B.2); --no-prior-init is appendix F's ablation"""
     omega_constant_steps: int = 500_000
