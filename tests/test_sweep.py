@@ -1,8 +1,9 @@
-"""Tests of benchmarks/sweep.py: the presets' runs and budgets, and a two-run grid through submitit's
+"""Tests of benchmarks/sweep.py (and of lever_trials.py, which draws lever trials from their tensorboard curves): the presets' runs and budgets, and a two-run grid through submitit's
 LocalExecutor end to end (run, skip on rerun, resume of an interrupted run, aggregation into results.json and a PNG)."""
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +207,29 @@ def test_only_selects_runs_with_the_runs_they_read():
     assert {r.algo for r in sweep.select_runs(runs, ("sac__*",))} == {"sac"}  # glob; SAC reads no skill model
     with pytest.raises(SystemExit, match="matches no run"):
         sweep.select_runs(runs, ("nothing*",))
+
+
+def test_lever_trials_bins_each_runs_curves_later_event_files_winning(tmp_path, monkeypatch):
+    """benchmarks/lever_trials.py: per run, the mean of each tag's scalars per bin of env steps; a resumed run's
+    second event file overrides the steps it shares with the first; the figure is drawn next to the JSON."""
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    for run, offset in (("a", 0.0), ("b", 10.0)):
+        writer = SummaryWriter(str(tmp_path / run))
+        for step in (0, 40, 60, 90, 120):
+            writer.add_scalar("losses/alpha", offset + step, step)
+        writer.close()
+    time.sleep(1.1)  # a later file (tensorboard names event files by the second)
+    writer = SummaryWriter(str(tmp_path / "b"))  # "b" resumed at step 60: its later values count
+    writer.add_scalar("losses/alpha", 1000.0, 60)
+    writer.close()
+    monkeypatch.setattr(sys, "argv", ["lever_trials.py", "--runs", f"A={tmp_path / 'a'}", f"B={tmp_path / 'b'}",
+                                      "--tags", "losses/alpha", "--bin", "50", "--json-out", str(tmp_path / "out.json")])
+    runpy.run_path(os.path.join(ROOT, "benchmarks", "lever_trials.py"), run_name="__main__")
+    data = json.load(open(tmp_path / "out.json"))
+    a, b = (run["curves"]["losses/alpha"] for run in data["runs"])
+    assert a == [[0, 20.0], [50, 75.0], [100, 120.0]]
+    assert b == [[0, 30.0], [50, (1000.0 + 100.0) / 2], [100, 130.0]]
+    assert os.path.isfile(tmp_path / "out.png")

@@ -1,0 +1,109 @@
+"""One run against the lever trials made on it: tensorboard curves binned per N env steps, as JSON and a figure.
+
+    python benchmarks/lever_trials.py --runs "paper settings=runs/sweeps/fig4-kitchen/spirl__kitchen__1" \\
+        "critic LayerNorm=runs/sweeps/fig4-kitchen-critic-ln/spirl__kitchen__1" --json-out docs/<name>.json
+
+Each run is `label=run_dir` (a spirl_sac.py run directory with its tensorboard event files; a run resumed from a
+checkpoint has the steps after it twice, and the later ones count). For every tag, the mean of its scalars in each
+bin of --bin env steps. The figure (next to the JSON, .png) is drawn from the JSON: one panel per tag, one line per
+run, values on a symmetric log scale where they span decades (Q, alpha, the critics' loss).
+"""
+
+import glob
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import tyro
+
+DEFAULT_TAGS = ["charts/subtasks_completed", "losses/kl_sum_over_latent_dims", "losses/alpha", "losses/qf1_values",
+                "losses/qf_loss"]
+LOG_SCALE_TAGS = ("losses/alpha", "losses/qf1_values", "losses/qf_loss")
+
+
+@dataclass
+class Args:
+    runs: List[str]
+    """`label=run_dir` per run, the run the trials change first"""
+    json_out: str
+    """the binned curves as JSON; the figure goes next to it with .png"""
+    tags: List[str] = field(default_factory=lambda: list(DEFAULT_TAGS))
+    """tensorboard scalar tags, one panel each"""
+    bin: int = 50_000
+    """env steps per bin"""
+    title: Optional[str] = None
+    """the figure's title"""
+
+
+def read_scalars(run_dir, tags):
+    """{tag: {step: value}} from every event file of run_dir, later files overriding earlier ones (a resumed run)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*")), key=os.path.getmtime)
+    if not files:
+        raise SystemExit(f"no tensorboard event files in {run_dir}")
+    scalars = {tag: {} for tag in tags}
+    for path in files:
+        events = EventAccumulator(path, size_guidance={"scalars": 0}).Reload()
+        for tag in tags:
+            if tag in events.Tags()["scalars"]:
+                scalars[tag].update({e.step: e.value for e in events.Scalars(tag)})
+    return scalars
+
+
+def binned(points, bin_size):
+    """[[bin start, mean], ...] of the {step: value} points per bin of bin_size steps."""
+    bins = {}
+    for step, value in points.items():
+        bins.setdefault(step // bin_size * bin_size, []).append(value)
+    return [[start, float(np.mean(values))] for start, values in sorted(bins.items())]
+
+
+def draw(data, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tags = data["tags"]
+    fig, axes = plt.subplots(1, len(tags), figsize=(4.2 * len(tags), 3.4), squeeze=False)
+    for ax, tag in zip(axes[0], tags):
+        for run in data["runs"]:
+            curve = np.asarray(run["curves"][tag]).reshape(-1, 2)
+            if len(curve):
+                ax.plot((curve[:, 0] + data["bin"] / 2) / 1e3, curve[:, 1], marker=".", label=run["label"])
+        if tag in LOG_SCALE_TAGS:
+            ax.set_yscale("symlog", linthresh=1e-2 if tag == "losses/alpha" else 1.0)
+        ax.set_title(tag.split("/", 1)[1], fontsize=10)
+        ax.set_xlabel(f"env steps (k; mean per {data['bin'] // 1000} k)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if data.get("title"):
+        fig.suptitle(data["title"], fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    runs = []
+    for entry in args.runs:
+        label, sep, run_dir = entry.partition("=")
+        if not sep:
+            raise SystemExit(f"--runs takes label=run_dir, got {entry!r}")
+        scalars = read_scalars(run_dir, args.tags)
+        runs.append({"label": label, "run_dir": run_dir,
+                     "curves": {tag: binned(points, args.bin) for tag, points in scalars.items()}})
+    data = {"command": "python " + " ".join(sys.argv), "bin": args.bin, "tags": args.tags, "title": args.title,
+            "runs": runs}
+    with open(args.json_out, "w") as f:
+        json.dump(data, f, indent=1)
+    draw(data, os.path.splitext(args.json_out)[0] + ".png")
+    for run in runs:
+        print(run["label"])
+        for tag in args.tags:
+            print(f"  {tag}: " + ", ".join(f"{start // 1000}k {value:.3g}" for start, value in run["curves"][tag]))
