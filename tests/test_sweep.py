@@ -1,5 +1,6 @@
-"""Tests of benchmarks/sweep.py (and of lever_trials.py, which draws lever trials from their tensorboard curves): the presets' runs and budgets, and a two-run grid through submitit's
-LocalExecutor end to end (run, skip on rerun, resume of an interrupted run, aggregation into results.json and a PNG)."""
+"""Tests of benchmarks/sweep.py: the presets' runs and budgets, and a two-run grid through submitit's LocalExecutor
+end to end (run, skip on rerun, resume of an interrupted run, aggregation into results.json and a PNG); and of
+benchmarks/lever_trials.py, which bins lever trials' tensorboard curves."""
 
 import json
 import os
