@@ -730,6 +730,16 @@ def test_time_limit_transitions_bootstrap_unless_told_not_to(tmp_path, monkeypat
     np.testing.assert_allclose(stored_rewards, [reward_scale * r for r in rewards[:12]])
 
 
+def short_maze_run(tmp_path, monkeypatch, total_env_steps=100, **flags):
+    """A short SPiRL run on the maze with a tiny skill model, in tmp_path; checkpoint run/sac.pt unless flags say."""
+    env = maze_env()
+    monkeypatch.chdir(tmp_path)
+    write_skill_model("skill.pt", "maze", env)
+    return spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill.pt", total_env_steps=total_env_steps,
+                                         learning_starts=10, batch_size=8, eval_interval=0, eval_episodes=1,
+                                         **{"save_path": "run/sac.pt", **flags}))
+
+
 def test_q_bias_realised_returns_unroll_the_q_target(tmp_path, monkeypatch):
     """benchmarks/q_bias.py: G_t = r_t + gamma (G_{t+1} - alpha KL_{t+1}), G_{T-1} = r_{T-1} + gamma tail (by hand);
     on a maze checkpoint the tail is the critics' soft value at the last state only if the run bootstrapped there."""
@@ -739,12 +749,7 @@ def test_q_bias_realised_returns_unroll_the_q_target(tmp_path, monkeypatch):
 
     np.testing.assert_allclose(q_bias.realised_returns([1.0, 2.0, 3.0], [0.5, 1.0, 2.0], alpha=2.0, gamma=0.9, tail=10.0),
                                [1 + 0.9 * (9.2 - 2 * 1.0), 2 + 0.9 * (12 - 2 * 2.0), 3 + 0.9 * 10])
-    env = maze_env()
-    monkeypatch.chdir(tmp_path)
-    write_skill_model("skill.pt", "maze", env)
-    spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill.pt", total_env_steps=100, learning_starts=10,
-                                  batch_size=8, eval_interval=0, eval_episodes=1, save_path="run/sac.pt",
-                                  save_replay_buffer=False))
+    short_maze_run(tmp_path, monkeypatch, save_replay_buffer=False)
     ckpt = torch.load("run/sac.pt", weights_only=False)
     ckpt["args"]["bootstrap_at_time_limit"] = False
     torch.save(ckpt, "run/no_bootstrap.pt")
@@ -773,12 +778,7 @@ def test_critic_layer_norm_bounds_q_far_from_the_data_and_travels_with_the_check
         head = normed.mlp[-1]
         bound = head.weight.abs().sum() * features.abs().max() + head.bias.abs()
         assert features.abs().max() < 64 ** 0.5 and normed(1000 * state, 1000 * skill).abs().max() <= bound
-    env = maze_env()
-    monkeypatch.chdir(tmp_path)
-    write_skill_model("skill.pt", "maze", env)
-    spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill.pt", total_env_steps=100, learning_starts=10,
-                                  batch_size=8, eval_interval=0, eval_episodes=1, save_path="run/sac.pt",
-                                  critic_layer_norm=True))
+    short_maze_run(tmp_path, monkeypatch, critic_layer_norm=True)
     ckpt = torch.load("run/sac.pt", weights_only=False)
     assert ckpt["args"]["critic_layer_norm"] and "mlp.1.weight" in ckpt["qf1"]  # the LayerNorm's gain
     out = spirl_sac.main(spirl_sac.Args(resume="run/sac.pt", total_env_steps=150))
@@ -796,11 +796,7 @@ def test_q_bias_replay_surface_reads_the_skills_stored_before_the_checkpoint(tmp
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
     import q_bias
 
-    env = maze_env()
-    monkeypatch.chdir(tmp_path)
-    write_skill_model("skill.pt", "maze", env)
-    spirl_sac.main(spirl_sac.Args(env="maze", skill_model="skill.pt", total_env_steps=200, learning_starts=10,
-                                  batch_size=8, eval_interval=0, eval_episodes=1, save_path="run/spirl_sac.pt"))
+    short_maze_run(tmp_path, monkeypatch, total_env_steps=200, save_path="run/spirl_sac.pt")
     surface = q_bias.replay_surface("run/spirl_sac.pt", n_states=30, window=35, seed=3)
     assert surface["states"] == 30 and surface["global_step"] == 200
     ckpt, _, _, _, _, _, critics, meta = q_bias.load("run/spirl_sac.pt")
