@@ -730,6 +730,14 @@ def test_time_limit_transitions_bootstrap_unless_told_not_to(tmp_path, monkeypat
     np.testing.assert_allclose(stored_rewards, [reward_scale * r for r in rewards[:12]])
 
 
+def import_q_bias():
+    """benchmarks/q_bias.py as a module (benchmarks/ is not a package)."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import q_bias
+    return q_bias
+
+
 def short_maze_run(tmp_path, monkeypatch, total_env_steps=100, **flags):
     """A short SPiRL run on the maze with a tiny skill model, in tmp_path; checkpoint run/sac.pt unless flags say."""
     env = maze_env()
@@ -743,9 +751,7 @@ def short_maze_run(tmp_path, monkeypatch, total_env_steps=100, **flags):
 def test_q_bias_realised_returns_unroll_the_q_target(tmp_path, monkeypatch):
     """benchmarks/q_bias.py: G_t = r_t + gamma (G_{t+1} - alpha KL_{t+1}), G_{T-1} = r_{T-1} + gamma tail (by hand);
     on a maze checkpoint the tail is the critics' soft value at the last state only if the run bootstrapped there."""
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    import q_bias
+    q_bias = import_q_bias()
 
     np.testing.assert_allclose(q_bias.realised_returns([1.0, 2.0, 3.0], [0.5, 1.0, 2.0], alpha=2.0, gamma=0.9, tail=10.0),
                                [1 + 0.9 * (9.2 - 2 * 1.0), 2 + 0.9 * (12 - 2 * 2.0), 3 + 0.9 * 10])
@@ -783,18 +789,14 @@ def test_critic_layer_norm_bounds_q_far_from_the_data_and_travels_with_the_check
     assert ckpt["args"]["critic_layer_norm"] and "mlp.1.weight" in ckpt["qf1"]  # the LayerNorm's gain
     out = spirl_sac.main(spirl_sac.Args(resume="run/sac.pt", total_env_steps=150))
     assert out["global_step"] == 150
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    import q_bias
+    q_bias = import_q_bias()
     assert isinstance(q_bias.load("run/sac.pt")[6][0].mlp[1], torch.nn.LayerNorm)
 
 
 def test_q_bias_replay_surface_reads_the_skills_stored_before_the_checkpoint(tmp_path, monkeypatch):
     """q_bias.py --replay-states: Q at the stored skills equals min(Q1, Q2) of the checkpoint's critics recomputed
     by hand on the same replay rows, which all lie before the checkpoint's step; a missing replay is a clear error."""
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    import q_bias
+    q_bias = import_q_bias()
 
     short_maze_run(tmp_path, monkeypatch, total_env_steps=200, save_path="run/spirl_sac.pt")
     surface = q_bias.replay_surface("run/spirl_sac.pt", n_states=30, window=35, seed=3)
