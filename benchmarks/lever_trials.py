@@ -4,20 +4,24 @@
         "critic LayerNorm=runs/sweeps/fig4-kitchen-critic-ln/spirl__kitchen__1" --json-out docs/<name>.json
 
 Each run is `label=run_dir` (a spirl_sac.py run directory with its tensorboard event files; a run resumed from a
-checkpoint has the steps after it twice, and the later ones count). For every tag, the mean of its scalars in each
-bin of --bin env steps. The figure (next to the JSON, .png) is drawn from the JSON: one panel per tag, one line per
+checkpoint logged the steps after it twice, and the purge step its SummaryWriter writes drops the stopped process's,
+as sweep.py reads them for docs/results.json). For every tag, the mean of its scalars in each bin of --bin env steps. The figure (next to the JSON, .png) is drawn from the JSON: one panel per tag, one line per
 run, values on a symmetric log scale where they span decades (Q, alpha, the critics' loss).
 """
 
 import glob
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
 import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sweep  # noqa: E402
 
 DEFAULT_TAGS = ["charts/subtasks_completed", "losses/kl_sum_over_latent_dims", "losses/alpha", "losses/qf1_values",
                 "losses/qf_loss"]
@@ -39,19 +43,12 @@ class Args:
 
 
 def read_scalars(run_dir, tags):
-    """{tag: {step: value}} from every event file of run_dir, later files overriding earlier ones (a resumed run)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    files = sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*")), key=os.path.getmtime)
-    if not files:
+    """{tag: {step: value}} of a run's tensorboard events, as sweep.py reads them for docs/results.json (a resumed
+    run's SummaryWriter purges the stopped process's steps after the checkpoint)."""
+    if not glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
         raise SystemExit(f"no tensorboard event files in {run_dir}")
-    scalars = {tag: {} for tag in tags}
-    for path in files:
-        events = EventAccumulator(path, size_guidance={"scalars": 0}).Reload()
-        for tag in tags:
-            if tag in events.Tags()["scalars"]:
-                scalars[tag].update({e.step: e.value for e in events.Scalars(tag)})
-    return scalars
+    found = sweep.read_scalars(run_dir, tags)
+    return {tag: dict(found.get(tag, [])) for tag in tags}
 
 
 def binned(points, bin_size):
@@ -98,7 +95,7 @@ if __name__ == "__main__":
         scalars = read_scalars(run_dir, args.tags)
         runs.append({"label": label, "run_dir": run_dir,
                      "curves": {tag: binned(points, args.bin) for tag, points in scalars.items()}})
-    data = {"command": "python " + " ".join(sys.argv), "bin": args.bin, "tags": args.tags, "title": args.title,
+    data = {"command": "python " + shlex.join(sys.argv), "bin": args.bin, "tags": args.tags, "title": args.title,
             "runs": runs}
     with open(args.json_out, "w") as f:
         json.dump(data, f, indent=1)

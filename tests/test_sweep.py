@@ -210,9 +210,10 @@ def test_only_selects_runs_with_the_runs_they_read():
         sweep.select_runs(runs, ("nothing*",))
 
 
-def test_lever_trials_bins_each_runs_curves_later_event_files_winning(tmp_path, monkeypatch):
-    """benchmarks/lever_trials.py: per run, the mean of each tag's scalars per bin of env steps; a resumed run's
-    second event file overrides the steps it shares with the first; the figure is drawn next to the JSON."""
+def test_lever_trials_bins_each_runs_curves_a_resume_dropping_the_stopped_steps(tmp_path, monkeypatch):
+    """benchmarks/lever_trials.py: per run, the mean of each tag's scalars per bin of env steps; a run resumed from
+    its step-40 checkpoint (SummaryWriter purge_step, as the scripts resume) drops every step the stopped process
+    logged after 40, also those it does not log again; the figure is drawn next to the JSON."""
     import time
 
     from torch.utils.tensorboard import SummaryWriter
@@ -223,7 +224,7 @@ def test_lever_trials_bins_each_runs_curves_later_event_files_winning(tmp_path, 
             writer.add_scalar("losses/alpha", offset + step, step)
         writer.close()
     time.sleep(1.1)  # a later file (tensorboard names event files by the second)
-    writer = SummaryWriter(str(tmp_path / "b"))  # "b" resumed at step 60: its later values count
+    writer = SummaryWriter(str(tmp_path / "b"), purge_step=41)  # "b" resumed from step 40
     writer.add_scalar("losses/alpha", 1000.0, 60)
     writer.close()
     monkeypatch.setattr(sys, "argv", ["lever_trials.py", "--runs", f"A={tmp_path / 'a'}", f"B={tmp_path / 'b'}",
@@ -232,5 +233,5 @@ def test_lever_trials_bins_each_runs_curves_later_event_files_winning(tmp_path, 
     data = json.load(open(tmp_path / "out.json"))
     a, b = (run["curves"]["losses/alpha"] for run in data["runs"])
     assert a == [[0, 20.0], [50, 75.0], [100, 120.0]]
-    assert b == [[0, 30.0], [50, (1000.0 + 100.0) / 2], [100, 130.0]]
+    assert b == [[0, 30.0], [50, 1000.0]]  # 90 and 120 belonged to the discarded continuation
     assert os.path.isfile(tmp_path / "out.png")
