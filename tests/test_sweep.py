@@ -235,3 +235,23 @@ def test_lever_trials_bins_each_runs_curves_a_resume_dropping_the_stopped_steps(
     assert a == [[0, 20.0], [50, 75.0], [100, 120.0]]
     assert b == [[0, 30.0], [50, 1000.0]]  # 90 and 120 belonged to the discarded continuation
     assert os.path.isfile(tmp_path / "out.png")
+
+
+def test_frame_strip_takes_evenly_spaced_frames_first_to_last(tmp_path, monkeypatch):
+    """benchmarks/frame_strip.py: 9 of a 25-frame GIF are frames 0, 3, ..., 24, pasted left to right at the asked
+    height; a missing GIF names the command that writes one."""
+    from PIL import Image
+
+    colours = [(10 * i, 255 - 10 * i, 0) for i in range(25)]
+    frames = [Image.new("RGB", (30, 20), colour) for colour in colours]
+    frames[0].save(tmp_path / "eval.gif", save_all=True, append_images=frames[1:], duration=40, loop=0)
+    monkeypatch.setattr(sys, "argv", ["frame_strip.py", "--gif", str(tmp_path / "eval.gif"), "--count", "9",
+                                      "--height", "40", "--out", str(tmp_path / "strip.png")])
+    runpy.run_path(os.path.join(ROOT, "benchmarks", "frame_strip.py"), run_name="__main__")
+    image = Image.open(tmp_path / "strip.png").convert("RGB")
+    assert image.size == (9 * 60, 40)
+    for slot, index in enumerate(range(0, 25, 3)):
+        assert all(abs(a - b) <= 8 for a, b in zip(image.getpixel((slot * 60 + 30, 20)), colours[index]))
+    monkeypatch.setattr(sys, "argv", ["frame_strip.py", "--gif", str(tmp_path / "none.gif"), "--out", "x.png"])
+    with pytest.raises(SystemExit, match="--capture-video"):
+        runpy.run_path(os.path.join(ROOT, "benchmarks", "frame_strip.py"), run_name="__main__")
