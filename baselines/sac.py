@@ -144,6 +144,13 @@ class SoftQNetwork(nn.Module):
         return self.net(torch.cat([state, action], dim=-1))
 
 
+def nhwc_float(frames):
+    """uint8 frames (B, C, H, W) -> a fresh float32 copy with channels-last strides (what the convolutions run
+    fastest on; a replay batch already has them, so this is a plain conversion); fresh, so the / 255 can run in
+    place (one image-sized tensor per pass instead of two)."""
+    return torch.empty_like(frames, dtype=torch.float32, memory_format=torch.channels_last).copy_(frames)
+
+
 class Actor(nn.Module):
     """pi(a|o): Gaussian over pre-tanh actions u; a = tanh(u) * action_scale + action_bias.
     o is the state (B, state_dim) or the stacked frames (B, 6, 32, 32) uint8 through appendix B.1's conv encoder."""
@@ -157,6 +164,7 @@ class Actor(nn.Module):
                 nn.Conv2d(obs_shape[0], 8, 3, stride=2, padding=1), nn.ReLU(),
                 nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
                 nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten())
+            self.image_encoder.to(memory_format=torch.channels_last)  # NHWC convolutions: faster on a CPU, same maths
             in_dim = self.image_encoder(torch.zeros(1, *obs_shape)).shape[1]
         self.net = mlp(in_dim, 2 * action_dim, hidden_dim, hidden_layers)
         self.register_buffer("action_scale", torch.as_tensor((action_high - action_low) / 2.0, dtype=torch.float32))
@@ -164,7 +172,7 @@ class Actor(nn.Module):
 
     def forward(self, obs):
         """Mean and log std of the pre-tanh Gaussian, each (B, action_dim)."""
-        features = obs if self.image_encoder is None else self.image_encoder(obs.float() / 255.0)
+        features = obs if self.image_encoder is None else self.image_encoder(nhwc_float(obs).div_(255.0))
         mean, log_std = self.net(features).chunk(2, dim=-1)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)  # smooth clamp
         return mean, log_std
@@ -183,11 +191,14 @@ class Actor(nn.Module):
 
 class ReplayBuffer:
     """Uniform replay of (o, s, a, r, o', s', terminated): o what the policy sees, s the critics' state.
-    numpy arrays allocated once (their pages are touched lazily)."""
+    numpy arrays allocated once (their pages are touched lazily). Frames (C, H, W) are stored (H, W, C), so a
+    sampled batch is a channels-last (B, C, H, W) view that the convolutions take without a transposing copy."""
 
     def __init__(self, capacity, obs_shape, obs_dtype, state_dim, action_dim):
-        self.obs = np.zeros((capacity, *obs_shape), obs_dtype)
-        self.next_obs = np.zeros((capacity, *obs_shape), obs_dtype)
+        self.frames = len(obs_shape) == 3
+        stored_shape = (*obs_shape[1:], obs_shape[0]) if self.frames else obs_shape
+        self.obs = np.zeros((capacity, *stored_shape), obs_dtype)
+        self.next_obs = np.zeros((capacity, *stored_shape), obs_dtype)
         self.states = np.zeros((capacity, state_dim), np.float32)
         self.next_states = np.zeros((capacity, state_dim), np.float32)
         self.actions = np.zeros((capacity, action_dim), np.float32)
@@ -196,6 +207,8 @@ class ReplayBuffer:
         self.capacity, self.pos, self.size = capacity, 0, 0
 
     def add(self, obs, state, action, reward, next_obs, next_state, terminated):
+        if self.frames:
+            obs, next_obs = np.moveaxis(obs, 0, -1), np.moveaxis(next_obs, 0, -1)
         i = self.pos
         self.obs[i], self.states[i], self.actions[i], self.rewards[i] = obs, state, action, reward
         self.next_obs[i], self.next_states[i], self.terminated[i] = next_obs, next_state, terminated
@@ -205,7 +218,10 @@ class ReplayBuffer:
     def sample(self, batch_size, rng):
         idx = rng.integers(0, self.size, batch_size)
         arrays = (self.obs, self.states, self.actions, self.rewards, self.next_obs, self.next_states, self.terminated)
-        return [torch.as_tensor(x[idx]) for x in arrays]
+        batch = [torch.as_tensor(x[idx]) for x in arrays]
+        if self.frames:  # (B, H, W, C) -> (B, C, H, W) with channels-last strides: a view
+            batch[0], batch[4] = batch[0].permute(0, 3, 1, 2), batch[4].permute(0, 3, 1, 2)
+        return batch
 
     KEYS = ("obs", "next_obs", "states", "next_states", "actions", "rewards", "terminated")
 
@@ -218,7 +234,11 @@ class ReplayBuffer:
             raise SystemExit(f"the saved replay buffer holds {size} transitions, more than this run's capacity {self.capacity}: "
                              f"raise --total-timesteps or --buffer-size")
         for key in self.KEYS:
-            getattr(self, key)[:size] = saved[key]
+            array = getattr(self, key)
+            if key in ("obs", "next_obs") and saved[key].shape[1:] != array.shape[1:]:
+                array[:size] = np.moveaxis(saved[key], 1, -1)  # frames saved (C, H, W) before they were stored (H, W, C)
+            else:
+                array[:size] = saved[key]
         # a buffer saved full (its run's whole budget) continues after its rows when this run's buffer is larger
         self.size, self.pos = size, size % self.capacity if size < self.capacity else int(saved["pos"]) % self.capacity
 
@@ -407,10 +427,14 @@ if __name__ == "__main__":
                 for _ in range(args.policy_frequency):
                     # policy: maximise min_i Q_i(s, a~pi) + alpha * entropy
                     pi_actions, log_prob, _ = actor.get_action(obs_b)
+                    for qf in (qf1, qf2):  # the actor needs dQ/da, not the critics' parameter gradients
+                        qf.requires_grad_(False)
                     min_q = torch.min(qf1(states, pi_actions), qf2(states, pi_actions))
                     actor_loss = (alpha * log_prob - min_q).mean()
                     actor_optimizer.zero_grad()
                     actor_loss.backward()
+                    for qf in (qf1, qf2):
+                        qf.requires_grad_(True)
                     actor_optimizer.step()
                     alpha_loss = entropy_alpha_loss(log_alpha, log_prob, target_entropy)
                     alpha_optimizer.zero_grad()

@@ -1,6 +1,7 @@
 """Tests of baselines/: what each script adds to SAC, on hand-made tensors, and a short run of each on each env."""
 
 import importlib.util
+import copy
 import math
 import runpy
 import sys
@@ -396,3 +397,43 @@ def test_time_limit_is_terminal_only_when_told(script, bootstrap, tmp_path, monk
         terminated = saved["terminated"][:int(saved["size"]), 0]
     episode_ends = [55, 111] if script == "ssp" else [199, 399]  # ssp: the test model's skills of H = 5, 56 per episode
     assert np.flatnonzero(terminated).tolist() == ([] if bootstrap else episode_ends)
+
+
+@pytest.mark.parametrize("module", [sac, bc_sac, flat_prior], ids=["sac", "bc_sac", "flat_prior"])
+def test_image_actor_runs_channels_last_with_the_plain_maths(module):
+    """The flat baselines' image actors run their convolutions channels-last on a fresh float copy of the frames
+    (the in-place / 255 must leave the caller's uint8 batch alone): same outputs as the plain NCHW computation."""
+    torch.manual_seed(0)
+    actor = module.Actor((6, 32, 32), np.array([-1.0, -1.0]), np.array([1.0, 1.0]), 64, 2)
+    frames = torch.randint(0, 256, (5, 6, 32, 32), dtype=torch.uint8)
+    before = frames.clone()
+    mean, log_std = actor(frames)
+    assert torch.equal(frames, before)
+    plain = copy.deepcopy(actor).to(memory_format=torch.contiguous_format)
+    features = plain.image_encoder(frames.float() / 255.0)
+    ref_mean, ref_log_std = plain.net(features).chunk(2, dim=-1)
+    ref_log_std = module.LOG_STD_MIN + 0.5 * (module.LOG_STD_MAX - module.LOG_STD_MIN) * (torch.tanh(ref_log_std) + 1)
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(log_std, ref_log_std, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("module", [sac, bc_sac, flat_prior], ids=["sac", "bc_sac", "flat_prior"])
+def test_replay_buffer_serves_frames_channels_last_and_loads_the_old_layout(module):
+    """Frames go in (C, H, W) and come out of sample() as the same (B, C, H, W) values with channels-last strides
+    (no copy before the convolutions); a buffer saved with frames (C, H, W) still loads."""
+    rng = np.random.default_rng(0)
+    rb = module.ReplayBuffer(8, (6, 32, 32), np.uint8, 3, 2)
+    frames = rng.integers(0, 256, (8, 6, 32, 32), dtype=np.uint8)
+    for i in range(8):
+        rb.add(frames[i], np.full(3, i, np.float32), np.zeros(2), float(i), frames[(i + 1) % 8], np.zeros(3), 0.0)
+    obs, states, _, rewards, next_obs, _, _ = rb.sample(16, np.random.default_rng(1))
+    assert obs.shape == (16, 6, 32, 32) and obs.is_contiguous(memory_format=torch.channels_last)
+    index = states[:, 0].long()
+    assert torch.equal(obs, torch.as_tensor(frames)[index])
+    assert torch.equal(next_obs, torch.as_tensor(frames)[(index + 1) % 8])
+    saved = rb.state_dict()
+    old = {**saved, "obs": np.moveaxis(saved["obs"], -1, 1), "next_obs": np.moveaxis(saved["next_obs"], -1, 1)}
+    for state_dict in (saved, old):
+        loaded = module.ReplayBuffer(8, (6, 32, 32), np.uint8, 3, 2)
+        loaded.load_state_dict(state_dict)
+        assert np.array_equal(loaded.obs, rb.obs) and np.array_equal(loaded.next_obs, rb.next_obs)
