@@ -1,9 +1,9 @@
 """A policy's episode as one image: evenly spaced frames of an evaluation GIF, side by side.
 
-    python spirl_sac.py --evaluate <copy of a checkpoint> --eval-episodes 4 --capture-video
-    python benchmarks/frame_strip.py --gif <checkpoint dir>/videos/eval.gif --count 9 --out docs/<name>.png
+    python spirl_sac.py --evaluate <dir>/spirl_sac.pt --eval-episodes 4 --capture-video
+    python benchmarks/frame_strip.py --gif <dir>/spirl_sac_evaluate.gif --count 9 --out docs/<name>.png
 
-`spirl_sac.py --capture-video` writes the first evaluation episode as a GIF with one frame per skill (the reset
+`spirl_sac.py --evaluate --capture-video` writes the first evaluation episode, next to the checkpoint, as a GIF with one frame per skill (the reset
 frame, then one after every H env steps). This picks --count of them, evenly spaced from the first to the last,
 scales each to --height pixels and pastes them left to right; with --skill-horizon each frame is labelled with
 its env step (frame i = i x H env steps).
