@@ -95,10 +95,15 @@ class Args:
     aggregate: bool = False
     """read every finished run under the sweep directories and write --results-json, --results-md and figures; no runs"""
     sweeps: Tuple[str, ...] = ()
-    """--aggregate: sweep directories to read; empty: every directory under --root (presets and --name sweeps). The
-    outputs then hold these sweeps only: pass other --results-json / --results-md to keep docs/results.* whole"""
+    """--aggregate: sweep directories to read; empty: every directory under --root (presets and --name sweeps)"""
     results_json: str = "docs/results.json"
-    """--aggregate: output list of finished runs"""
+    """--aggregate: the list of finished runs, updated: a run read again replaces its entry, the entries of runs whose
+    directories are not on this machine (git ignores runs/) are kept, so results outlive the logs they came from"""
+    drop_missing: bool = False
+    """--aggregate: write only the runs read now, dropping the entries of runs not found"""
+    notes_dir: str = "docs/sweep_notes"
+    """--aggregate: what a reader must know about a sweep, quoted under its heading: <notes-dir>/<sweep>.md (tracked
+    by git), or else a NOTE.md in the sweep directory"""
     results_md: str = "docs/results.md"
     """--aggregate: output markdown table"""
     figures_dir: str = "docs/figures"
@@ -639,23 +644,32 @@ def plot_bars(results, path, title):
     plt.close(fig)
 
 
-def aggregate(sweep_dirs, results_json, results_md, figures_dir, points=200):
-    results, figures, notes = [], [], {}
-    for sweep_dir in sweep_dirs:
-        found = [r for r in (run_result(d, points) for d in sorted(glob.glob(os.path.join(sweep_dir, "*")))) if r]
-        results += found
-        note = os.path.join(sweep_dir, "NOTE.md")  # what a reader must know about the sweep (e.g. an older env version)
-        if found and os.path.isfile(note):
-            notes[os.path.basename(os.path.normpath(sweep_dir))] = open(note).read().strip()
-        if found:
-            path = os.path.join(figures_dir, os.path.basename(os.path.normpath(sweep_dir)) + ".png")
-            plot_sweep(found, path, os.path.basename(os.path.normpath(sweep_dir)))
-            figures.append(path)
+def aggregate(sweep_dirs, results_json, results_md, figures_dir, points=200, notes_dir="docs/sweep_notes",
+              drop_missing=False):
+    found = [r for sweep_dir in sweep_dirs
+             for r in (run_result(d, points) for d in sorted(glob.glob(os.path.join(sweep_dir, "*")))) if r]
+    read_now = {(r["sweep"], r["run"]) for r in found}
+    kept = []
+    if not drop_missing and os.path.isfile(results_json):  # earlier results whose run directories are gone stay
+        with open(results_json) as f:
+            kept = [r for r in json.load(f) if (r["sweep"], r["run"]) not in read_now]
+    results = sorted(kept + found, key=lambda r: (r["sweep"], r["run"]))
+    sweep_dir_of = {os.path.basename(os.path.normpath(d)): d for d in sweep_dirs}
+    figures, notes = [], {}
+    for name in sorted({r["sweep"] for r in results}):
+        for note in (os.path.join(notes_dir, f"{name}.md"), os.path.join(sweep_dir_of.get(name, ""), "NOTE.md")):
+            if os.path.isfile(note):
+                notes[name] = open(note).read().strip()
+                break
+        path = os.path.join(figures_dir, f"{name}.png")  # drawn from the results' curves, whoever ran them
+        plot_sweep([r for r in results if r["sweep"] == name], path, name)
+        figures.append(path)
     os.makedirs(os.path.dirname(results_json) or ".", exist_ok=True)
     with open(results_json, "w") as f:
         json.dump(results, f, indent=1)
     write_markdown(results, figures, results_md, notes)
-    print(f"{len(results)} finished runs -> {results_json}, {results_md}" + (f", {', '.join(figures)}" if figures else ""))
+    print(f"{len(found)} finished runs read, {len(kept)} earlier entries kept -> {results_json}, {results_md}"
+          + (f", {', '.join(figures)}" if figures else ""))
     return results
 
 
@@ -665,7 +679,7 @@ def write_markdown(results, figures, path, notes=None):
              "(`docs/results.json` holds every run with its curve, settings, data and commit). `final`: mean of the",
              "per-episode training metric over the episodes in the last 10 % of a run's env steps; mean +- std over",
              "seeds; per seed, the commit that ran it. Runs: `python benchmarks/sweep.py --preset <name>` (see",
-             "docs/sweeps.md); a sweep's NOTE.md, if any, is quoted under its heading.", ""]
+             "docs/sweeps.md); a sweep's note (docs/sweep_notes/<sweep>.md), if any, is quoted under its heading.", ""]
     if not results:
         lines += ["No sweep run has finished yet."]
     groups = {}
@@ -701,7 +715,7 @@ def main(args):
     if args.aggregate:
         sweep_dirs = list(args.sweeps) or sorted(glob.glob(os.path.join(args.root, "*")))  # every sweep under --root
         return aggregate([d for d in sweep_dirs if os.path.isdir(d)], args.results_json, args.results_md,
-                         args.figures_dir, args.curve_points)
+                         args.figures_dir, args.curve_points, args.notes_dir, args.drop_missing)
     if args.preset is None and not args.scripts:
         raise SystemExit("choose --preset (one of " + ", ".join(PRESETS) + ") or a grid with --scripts, or --aggregate")
     runs = preset_runs(args.preset) if args.preset else custom_runs(args.scripts, args.envs, args.seeds)

@@ -255,3 +255,39 @@ def test_frame_strip_takes_evenly_spaced_frames_first_to_last(tmp_path, monkeypa
     monkeypatch.setattr(sys, "argv", ["frame_strip.py", "--gif", str(tmp_path / "none.gif"), "--out", "x.png"])
     with pytest.raises(SystemExit, match="--capture-video"):
         runpy.run_path(os.path.join(ROOT, "benchmarks", "frame_strip.py"), run_name="__main__")
+
+
+def test_aggregate_keeps_earlier_results_whose_runs_are_gone(tmp_path):
+    """runs/ is not tracked: a new checkout aggregating its own runs must keep the entries of the runs it lacks
+    (their figure redrawn from the stored curves, their note from the tracked notes directory), replace the entry of
+    a run it reads again, and drop the rest only when asked."""
+    from envs import maze
+
+    states = np.random.default_rng(0).uniform(-3, 3, size=(500, 4)).astype(np.float32)
+    run_dir = tmp_path / "fig5" / "explore__maze__1__prior"
+    run_dir.mkdir(parents=True)
+    np.savez(run_dir / "explore_prior.npz", states=states, episode_starts=np.array([0]), env="maze", mode="prior",
+             env_steps=500)
+    (run_dir / "run.json").write_text(json.dumps({"script": "spirl_sac.py", "flags": ["--explore", "prior"], "env": "maze",
+                                                  "algo": "explore_prior", "seed": 1, "tag": "prior"}))
+    (run_dir / "done.json").write_text(json.dumps({"commit": "new"}))
+    gone = {"env": "kitchen", "algo": "spirl", "seed": 1, "tag": None, "env_steps": 1000, "metric": "subtasks_completed",
+            "final": 2.5, "final_episodes": 3, "strict_order": True, "curve": [[500, 1.0], [1000, 2.5]],
+            "settings": "--env kitchen", "data": "d", "commit": "old", "sweep": "old-sweep", "run": "spirl__kitchen__1"}
+    stale = {**gone, "env": "maze", "algo": "explore_prior", "metric": "free_cells_visited", "final": 0.0, "curve": [],
+             "sweep": "fig5", "run": "explore__maze__1__prior"}  # the same run, aggregated before it was rerun
+    results_json = tmp_path / "r.json"
+    results_json.write_text(json.dumps([gone, stale]))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "old-sweep.md").write_text("Ran on another machine.\n")
+    paths = [str(results_json), str(tmp_path / "r.md"), str(tmp_path / "fig")]
+
+    results = sweep.aggregate([str(tmp_path / "fig5")], *paths, notes_dir=str(tmp_path / "notes"))
+    assert [(r["sweep"], r["commit"]) for r in results] == [("fig5", "new"), ("old-sweep", "old")]
+    assert results[0]["final"] == round(maze.fraction_free_cells_visited(states[:, :2]), 4)
+    assert json.loads(results_json.read_text()) == results
+    assert (tmp_path / "fig" / "old-sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## old-sweep\n\nRan on another machine.\n" in (tmp_path / "r.md").read_text()
+
+    assert sweep.aggregate([str(tmp_path / "fig5")], *paths) == results  # aggregating again changes nothing
+    assert [r["sweep"] for r in sweep.aggregate([str(tmp_path / "fig5")], *paths, drop_missing=True)] == ["fig5"]
