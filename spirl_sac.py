@@ -132,7 +132,8 @@ class Args:
     authors' agent also evaluates (the mean of a skill distribution that spreads over several skills can be a
     skill no sample would take, e.g. one that stops at a wall)"""
     capture_video: bool = False
-    """save the first episode of every evaluation as an animated GIF under videos/, one frame per skill (env must render rgb_array)"""
+    """save the first episode of every evaluation as an animated GIF under videos/, one frame per skill (env must render
+    rgb_array); with --evaluate, every episode (<checkpoint>_evaluate_<k>.gif), to pick the best one"""
     log_interval: int = 100
     """high-level steps between tensorboard scalars of the updates"""
     progress_interval: int = 10_000
@@ -801,13 +802,15 @@ def main(args):
         return z[0].cpu().numpy()
 
     def evaluate(num_episodes, video_path=None):
-        """Episodes of the policy -> (mean return, mean final metric, [each episode's states]). Sampled skills draw
-        from a generator seeded by the env step, so an evaluation does not depend on earlier ones or on a resume."""
+        """Episodes of the policy -> (returns, final metrics, [each episode's states]). Sampled skills draw from a
+        generator seeded by the env step, so an evaluation does not depend on earlier ones or on a resume.
+        video_path: a path for the first episode's GIF, or a function episode -> path (or None) for any of them."""
         returns, metrics, trajectories = [], [], []
         generator = torch.Generator(device=device).manual_seed(args.seed + 10_000 + global_step)
         for episode in range(num_episodes):
             obs, _ = eval_env.reset(seed=args.seed + 10_000 + episode)
-            frames = [eval_env.render()] if (video_path is not None and episode == 0) else None
+            episode_video = video_path(episode) if callable(video_path) else (video_path if episode == 0 else None)
+            frames = [eval_env.render()] if episode_video is not None else None
             episode_return, done, info, states = 0.0, False, {}, [obs["state"][None]]
             while not done:
                 obs, reward, terminated, truncated, info, _, visited = run_skill(eval_env, obs, evaluation_skill(obs, generator))
@@ -821,21 +824,25 @@ def main(args):
             trajectories.append(np.concatenate(states))
             if frames is not None:
                 if frames and frames[0] is not None:
-                    save_gif(frames, video_path)
+                    save_gif(frames, episode_video)
                 else:
                     print(f"--capture-video: env {args.env} returned no rgb_array frames; no video written")
-        return float(np.mean(returns)), float(np.mean(metrics)), trajectories
+        return returns, metrics, trajectories
 
     if eval_ckpt is not None:  # --evaluate: only evaluation episodes of a saved policy
         policy.load_state_dict(eval_ckpt["policy"])
-        video = eval_prefix + ".gif" if args.capture_video else None
-        mean_return, mean_metric, trajectories = evaluate(args.eval_episodes, video)
+        video = (lambda episode: f"{eval_prefix}_{episode}.gif") if args.capture_video else None  # every episode
+        returns, metrics, trajectories = evaluate(args.eval_episodes, video)
+        mean_return, mean_metric = float(np.mean(returns)), float(np.mean(metrics))
         out = eval_prefix + ".npz"  # every episode's low-dim states, for pictures
         np.savez(out, **{f"episode_{k}": t for k, t in enumerate(trajectories)})
         episodes_text = f"{args.eval_episodes} episode{'s' if args.eval_episodes != 1 else ''}"
         print(f"evaluate {args.evaluate} (trained {eval_ckpt['global_step']} env steps): {episodes_text}, "
-              f"mean return {mean_return:.2f}, mean {metric} {mean_metric:.2f}")
-        print(f"wrote {out} (each episode's states)" + (f" and {video} (first episode)" if video and os.path.isfile(video) else ""))
+              f"mean return {mean_return:.2f}, mean {metric} {mean_metric:.2f}; per episode: "
+              + ", ".join(f"{k}: {m:g}" for k, m in enumerate(metrics)))
+        gifs = [video(k) for k in range(args.eval_episodes) if video and os.path.isfile(video(k))]
+        print(f"wrote {out} (each episode's states)" + (f" and {gifs[0]} ... (one GIF per episode)" if len(gifs) > 1 else
+                                                        f" and {gifs[0]}" if gifs else ""))
         env.close()
         eval_env.close()  # frees the renderer's GL context while its display is still up
         return {"return": mean_return, metric: mean_metric, "path": out}
@@ -1044,7 +1051,8 @@ def main(args):
         if next_eval is not None and global_step >= next_eval:
             next_eval += args.eval_interval
             video = os.path.join(video_dir, f"eval_{global_step}.gif") if args.capture_video else None
-            eval_return, eval_metric, _ = evaluate(args.eval_episodes, video)
+            eval_returns, eval_metrics, _ = evaluate(args.eval_episodes, video)
+            eval_return, eval_metric = float(np.mean(eval_returns)), float(np.mean(eval_metrics))
             eval_step = global_step
             writer.add_scalar("eval/episodic_return", eval_return, global_step)
             writer.add_scalar(f"eval/{metric}", eval_metric, global_step)
@@ -1056,7 +1064,8 @@ def main(args):
 
     if eval_step != global_step:  # the final evaluation, unless the periodic one just ran at this step
         video = os.path.join(video_dir, "eval_final.gif") if args.capture_video else None
-        eval_return, eval_metric, _ = evaluate(args.eval_episodes, video)
+        eval_returns, eval_metrics, _ = evaluate(args.eval_episodes, video)
+        eval_return, eval_metric = float(np.mean(eval_returns)), float(np.mean(eval_metrics))
         writer.add_scalar("eval/episodic_return", eval_return, global_step)
         writer.add_scalar(f"eval/{metric}", eval_metric, global_step)
     save_checkpoint()

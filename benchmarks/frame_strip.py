@@ -1,7 +1,7 @@
 """A policy's episode as one image: evenly spaced frames of an evaluation GIF, side by side.
 
     python spirl_sac.py --evaluate <dir>/spirl_sac.pt --eval-episodes 4 --capture-video
-    python benchmarks/frame_strip.py --gif <dir>/spirl_sac_evaluate.gif --count 9 --out docs/<name>.png
+    python benchmarks/frame_strip.py --gif <dir>/spirl_sac_evaluate_<k>.gif --count 9 --out docs/<name>.png
 
 `spirl_sac.py --evaluate --capture-video` writes the first evaluation episode, next to the checkpoint, as a GIF with one frame per skill (the reset
 frame, then one after every H env steps). This picks --count of them, evenly spaced from the first to the last,

@@ -469,9 +469,10 @@ def test_smoke_run_on_maze_then_resume_and_evaluate(tmp_path, monkeypatch):
     out2 = spirl_sac.main(spirl_sac.Args(resume="run/sac.pt", total_env_steps=400))
     assert out2["global_step"] == 400 and out2["grad_steps"] > out["grad_steps"]
     assert out2["replay_size"] > out["replay_size"]
-    result = spirl_sac.main(spirl_sac.Args(env="maze", evaluate="run/sac.pt", eval_episodes=1, capture_video=True))
+    result = spirl_sac.main(spirl_sac.Args(env="maze", evaluate="run/sac.pt", eval_episodes=2, capture_video=True))
     assert np.isfinite(result["return"])
-    assert os.path.isfile("run/sac_evaluate.gif") and result["path"] == "run/sac_evaluate.npz"  # next to the checkpoint
+    assert result["path"] == "run/sac_evaluate.npz"  # next to the checkpoint, with one GIF per episode
+    assert os.path.isfile("run/sac_evaluate_0.gif") and os.path.isfile("run/sac_evaluate_1.gif")
     with np.load(result["path"]) as saved:
         assert saved["episode_0"].shape == (1 + maze_module().EPISODE_LENGTH, 4)
     for sampler in ("prior", "uniform"):  # Fig. 5 mode: skill rollouts without learning

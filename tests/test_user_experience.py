@@ -100,8 +100,8 @@ def test_short_run_says_it_ends_in_warm_up_and_evaluate_writes_next_to_checkpoin
     result = spirl_sac.main(spirl_sac.Args(evaluate="run/sac.pt", eval_episodes=1, capture_video=True))
     out = capsys.readouterr().out
     assert "1 episode," in out
-    assert "wrote run/sac_evaluate.npz (each episode's states) and run/sac_evaluate.gif (first episode)" in out
-    assert result["path"] == "run/sac_evaluate.npz" and os.path.isfile("run/sac_evaluate.gif")
+    assert "wrote run/sac_evaluate.npz (each episode's states) and run/sac_evaluate_0.gif" in out
+    assert result["path"] == "run/sac_evaluate.npz" and os.path.isfile("run/sac_evaluate_0.gif")
     assert sorted(os.listdir("runs")) == runs_before and not os.path.exists("videos")  # no new run directory
 
 
