@@ -166,12 +166,12 @@ def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     sweep.main(sweep.Args(preset="fig6", executor="slurm", slurm_partition="cpu", slurm_time_min=600, root="sweeps",
                           slurm_additional=("account=proj",)))
-    assert "submitted spirl__maze__1__H3_Z10: job 102" in capsys.readouterr().out
+    assert "submitted spirl__block_stacking__1__H3_Z10: job 102" in capsys.readouterr().out
     first, second = ((tmp_path / "jobs" / f"{k}.sh").read_text() for k in (1, 2))
     for line in ("#SBATCH --partition=cpu", "#SBATCH --time=600", "#SBATCH --cpus-per-task=1", "#SBATCH --account=proj"):
         assert line in first and line in second
     assert "--dependency" not in first and "#SBATCH --dependency=afterok:101" in second
-    assert "#SBATCH --job-name=skills__maze__1__H3_Z10" in first
+    assert "#SBATCH --job-name=skills__block_stacking__1__H3_Z10" in first
 
 
 def test_fig5_exploration_runs_aggregate_to_coverage(tmp_path):
