@@ -5,7 +5,8 @@
 
 Each run is `label=run_dir` (a spirl_sac.py run directory with its tensorboard event files; a run resumed from a
 checkpoint logged the steps after it twice, and the purge step its SummaryWriter writes drops the stopped process's,
-as sweep.py reads them for docs/results.json). For every tag, the mean of its scalars in each bin of --bin env
+as sweep.py reads them for docs/results.json), or `label=earlier.json#label` for a run binned before into an
+earlier output of this script (git ignores runs/, so a new checkout compares against what the docs kept). For every tag, the mean of its scalars in each bin of --bin env
 steps. The figure (next to the JSON, .png) is drawn from the JSON: one panel per tag, one line per run, values on a
 symmetric log scale where they span decades (Q, alpha, the critics' loss).
 """
@@ -32,7 +33,7 @@ LOG_SCALE_TAGS = ("losses/alpha", "losses/qf1_values", "losses/qf_loss")
 @dataclass
 class Args:
     runs: List[str]
-    """`label=run_dir` per run, the run the trials change first"""
+    """`label=run_dir` or `label=earlier.json#label` per run, the run the trials change first"""
     json_out: str
     """the binned curves as JSON; the figure goes next to it with .png"""
     tags: List[str] = field(default_factory=lambda: list(DEFAULT_TAGS))
@@ -50,6 +51,20 @@ def read_scalars(run_dir, tags):
         raise SystemExit(f"no tensorboard event files in {run_dir}")
     found = sweep.read_scalars(run_dir, tags)
     return {tag: dict(found.get(tag, [])) for tag in tags}
+
+
+def earlier_curves(spec, tags, bin_size):
+    """{tag: binned curve} of the run labelled `label` in an earlier output JSON of this script (`path#label`)."""
+    path, _, label = spec.partition("#")
+    with open(path) as f:
+        data = json.load(f)
+    run = next((r for r in data["runs"] if r["label"] == label), None)
+    if run is None:
+        raise SystemExit(f"{path} has no run labelled {label!r}: it has " + ", ".join(repr(r["label"]) for r in data["runs"]))
+    if data["bin"] != bin_size or any(tag not in run["curves"] for tag in tags):
+        raise SystemExit(f"{spec}: binned per {data['bin']} env steps with tags {', '.join(run['curves'])}; "
+                         f"pass the same --bin and --tags")
+    return {tag: run["curves"][tag] for tag in tags}
 
 
 def binned(points, bin_size):
@@ -93,9 +108,11 @@ if __name__ == "__main__":
         label, sep, run_dir = entry.partition("=")
         if not sep:
             raise SystemExit(f"--runs takes label=run_dir, got {entry!r}")
-        scalars = read_scalars(run_dir, args.tags)
-        runs.append({"label": label, "run_dir": run_dir,
-                     "curves": {tag: binned(points, args.bin) for tag, points in scalars.items()}})
+        if ".json#" in run_dir:
+            curves = earlier_curves(run_dir, args.tags, args.bin)
+        else:
+            curves = {tag: binned(points, args.bin) for tag, points in read_scalars(run_dir, args.tags).items()}
+        runs.append({"label": label, "run_dir": run_dir, "curves": curves})
     data = {"command": "python " + shlex.join(sys.argv), "bin": args.bin, "tags": args.tags, "title": args.title,
             "runs": runs}
     with open(args.json_out, "w") as f:

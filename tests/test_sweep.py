@@ -236,6 +236,17 @@ def test_lever_trials_bins_each_runs_curves_a_resume_dropping_the_stopped_steps(
     assert b == [[0, 30.0], [50, 1000.0]]  # 90 and 120 belonged to the discarded continuation
     assert os.path.isfile(tmp_path / "out.png")
 
+    # a run whose directory is gone, from the JSON that binned it, next to a run read now
+    monkeypatch.setattr(sys, "argv", ["lever_trials.py", "--runs", f"B then={tmp_path / 'out.json'}#B", f"A={tmp_path / 'a'}",
+                                      "--tags", "losses/alpha", "--bin", "50", "--json-out", str(tmp_path / "again.json")])
+    runpy.run_path(os.path.join(ROOT, "benchmarks", "lever_trials.py"), run_name="__main__")
+    again = json.load(open(tmp_path / "again.json"))
+    assert [(r["label"], r["curves"]["losses/alpha"]) for r in again["runs"]] == [("B then", b), ("A", a)]
+    monkeypatch.setattr(sys, "argv", ["lever_trials.py", "--runs", f"C={tmp_path / 'out.json'}#C", "--tags", "losses/alpha",
+                                      "--bin", "50", "--json-out", str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit, match="has no run labelled 'C': it has 'A', 'B'"):
+        runpy.run_path(os.path.join(ROOT, "benchmarks", "lever_trials.py"), run_name="__main__")
+
 
 def test_frame_strip_takes_evenly_spaced_frames_first_to_last(tmp_path, monkeypatch):
     """benchmarks/frame_strip.py: 9 of a 25-frame GIF are frames 0, 3, ..., 24, pasted left to right at the asked
