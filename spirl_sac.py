@@ -801,15 +801,15 @@ def main(args):
         z = SKILL_RANGE * torch.tanh(mu) if args.eval_deterministic else squashed_sample(mu, log_sigma, generator)
         return z[0].cpu().numpy()
 
-    def evaluate(num_episodes, video_path=None):
+    def evaluate(num_episodes, videos=()):
         """Episodes of the policy -> (returns, final metrics, [each episode's states]). Sampled skills draw from a
         generator seeded by the env step, so an evaluation does not depend on earlier ones or on a resume.
-        video_path: a path for the first episode's GIF, or a function episode -> path (or None) for any of them."""
+        videos: GIF paths of the first len(videos) episodes."""
         returns, metrics, trajectories = [], [], []
         generator = torch.Generator(device=device).manual_seed(args.seed + 10_000 + global_step)
         for episode in range(num_episodes):
             obs, _ = eval_env.reset(seed=args.seed + 10_000 + episode)
-            episode_video = video_path(episode) if callable(video_path) else (video_path if episode == 0 else None)
+            episode_video = videos[episode] if episode < len(videos) else None
             frames = [eval_env.render()] if episode_video is not None else None
             episode_return, done, info, states = 0.0, False, {}, [obs["state"][None]]
             while not done:
@@ -831,8 +831,8 @@ def main(args):
 
     if eval_ckpt is not None:  # --evaluate: only evaluation episodes of a saved policy
         policy.load_state_dict(eval_ckpt["policy"])
-        video = (lambda episode: f"{eval_prefix}_{episode}.gif") if args.capture_video else None  # every episode
-        returns, metrics, trajectories = evaluate(args.eval_episodes, video)
+        videos = [f"{eval_prefix}_{k}.gif" for k in range(args.eval_episodes)] if args.capture_video else []
+        returns, metrics, trajectories = evaluate(args.eval_episodes, videos)  # a GIF of every episode
         mean_return, mean_metric = float(np.mean(returns)), float(np.mean(metrics))
         out = eval_prefix + ".npz"  # every episode's low-dim states, for pictures
         np.savez(out, **{f"episode_{k}": t for k, t in enumerate(trajectories)})
@@ -840,7 +840,7 @@ def main(args):
         print(f"evaluate {args.evaluate} (trained {eval_ckpt['global_step']} env steps): {episodes_text}, "
               f"mean return {mean_return:.2f}, mean {metric} {mean_metric:.2f}; per episode: "
               + ", ".join(f"{k}: {m:g}" for k, m in enumerate(metrics)))
-        gifs = [video(k) for k in range(args.eval_episodes) if video and os.path.isfile(video(k))]
+        gifs = [path for path in videos if os.path.isfile(path)]
         print(f"wrote {out} (each episode's states)" + (f" and {gifs[0]} ... (one GIF per episode)" if len(gifs) > 1 else
                                                         f" and {gifs[0]}" if gifs else ""))
         env.close()
@@ -1050,8 +1050,8 @@ def main(args):
                   f"{(grad_steps - start_grad_steps) / max(update_time, 1e-9):.1f} grad-steps/s updating", flush=True)
         if next_eval is not None and global_step >= next_eval:
             next_eval += args.eval_interval
-            video = os.path.join(video_dir, f"eval_{global_step}.gif") if args.capture_video else None
-            eval_returns, eval_metrics, _ = evaluate(args.eval_episodes, video)
+            videos = [os.path.join(video_dir, f"eval_{global_step}.gif")] if args.capture_video else []
+            eval_returns, eval_metrics, _ = evaluate(args.eval_episodes, videos)
             eval_return, eval_metric = float(np.mean(eval_returns)), float(np.mean(eval_metrics))
             eval_step = global_step
             writer.add_scalar("eval/episodic_return", eval_return, global_step)
@@ -1063,8 +1063,8 @@ def main(args):
             print(f"checkpoint {save_path} at step {global_step}", flush=True)
 
     if eval_step != global_step:  # the final evaluation, unless the periodic one just ran at this step
-        video = os.path.join(video_dir, "eval_final.gif") if args.capture_video else None
-        eval_returns, eval_metrics, _ = evaluate(args.eval_episodes, video)
+        videos = [os.path.join(video_dir, "eval_final.gif")] if args.capture_video else []
+        eval_returns, eval_metrics, _ = evaluate(args.eval_episodes, videos)
         eval_return, eval_metric = float(np.mean(eval_returns)), float(np.mean(eval_metrics))
         writer.add_scalar("eval/episodic_return", eval_return, global_step)
         writer.add_scalar(f"eval/{metric}", eval_metric, global_step)

@@ -6,9 +6,10 @@
 Each run is `label=run_dir` (a spirl_sac.py run directory with its tensorboard event files; a run resumed from a
 checkpoint logged the steps after it twice, and the purge step its SummaryWriter writes drops the stopped process's,
 as sweep.py reads them for docs/results.json), or `label=earlier.json#label` for a run binned before into an
-earlier output of this script (git ignores runs/, so a new checkout compares against what the docs kept). For every tag, the mean of its scalars in each bin of --bin env
-steps. The figure (next to the JSON, .png) is drawn from the JSON: one panel per tag, one line per run, values on a
-symmetric log scale where they span decades (Q, alpha, the critics' loss).
+earlier output of this script (git ignores runs/, so a new checkout compares against what the docs kept). For
+every tag, the mean of its scalars in each bin of --bin env steps. The figure (next to the JSON, .png) is drawn
+from the JSON: one panel per tag, one line per run, values on a symmetric log scale where they span decades (Q,
+alpha, the critics' loss).
 """
 
 import glob
