@@ -302,3 +302,26 @@ def test_aggregate_keeps_earlier_results_whose_runs_are_gone(tmp_path):
 
     assert sweep.aggregate([str(tmp_path / "fig5")], *paths) == results  # aggregating again changes nothing
     assert [r["sweep"] for r in sweep.aggregate([str(tmp_path / "fig5")], *paths, drop_missing=True)] == ["fig5"]
+
+
+def test_table1_reads_each_variant_and_cuts_a_longer_same_run_at_the_budget(tmp_path):
+    """benchmarks/table1.py: a variant's finished runs give its row; a missing 0 % run is read from the named longer
+    run as the mean of its curve's bins over the last 10 % of the table's budget, not its own final; a run shorter
+    than the budget is refused."""
+    import table1
+
+    def entry(sweep_name, run, final, env_steps, curve):
+        return {"sweep": sweep_name, "run": run, "final": final, "env_steps": env_steps, "curve": curve, "commit": "c"}
+
+    long_curve = [[step, 1.0 if step < 1000 else 3.0 if step == 1000 else 5.0] for step in range(100, 2001, 100)]
+    results = [entry("t1", f"spirl__block_stacking__1__random{p}", value, 1000, []) for p, value in ((0, 3.0), (50, 2.0), (75, 1.0))]
+    results += [entry("t1-ln", "spirl__block_stacking__1__random75", 0.5, 1000, []),
+                entry("long", "spirl__block_stacking__1", 4.9, 2000, long_curve)]
+    rows = table1.table(results, ["paper=t1", "ln=t1-ln"], ["t1-ln/random0=long/spirl__block_stacking__1"], budget=1000)
+    assert {p: v[0] for p, v in rows["paper"].items()} == {0: 3.0, 50: 2.0, 75: 1.0}
+    assert rows["ln"][75][0] == 0.5 and 50 not in rows["ln"]
+    assert rows["ln"][0][0] == pytest.approx(3.0)  # the bin ending at 1 000 alone is in (900, 1 000]
+    table1.write(rows, 1000, str(tmp_path / "t.md"), str(tmp_path / "t.png"))
+    assert "| ours, ln | 3.00 | - | 0.50 |" in (tmp_path / "t.md").read_text() and (tmp_path / "t.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="fewer than"):
+        table1.cut_final(results[-1], 5000)
