@@ -43,6 +43,8 @@ class Args:
     """env steps per bin"""
     title: Optional[str] = None
     """the figure's title"""
+    max_env_steps: Optional[int] = None
+    """keep only the bins that start before this many env steps (compare a longer run over a shorter budget)"""
 
 
 def read_scalars(run_dir, tags):
@@ -113,6 +115,8 @@ if __name__ == "__main__":
             curves = earlier_curves(run_dir, args.tags, args.bin)
         else:
             curves = {tag: binned(points, args.bin) for tag, points in read_scalars(run_dir, args.tags).items()}
+        if args.max_env_steps is not None:
+            curves = {tag: [point for point in curve if point[0] < args.max_env_steps] for tag, curve in curves.items()}
         runs.append({"label": label, "run_dir": run_dir, "curves": curves})
     data = {"command": "python " + shlex.join(sys.argv), "bin": args.bin, "tags": args.tags, "title": args.title,
             "runs": runs}

@@ -242,6 +242,11 @@ def test_lever_trials_bins_each_runs_curves_a_resume_dropping_the_stopped_steps(
     runpy.run_path(os.path.join(ROOT, "benchmarks", "lever_trials.py"), run_name="__main__")
     again = json.load(open(tmp_path / "again.json"))
     assert [(r["label"], r["curves"]["losses/alpha"]) for r in again["runs"]] == [("B then", b), ("A", a)]
+    # --max-env-steps: a longer run over a shorter budget keeps the bins that start before it
+    monkeypatch.setattr(sys, "argv", ["lever_trials.py", "--runs", f"A={tmp_path / 'a'}", "--tags", "losses/alpha",
+                                      "--bin", "50", "--max-env-steps", "100", "--json-out", str(tmp_path / "cut.json")])
+    runpy.run_path(os.path.join(ROOT, "benchmarks", "lever_trials.py"), run_name="__main__")
+    assert json.load(open(tmp_path / "cut.json"))["runs"][0]["curves"]["losses/alpha"] == a[:2]
     monkeypatch.setattr(sys, "argv", ["lever_trials.py", "--runs", f"C={tmp_path / 'out.json'}#C", "--tags", "losses/alpha",
                                       "--bin", "50", "--json-out", str(tmp_path / "bad.json")])
     with pytest.raises(SystemExit, match="has no run labelled 'C': it has 'A', 'B'"):
