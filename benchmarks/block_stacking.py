@@ -32,7 +32,12 @@
    sampled from the policy, as in training), then per episode the highest tower at the end and at its best, the
    first step with a 3-block tower, and how often a block is held in the air: over the episode, after the first
    3-block tower, and in its last 300 steps (a policy that keeps a block in the gripper instead of placing it
-   shows up here).
+   shows up here). And where the blocks it has not used are: from the step its best tower first stands, the
+   fraction of steps with a free block (on the table, nothing on it, not in the tallest tower) inside the
+   policy's 0.48 m-wide view, the nearest free block's distance in x at that step, and the span of x the
+   gripper visits afterwards (a policy that stops because the next block is out of its local view shows up here);
+   the x of the tallest tower, and each later carry (a block held >= 5 steps): how far it moved the block and
+   where it let go, relative to the tower (a policy that brings blocks but misses the tower shows up here).
 """
 
 import os
@@ -69,6 +74,9 @@ class Args:
     """a spirl_sac.py checkpoint of block stacking: measure only its policy's episodes (spirl_sac.py --evaluate)"""
     policy_episodes: int = 4
     """--policy-rollouts: evaluation episodes (written next to the checkpoint as <checkpoint>_evaluate.npz)"""
+    policy_plot: Optional[str] = None
+    """--policy-rollouts: also draw the policy's paths to this PNG: per episode the gripper's x over the steps, the
+    carries (a block held >= 5 steps) drawn thick, the tallest tower's x and the gripper's reach"""
 
 
 def stacked_and_lifted(env, states):
@@ -141,6 +149,71 @@ def padded_prior_rollouts(skill_model, episodes, seed, num_blocks):
     return rows
 
 
+def free_blocks_in_view(states):
+    """Per state: (any free block inside the policy's view window, x distance from the gripper to the nearest
+    free block, or inf). A free block stands on the table with nothing on it; blocks of the tallest tower and
+    a held block are not free."""
+    in_view, nearest = [], []
+    for state in states:
+        blocks = state[3:].reshape(-1, 3)
+        heights = bs.tower_heights(blocks)
+        covered = np.array([((np.abs(blocks[:, 0] - b[0]) < 1.5 * bs.HALF)
+                             & (np.abs(blocks[:, 1] - b[1] - 2 * bs.HALF) < 0.012)).any() for b in blocks])
+        free = (heights == 1) & ~covered
+        dx = np.abs(blocks[free, 0] - state[0])
+        nearest.append(dx.min(initial=np.inf))
+        in_view.append(bool((dx < bs.VIEW_W / 2).any()))
+    return np.array(in_view), np.array(nearest)
+
+
+def carries(states):
+    """The episode's carries: (first step, last step, block, x where it was picked, x where it was let go), one per
+    run of consecutive steps in which the same block is held in the air."""
+    out, held_before, start = [], None, 0
+    for t, state in enumerate(states):
+        blocks = state[3:].reshape(-1, 3)
+        held = np.flatnonzero(bs.BlockStackingEnv._lifted_blocks(state, bs.tower_heights(blocks)))
+        held = int(held[0]) if len(held) else None
+        if held != held_before:
+            if held_before is not None:
+                out.append((start, t - 1, held_before, float(states[start][3 + 3 * held_before]),
+                            float(states[t - 1][3 + 3 * held_before])))
+            held_before, start = held, t
+    return out
+
+
+def plot_policy_paths(rows, x_limit, half_width, title, path):
+    """One panel per episode: gripper x over the episode, carries thick, the tallest tower's x dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(len(rows), 4)
+    fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.6 * ((len(rows) + cols - 1) // cols)),
+                             sharex=True, sharey=True, squeeze=False)
+    for ax, (k, r) in zip(axes.ravel(), enumerate(rows)):
+        ax.plot(r["gripper_x"], lw=0.6, color="0.5")
+        for first, last, _, _, _ in r["carries"]:
+            if last - first >= 5:
+                ax.plot(range(first, last + 1), r["gripper_x"][first:last + 1], lw=2.2, color="tab:orange")
+        ax.axhline(r["tower_x"], ls="--", lw=1, color="tab:blue")
+        for y in (-x_limit, x_limit):
+            ax.axhline(y, lw=0.8, color="tab:red")
+        ax.set_ylim(-half_width, half_width)
+        ax.set_title(f"episode {k}: end {r['final']}, best {r['best']}", fontsize=8)
+    for ax in axes.ravel()[len(rows):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("env step")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("gripper x (m)")
+    fig.suptitle(title + "\ngrey: gripper x; orange: carrying a block; blue dashed: tallest tower's x at its best; "
+                 "red: the gripper's reach", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
 def policy_rollouts(checkpoint, episodes):
     """Per-episode figures of a trained policy's evaluation episodes (spirl_sac.py --evaluate)."""
     import spirl_sac
@@ -152,7 +225,19 @@ def policy_rollouts(checkpoint, episodes):
         for key in sorted(saved.files, key=lambda k: int(k.split("_")[-1])):
             stacked, lifted = stacked_and_lifted(env, saved[key])  # the reset state, then one per env step
             first_tower = int(np.argmax(stacked >= 2)) if (stacked >= 2).any() else None
-            rows.append({"final": int(stacked[-1]), "best": int(stacked.max()), "first_3_block_tower": first_tower,
+            best_at = int(np.argmax(stacked == stacked.max()))  # first step with the episode's best tower
+            in_view, nearest = free_blocks_in_view(saved[key][best_at:])
+            gripper_x = saved[key][best_at:, 0]
+            blocks_at_best = saved[key][best_at][3:].reshape(-1, 3)
+            tower_x = float(blocks_at_best[np.argmax(bs.tower_heights(blocks_at_best)), 0])  # its top block's x
+            late = [c for c in carries(saved[key]) if c[0] > best_at and c[1] - c[0] >= 5]
+            rows.append({"gripper_x": saved[key][:, 0], "carries": carries(saved[key]), "best_at": best_at, "free_in_view_after_best": float(in_view.mean()),
+                         "nearest_free_at_best": float(nearest[0]),
+                         "gripper_x_span_after_best": float(gripper_x.max() - gripper_x.min()),
+                         "tower_x": tower_x, "carries_after_best": len(late),
+                         "carried_dx_after_best": [round(c[4] - c[3], 3) for c in late],
+                         "let_go_from_tower_after_best": [round(c[4] - tower_x, 3) for c in late],
+                         "final": int(stacked[-1]), "best": int(stacked.max()), "first_3_block_tower": first_tower,
                          "lifted": float(lifted.mean()), "lifted_last_300": float(lifted[-300:].mean()),
                          "lifted_after_tower": float(lifted[first_tower:].mean()) if first_tower is not None else None})
     return rows
@@ -223,11 +308,20 @@ if __name__ == "__main__":
     if args.policy_rollouts:
         start = time.perf_counter()
         rows = policy_rollouts(args.policy_rollouts, args.policy_episodes)
+        if args.policy_plot:
+            env = bs.make_env(seed=0, image_obs=False)
+            plot_policy_paths(rows, env.x_limit, env.half_width, f"policy paths of {args.policy_rollouts}",
+                              args.policy_plot)
         for k, r in enumerate(rows):
             after = "-" if r["lifted_after_tower"] is None else f"{r['lifted_after_tower']:.2f}"
             print(f"episode {k}: blocks_stacked at the end {r['final']}, best {r['best']}, first 3-block tower at step "
                   f"{r['first_3_block_tower']}; steps with a block lifted {r['lifted']:.2f}, after the first 3-block "
-                  f"tower {after}, in the last 300 steps {r['lifted_last_300']:.2f}")
+                  f"tower {after}, in the last 300 steps {r['lifted_last_300']:.2f}; from the best tower on (step "
+                  f"{r['best_at']}): nearest free block {r['nearest_free_at_best']:.2f} m away in x, a free block in "
+                  f"view {r['free_in_view_after_best']:.2f} of the steps, gripper x span {r['gripper_x_span_after_best']:.2f} m; "
+                  f"tallest tower at x = {r['tower_x']:.2f} m; {r['carries_after_best']} carries (>= 5 steps) after it, "
+                  f"moved by {r['carried_dx_after_best']} m and let go at {r['let_go_from_tower_after_best']} m from "
+                  f"the tower's x")
         final = np.array([r["final"] for r in rows])
         print(f"policy {args.policy_rollouts}, {len(rows)} episodes: blocks_stacked at the end {final.mean():.2f}; "
               f"{time.perf_counter() - start:.0f} s")

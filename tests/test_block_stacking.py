@@ -228,3 +228,36 @@ def test_bad_inputs_give_clear_one_line_errors(tmp_path):
                           "--out", str(tmp_path / "x.hdf5")], capture_output=True, text=True)
     assert cli.returncode == 2 and "random-fraction must be in [0, 1]" in cli.stderr
     assert "Traceback" not in cli.stderr
+
+
+def import_block_stacking_benchmark():
+    """benchmarks/block_stacking.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "block_stacking.py")
+    spec = importlib.util.spec_from_file_location("block_stacking_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_policy_diagnosis_finds_the_carry_and_the_free_blocks_of_a_scripted_stack():
+    """benchmarks/block_stacking.py --policy-rollouts: on one scripted stack, carries() reports one carry of the
+    source block from its x to the target's, and free_blocks_in_view() counts a block as free only while it stands
+    alone on the table, and in view only within the policy's 0.48 m window."""
+    benchmark = import_block_stacking_benchmark()
+    env = bs.BlockStackingEnv(num_blocks=2, layout="ground", half_width=0.8, layout_seed=None, image_obs=False)
+    env.reset(seed=0)
+    start = place_blocks(env, [[-0.2, H, 0.0], [0.2, H, 0.0]], gripper_xz=(-0.2, 0.4))
+    records, (source, target) = run_scripted_stack(env)
+    states = np.array([start] + [r[0] for r in records])
+    long_carries = [c for c in benchmark.carries(states) if c[1] - c[0] >= 5]
+    assert len(long_carries) == 1
+    first, last, block, x_from, x_to = long_carries[0]
+    assert block == source and 0 < first < last < len(states) - 1
+    assert abs(x_from - start[3 + 3 * source]) < 0.01 and abs(x_to - start[3 + 3 * target]) < 0.01
+    # a lone block 0.5 m from the gripper: free but out of view; a 2-block tower: no free block at all
+    far = np.array([0.0, 0.4, 1.0, 0.5, H, 0.0, -0.5, H, 0.0], dtype=np.float32)  # gripper at x 0, blocks at +-0.5
+    in_view, nearest = benchmark.free_blocks_in_view(np.array([start, far, states[-1]]))
+    assert in_view.tolist() == [True, False, False]
+    assert nearest[0] < 0.01 and abs(nearest[1] - 0.5) < 1e-6 and np.isinf(nearest[2])
