@@ -327,7 +327,7 @@ if __name__ == "__main__":
               f"{time.perf_counter() - start:.0f} s")
         sys.exit(0)
     envs_under_test = {"training env, 5 blocks (random stacks)": bs.training_env(image_obs=False),
-                       "downstream env, 11 blocks (on the ground)": bs.BlockStackingEnv(num_blocks=11, layout_seed=None,
+                       "downstream env, 11 blocks (the row)": bs.BlockStackingEnv(num_blocks=11, layout_seed=None,
                                                                                        image_obs=False)}
     for name, env in envs_under_test.items():
         start = time.perf_counter()
@@ -337,7 +337,7 @@ if __name__ == "__main__":
               f"{q['tower']:.2f} blocks (blocks_stacked {q['blocks_stacked']:.2f}, max {q['max_tower']}), "
               f"{q['length']:.0f} steps/episode, {time.perf_counter() - start:.0f} s")
     start = time.perf_counter()
-    heights = tower_reference(envs_under_test["downstream env, 11 blocks (on the ground)"], args.tower_episodes, args.seed)
+    heights = tower_reference(envs_under_test["downstream env, 11 blocks (the row)"], args.tower_episodes, args.seed)
     print(f"tower-building reference, 11 blocks, {args.tower_episodes} episodes of 1000 steps: blocks_stacked at the "
           f"end {heights.mean():.2f} (min {heights.min()}, max {heights.max()}), {time.perf_counter() - start:.0f} s")
     for num_blocks in (5, 11):

@@ -6,8 +6,11 @@ MJCF is generated in code; the observation image is drawn with numpy from the st
 
 * Training env (the data): 5 blocks on a 0.8 m table, initialised randomly stacked or placed in
   between (``layout="random_stacks"``).
-* Downstream env (``make_env`` default): 11 blocks on a 1.6 m table, all on the ground, stack as many
-  as possible; 1000 steps per episode (the authors' ``max_rollout_len``).
+* Downstream env (``make_env`` default): 11 blocks in a row on the ground, 15 cm apart, the same at every
+  reset (``layout="row"``), on a 1.8 m table; stack as many as possible; 1000 steps per episode (the
+  authors' ``max_rollout_len``). This is the authors' ``HighStack11StackEnvV0`` scaled to our blocks (6 cm
+  vs their 8 cm): 11 blocks at y = -1.0, -0.8, ..., 1.0 m on a 2.4 m table. Every block starts 1.5 block
+  widths inside the gripper's reach (theirs: 1.75).
 
 Action, Box(low=(-1, -1, 0), high=(1, 1, 1)): (dx, dz) moves the carriage target to the current
 position + a * 0.025 m (0.5 m/s at most), and g in [0, 1] opens the gripper (0 closed, 1 open).
@@ -61,6 +64,7 @@ DEFAULT_DATASET = Path("data") / "block_stacking.hdf5"  # relative to the curren
 DEFAULT_NUM_TRAJECTORIES = 400
 LIFTED_REWARD, DELIVERED_REWARD = 1.0, 2.0  # per step and per block, from the first lift / delivery on (authors)
 HEIGHT_REWARD_PER_BLOCK = 4.0  # the authors' 50 per metre of tower height x their 8 cm blocks
+ROW_SPACING = 0.15  # the downstream row: the authors' 0.2 m between 8 cm blocks, scaled to 6 cm blocks
 
 HALF = 0.03  # block half size: 6 cm cubes
 STEP_SCALE = 0.025  # metres of carriage target displacement per unit action
@@ -205,19 +209,24 @@ class BlockStackingEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
-    def __init__(self, num_blocks: int = 11, layout: str = "ground", half_width: float | None = None,
+    def __init__(self, num_blocks: int = 11, layout: str = "row", half_width: float | None = None,
                  max_episode_steps: int = 1000, image_obs: bool = True, layout_seed: int | None = 0,
                  render_mode: str | None = None):
         if not 1 <= num_blocks <= 20:
             raise ValueError(f"num_blocks must be in 1..20, got {num_blocks}")
-        if layout not in ("ground", "random_stacks"):
-            raise ValueError(f"layout must be 'ground' or 'random_stacks', got {layout!r}")
+        if layout not in ("row", "ground", "random_stacks"):
+            raise ValueError(f"layout must be 'row', 'ground' or 'random_stacks', got {layout!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.num_blocks, self.layout, self.image_obs = num_blocks, layout, image_obs
-        self.half_width = half_width if half_width is not None else (0.4 if num_blocks <= 5 else 0.8)
-        if 2 * self.half_width < 0.11 * num_blocks + 0.1:
-            raise ValueError(f"table half width {self.half_width} m is too small for {num_blocks} blocks")
+        row_end = (num_blocks - 1) / 2 * ROW_SPACING  # the row's outermost block centres
+        if half_width is None:  # the row: the authors' margin of one spacing to the table's edge; else 0.4 / 0.8 m
+            half_width = row_end + ROW_SPACING if layout == "row" else (0.4 if num_blocks <= 5 else 0.8)
+        self.half_width = half_width
+        if 2 * self.half_width < 0.11 * num_blocks + 0.1 or (
+                layout == "row" and row_end + HALF > self.half_width - FINGER_OPEN - 2 * FINGER_HALF_T):
+            raise ValueError(f"table half width {self.half_width} m is too small for {num_blocks} blocks "
+                             f"in layout {layout!r}")
         self.max_episode_steps, self.layout_seed, self.render_mode = max_episode_steps, layout_seed, render_mode
         self.model = mujoco.MjModel.from_xml_string(build_mjcf(num_blocks, self.half_width))
         self.data = mujoco.MjData(self.model)
@@ -283,7 +292,10 @@ class BlockStackingEnv(gym.Env):
 
     # --- gym API ----------------------------------------------------------------------------------
     def _sample_layout(self, rng) -> np.ndarray:
-        """(N, 3) block x, z, angle: on the ground at random spots, or randomly stacked in between."""
+        """(N, 3) block x, z, angle: in the fixed row, on the ground at random spots, or randomly stacked."""
+        if self.layout == "row":
+            xs = (np.arange(self.num_blocks) - (self.num_blocks - 1) / 2) * ROW_SPACING
+            return np.stack([xs, np.full(self.num_blocks, HALF), np.zeros(self.num_blocks)], axis=1)
         num_columns = self.num_blocks
         if self.layout == "random_stacks":  # 1-3 blocks per column, in random order
             heights = [1] * self.num_blocks
@@ -355,7 +367,8 @@ class BlockStackingEnv(gym.Env):
 
 
 def make_env(seed=None, render_mode=None, num_blocks: int = 11, **kwargs) -> BlockStackingEnv:
-    """The downstream task (appendix C): stack as many of ``num_blocks`` blocks as possible, 1000 steps.
+    """The downstream task (appendix C): stack as many of ``num_blocks`` blocks as possible, 1000 steps; the
+    blocks start in the authors' fixed row (``layout="row"``).
 
     kwargs go to BlockStackingEnv (layout, half_width, max_episode_steps, image_obs, layout_seed).
     """

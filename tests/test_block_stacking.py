@@ -261,3 +261,17 @@ def test_policy_diagnosis_finds_the_carry_and_the_free_blocks_of_a_scripted_stac
     in_view, nearest = benchmark.free_blocks_in_view(np.array([start, far, states[-1]]))
     assert in_view.tolist() == [True, False, False]
     assert nearest[0] < 0.01 and abs(nearest[1] - 0.5) < 1e-6 and np.isinf(nearest[2])
+
+
+def test_downstream_blocks_start_in_the_authors_row_within_the_grippers_reach():
+    """make_env(): the authors' HighStack11StackEnvV0 placement scaled to 6 cm blocks (their 11 blocks 0.2 m apart
+    at y = -1.0 .. 1.0 on a 2.4 m table -> ours 0.15 m apart at -0.75 .. 0.75 on 1.8 m), the same at every reset,
+    every block 1.5 block widths inside the gripper's reach."""
+    env = bs.make_env(seed=0, image_obs=False)
+    first = env.state()[3:].reshape(-1, 3)
+    np.testing.assert_allclose(first[:, 0], np.linspace(-0.75, 0.75, 11), atol=1e-3)
+    np.testing.assert_allclose(first[:, 1], H, atol=1e-3)
+    assert env.half_width == pytest.approx(0.9)
+    assert env.x_limit - np.abs(first[:, 0]).max() == pytest.approx(3 * H, abs=1e-3)
+    env.reset(seed=123)
+    np.testing.assert_allclose(env.state()[3:].reshape(-1, 3), first, atol=1e-6)
