@@ -10,7 +10,9 @@ MJCF is generated in code; the observation image is drawn with numpy from the st
   reset (``layout="row"``), on a 1.8 m table; stack as many as possible; 1000 steps per episode (the
   authors' ``max_rollout_len``). This is the authors' ``HighStack11StackEnvV0`` scaled to our blocks (6 cm
   vs their 8 cm): 11 blocks at y = -1.0, -0.8, ..., 1.0 m on a 2.4 m table. Every block starts 1.5 block
-  widths inside the gripper's reach (theirs: 1.75).
+  widths inside the gripper's reach (theirs: 1.75). Invisible barriers that stop only blocks keep every block centre within
+  the gripper's reach (ours, not the authors': a block pushed against a wall would otherwise sit half a block
+  beyond where the gripper can centre over it, and a tower there cannot be built on).
 
 Action, Box(low=(-1, -1, 0), high=(1, 1, 1)): (dx, dz) moves the carriage target to the current
 position + a * 0.025 m (0.5 m/s at most), and g in [0, 1] opens the gripper (0 closed, 1 open).
@@ -90,7 +92,7 @@ def build_mjcf(num_blocks: int, half_width: float) -> str:
       <joint name="block{i}_x" type="slide" axis="1 0 0"/>
       <joint name="block{i}_z" type="slide" axis="0 0 1"/>
       <joint name="block{i}_a" type="hinge" axis="0 1 0"/>
-      <geom name="block{i}" type="mesh" mesh="cube" density="500" rgba="{' '.join(f'{c / 255:.2f}' for c in COLORS[i % len(COLORS)])} 1"/>
+      <geom name="block{i}" type="mesh" mesh="cube" density="500" contype="3" conaffinity="3" rgba="{' '.join(f'{c / 255:.2f}' for c in COLORS[i % len(COLORS)])} 1"/>
     </body>""" for i in range(num_blocks))
     x_lim = half_width - FINGER_OPEN - 2 * FINGER_HALF_T
     finger_z, finger_h = (FINGER_TOP - FINGER_BOTTOM) / 2, (FINGER_TOP + FINGER_BOTTOM) / 2
@@ -110,6 +112,10 @@ def build_mjcf(num_blocks: int, half_width: float) -> str:
     <geom name="table" type="plane" size="{half_width} 0.1 0.01" rgba="0.59 0.43 0.27 1"/>
     <geom name="wall_left" type="plane" pos="{-half_width} 0 0" zaxis="1 0 0" size="1 0.1 0.01"/>
     <geom name="wall_right" type="plane" pos="{half_width} 0 0" zaxis="-1 0 0" size="1 0.1 0.01"/>
+    <!-- invisible barriers that stop only blocks (contype 2), half a block outside the gripper's reach, so that
+         no block can be pushed where the gripper cannot centre over it; the fingers pass through them -->
+    <geom name="block_barrier_left" type="plane" pos="{-(x_lim + HALF)} 0 0" zaxis="1 0 0" size="1 0.1 0.01" contype="2" conaffinity="2" rgba="0 0 0 0"/>
+    <geom name="block_barrier_right" type="plane" pos="{x_lim + HALF} 0 0" zaxis="-1 0 0" size="1 0.1 0.01" contype="2" conaffinity="2" rgba="0 0 0 0"/>
     <body name="carriage" gravcomp="1">
       <joint name="grip_x" type="slide" axis="1 0 0" range="{-x_lim} {x_lim}" limited="true"/>
       <joint name="grip_z" type="slide" axis="0 0 1" range="{GRIP_Z_MIN - 0.01} {GRIP_Z_MAX}" limited="true"/>

@@ -275,3 +275,19 @@ def test_downstream_blocks_start_in_the_authors_row_within_the_grippers_reach():
     assert env.x_limit - np.abs(first[:, 0]).max() == pytest.approx(3 * H, abs=1e-3)
     env.reset(seed=123)
     np.testing.assert_allclose(env.state()[3:].reshape(-1, 3), first, atol=1e-6)
+
+
+def test_blocks_stop_within_the_grippers_reach_and_the_gripper_still_reaches_its_limit():
+    """A block thrown at a wall stops with its centre at most at the gripper's limit (invisible block-only barriers
+    half a block outside the reach), so the gripper can always centre over it; the open fingers pass the barrier."""
+    env = bs.make_env(seed=0, num_blocks=2, image_obs=False)
+    place_blocks(env, [[-env.x_limit + 0.1, H, 0.0], [env.x_limit - 0.1, H, 0.0]], gripper_xz=(0.0, 0.4))
+    env.data.qvel[4], env.data.qvel[7] = -2.0, 2.0  # slide both blocks hard toward the walls
+    for _ in range(40):
+        state = env.step(np.array([0.0, 0.0, 1.0]))[0]["state"]
+    blocks = state[3:].reshape(-1, 3)
+    assert blocks[0, 0] >= -env.x_limit - 1e-3 and blocks[1, 0] <= env.x_limit + 1e-3
+    assert abs(blocks[0, 0]) > env.x_limit - 0.01 and abs(blocks[1, 0]) > env.x_limit - 0.01  # they did reach it
+    for _ in range(60):  # open gripper to the left limit, over the block at the barrier
+        state = env.step(np.array([-1.0, 0.0, 1.0]))[0]["state"]
+    assert state[0] == pytest.approx(-env.x_limit, abs=2e-3)
