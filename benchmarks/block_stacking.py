@@ -156,10 +156,7 @@ def free_blocks_in_view(states):
     in_view, nearest = [], []
     for state in states:
         blocks = state[3:].reshape(-1, 3)
-        heights = bs.tower_heights(blocks)
-        covered = np.array([((np.abs(blocks[:, 0] - b[0]) < 1.5 * bs.HALF)
-                             & (np.abs(blocks[:, 1] - b[1] - 2 * bs.HALF) < 0.012)).any() for b in blocks])
-        free = (heights == 1) & ~covered
+        free = (bs.tower_heights(blocks) == 1) & ~bs.covered_blocks(blocks)
         dx = np.abs(blocks[free, 0] - state[0])
         nearest.append(dx.min(initial=np.inf))
         in_view.append(bool((dx < bs.VIEW_W / 2).any()))

@@ -169,6 +169,13 @@ def tower_heights(blocks: np.ndarray) -> np.ndarray:
     return heights
 
 
+def covered_blocks(blocks: np.ndarray) -> np.ndarray:
+    """(N,) bool: another block rests on this one (centres within 0.75 block widths in x, one block height
+    higher, +-1.2 cm), as tower_heights counts support."""
+    return np.array([((np.abs(blocks[:, 0] - b[0]) < 1.5 * HALF)
+                      & (np.abs(blocks[:, 1] - b[1] - 2 * HALF) < 0.012)).any() for b in blocks])
+
+
 def draw_front_view(state: np.ndarray, x_range, z_range, width: int, height: int, half_width: float,
                     supersample: int = 2) -> np.ndarray:
     """(height, width, 3) uint8 front view of the x-z window ``x_range`` x ``z_range``, drawn from
@@ -410,9 +417,7 @@ class ScriptedStacker:
         """Queue the waypoints of one stack; False if no (source, target) pair exists."""
         blocks = state[3:].reshape(-1, 3)
         heights = tower_heights(blocks)
-        on_top = np.array([not ((np.abs(blocks[:, 0] - b[0]) < 1.5 * HALF)
-                                & (np.abs(blocks[:, 1] - b[1] - 2 * HALF) < 0.012)).any() for b in blocks])
-        free = np.flatnonzero(on_top & (heights > 0) & (np.abs(blocks[:, 2]) < 0.15))
+        free = np.flatnonzero(~covered_blocks(blocks) & (heights > 0) & (np.abs(blocks[:, 2]) < 0.15))
         pairs = [(s, t) for s in free for t in free
                  if abs(blocks[s, 0] - blocks[t, 0]) > 0.08 and blocks[t, 1] + 4 * HALF + 0.1 < GRIP_Z_MAX]
         if self.build_tower and pairs:
