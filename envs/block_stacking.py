@@ -41,7 +41,7 @@ some block is held in the air / rests on another block now; ``info["blocks_lifte
 ``info["blocks_delivered"]``: how many blocks carry each flag.
 
 Data: ``python -m envs.block_stacking --num-trajectories N --out PATH [--random-fraction F]`` runs the
-noisy scripted stacking policy (pick, lift, carry, lower, release; 1-3 stacks per trajectory,
+noisy scripted stacking policy (pick, lift, carry, lower, release; 3 consecutive stacks on one tower,
 pseudo-random subgoals between and within stacks) in the training env and writes D4RL-style HDF5.
 """
 
@@ -397,9 +397,15 @@ class ScriptedStacker:
     A stack is a queue of waypoints (x, z, grip, tolerance, hold steps): rise, move over a free
     block, descend, close, lift above every tower, carry over another free block or tower, lower,
     open, rise. Pseudo-random subgoals are inserted between and within stacks (probability
-    ``subgoal_prob`` at each insertion point), and Gaussian noise is added to every action. Source
-    and target are random free blocks (the data); ``build_tower`` always targets the highest tower
-    (an upper-bound reference for the downstream task, not used for the data).
+    ``subgoal_prob`` at each insertion point), and Gaussian noise is added to every action.
+
+    The data's stacks build one tower, as the authors' data generator does (its
+    ``FixedSizeSingleTowerBlockTaskGenerator`` chains (bottom, top) pairs, each top the next bottom;
+    the paper: "up to three consecutive stacking manipulations"): the first stack puts a random free
+    block on another; every later one puts a random free block on the block placed last, wherever it
+    landed, or, when that block cannot take one (covered, tilted, too high), on a random free block.
+    ``build_tower`` always targets the highest tower (an upper-bound reference for the downstream task,
+    not used for the data).
     """
 
     def __init__(self, env: BlockStackingEnv, rng: np.random.Generator, num_stacks: int,
@@ -424,6 +430,8 @@ class ScriptedStacker:
             tallest = max(heights[t] for _, t in pairs)
             pairs = [(s, t) for s, t in pairs if heights[t] == tallest]
             pairs = [(s, t) for s, t in pairs if heights[s] == 1] or pairs  # lone blocks first
+        elif self.attempts:  # the authors' chain: the block placed last is the next target
+            pairs = [(s, t) for s, t in pairs if t == self.attempts[-1][0]] or pairs
         if not pairs:
             return False
         s, t = pairs[self.rng.integers(len(pairs))]
@@ -478,15 +486,16 @@ def stack_succeeded(state, source: int, target: int) -> bool:
 
 def collect_trajectory(env: BlockStackingEnv, rng: np.random.Generator, random_actions: bool = False,
                        max_steps: int = 400) -> dict:
-    """One data trajectory in ``env``: the noisy scripted policy doing 1-3 stacks, or, with
+    """One data trajectory in ``env``: the noisy scripted policy doing 3 consecutive stacks, or, with
     ``random_actions``, 100-250 uniformly random actions (appendix G's low-quality data).
 
     Returns states (T, S), actions (T, A), frames (T, 3, 32, 32) (the newest frame of each
-    observation), stack_outcomes (one bool per stack attempt) and the final info.
+    observation), stack_outcomes (one bool per stack attempt), attempts ((source, target) per stack),
+    the final state and the final info.
     """
     obs, info = env.reset(seed=int(rng.integers(2**31)))
     states, actions, frames, outcomes = [], [], [], []
-    policy = None if random_actions else ScriptedStacker(env, rng, num_stacks=int(rng.integers(1, 4)))
+    policy = None if random_actions else ScriptedStacker(env, rng, num_stacks=3)
     length = int(rng.integers(100, 251)) if random_actions else max_steps
     for _ in range(length):
         if random_actions:
@@ -506,7 +515,8 @@ def collect_trajectory(env: BlockStackingEnv, rng: np.random.Generator, random_a
     if policy is not None and len(policy.attempts) > len(outcomes):  # a stack cut off by max_steps
         outcomes.append(stack_succeeded(obs["state"], *policy.attempts[-1]))
     return {"states": np.array(states), "actions": np.array(actions), "frames": np.array(frames),
-            "stack_outcomes": outcomes, "info": info}
+            "stack_outcomes": outcomes, "attempts": [] if policy is None else policy.attempts,
+            "final_state": obs["state"], "info": info}
 
 
 def training_env(image_obs: bool = True) -> BlockStackingEnv:

@@ -167,6 +167,20 @@ def test_make_env_contract_and_time_limit():
         assert env.observation_space.contains(obs)
 
 
+def test_data_stacks_build_one_tower_as_the_authors_generator_chains_them():
+    """Each stack after the first targets the block placed last, so a data trajectory ends with a tower
+    three blocks taller than its base (the authors' FixedSizeSingleTowerBlockTaskGenerator)."""
+    env, rng = bs.training_env(image_obs=False), np.random.default_rng(3)
+    for _ in range(3):
+        traj = bs.collect_trajectory(env, rng)
+        attempts = traj["attempts"]
+        assert len(attempts) == 3 and all(traj["stack_outcomes"])
+        assert all(target == previous_source for (_, target), (previous_source, _) in zip(attempts[1:], attempts))
+        heights = bs.tower_heights(traj["final_state"][3:].reshape(-1, 3))
+        assert heights[attempts[-1][0]] == heights.max() >= 4  # the last block placed tops the tallest tower
+        assert traj["info"]["blocks_stacked"] == heights.max() - 1
+
+
 def test_generated_data_round_trips(tmp_path):
     path = tmp_path / "bs.hdf5"
     bs.generate_dataset(str(path), num_trajectories=3, random_fraction=1 / 3, seed=1)
