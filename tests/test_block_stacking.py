@@ -168,8 +168,8 @@ def test_make_env_contract_and_time_limit():
 
 
 def test_data_stacks_build_one_tower_as_the_authors_generator_chains_them():
-    """Each stack after the first targets the block placed last, so a data trajectory ends with a tower
-    three blocks taller than its base (the authors' FixedSizeSingleTowerBlockTaskGenerator)."""
+    """Each stack after the first targets the block placed last (the authors'
+    FixedSizeSingleTowerBlockTaskGenerator), so the last block placed tops the tallest tower, of 4 blocks or more."""
     env, rng = bs.training_env(image_obs=False), np.random.default_rng(3)
     for _ in range(3):
         traj = bs.collect_trajectory(env, rng)
