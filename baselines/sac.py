@@ -6,9 +6,11 @@ SAC: Haarnoja et al. 2018 (twin critics, automatic entropy tuning). Hyperparamet
     python baselines/sac.py --env kitchen            # one of maze, block_stacking, kitchen
     python baselines/sac.py --env Pendulum-v1        # any gymnasium Box-action env id (validation)
 
-Inputs: the critics see obs["state"], the low-dimensional state. The policy sees what SPiRL's skill
-prior sees in that env (--obs auto: the two stacked 32x32 frames in maze and block stacking, as the
-paper's baselines; the state in kitchen), or --obs state / image. Actions are a tanh-squashed Gaussian
+Inputs: the critics see obs["state"], the low-dimensional state. So does the policy (--obs auto = state in
+every env), as in the authors' flat-SAC configs for maze, block stacking and kitchen (an MLP policy on the
+state; only their prior-initialised baselines see frames); --obs image gives it the two stacked 32x32 frames
+that the paper's text describes as the policies' input. With no prior and no offline data to transfer, the
+state loses nothing, and an update costs about a third of an image one. Actions are a tanh-squashed Gaussian
 scaled to the bounds of env.action_space.
 """
 
@@ -39,7 +41,7 @@ class Args:
     env: str = "kitchen"
     """maze, block_stacking or kitchen; or a gymnasium env id with a Box action space (e.g. Pendulum-v1)"""
     obs: str = "auto"
-    """what the policy sees: "state", "image" (the two stacked 32x32 frames) or "auto" (the env's DEFAULT_PRIOR_INPUT, what SPiRL's prior sees; state for gymnasium ids). Critics always see the state"""
+    """what the policy sees: "state", "image" (the two stacked 32x32 frames) or "auto" (the state, as the authors' flat-SAC configs in every env). Critics always see the state"""
     goal_radius: Optional[float] = None
     """maze only: reward at every step within this distance of the goal; None: 1.0, the authors' value at the
     paper's time (2.0 is their later value; spirl_sac.py has the same flag)"""
@@ -111,7 +113,7 @@ def make_env(name: str, seed: int, obs_mode: str = "auto", goal_radius: Optional
     if name in envs.ENV_NAMES:
         module = envs.env_module(name)
         options = {} if goal_radius is None else {"goal_radius": goal_radius}
-        return envs.make_env(name, seed=seed, **options), module.METRIC, module.DEFAULT_PRIOR_INPUT if obs_mode == "auto" else obs_mode
+        return envs.make_env(name, seed=seed, **options), module.METRIC, "state" if obs_mode == "auto" else obs_mode
     if obs_mode == "image":
         raise SystemExit(f"--obs image needs one of {', '.join(envs.ENV_NAMES)}; gymnasium env {name!r} has no stacked frames")
     try:

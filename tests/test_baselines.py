@@ -63,6 +63,16 @@ def test_sac_alpha_tracks_entropy_target(entropy, rises):
     assert (log_alpha.grad.item() < 0) == rises  # gradient descent raises alpha when entropy < target
 
 
+@pytest.mark.parametrize("env_name", envs.ENV_NAMES)
+def test_flat_sac_policy_sees_the_state_unless_told_images(env_name):
+    """The authors' flat-SAC configs give the policy the state in every env; --obs image gives it the frames."""
+    env_or_skip(env_name)
+    for obs_mode, expected in (("auto", "state"), ("state", "state"), ("image", "image")):
+        env, _, obs_key = sac.make_env(env_name, 0, obs_mode)
+        env.close()
+        assert obs_key == expected
+
+
 # ---------------------------------------------------------------------------------------------------- bc_sac.py
 
 
@@ -237,6 +247,8 @@ STEPS = {"kitchen": 300, "maze": 200, "block_stacking": 200}  # kitchen: one ful
 def test_flat_baseline_smoke(script, env_name, tmp_path, monkeypatch, capsys):
     module = env_or_skip(env_name)
     argv = ["--env", env_name, "--total-timesteps", str(STEPS[env_name]), "--policy-layers", "1", *SMALL]
+    if script == "sac" and env_name != "kitchen":  # its default policy input is the state (kitchen runs that path)
+        argv += ["--obs", "image"]
     if script != "sac":
         synthetic_dataset(tmp_path / "data.npz", env_name)
         argv += ["--dataset", str(tmp_path / "data.npz"), "--bc-steps" if script == "bc_sac" else "--prior-steps", "20"]
