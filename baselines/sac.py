@@ -10,7 +10,7 @@ Inputs: the critics see obs["state"], the low-dimensional state. So does the pol
 every env), as in the authors' flat-SAC configs for maze, block stacking and kitchen (an MLP policy on the
 state; only their prior-initialised baselines see frames); --obs image gives it the two stacked 32x32 frames
 that the paper's text describes as the policies' input. With no prior and no offline data to transfer, the
-state loses nothing, and an update costs about a third of an image one. Actions are a tanh-squashed Gaussian
+state loses nothing, and an update costs about half of an image one. Actions are a tanh-squashed Gaussian
 scaled to the bounds of env.action_space.
 """
 
