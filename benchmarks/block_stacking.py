@@ -211,6 +211,22 @@ def plot_policy_paths(rows, x_limit, half_width, title, path):
     print(f"wrote {path}")
 
 
+def reward_parts(env, states):
+    """The episode's return split the way the authors' reward pays it (envs/block_stacking.py): lift flags (1 per
+    step per block lifted once), delivery flags (2 per step per block once carried above another) and the tower's
+    height (4 per block); and how many blocks carry each flag at the end. ``states``: the reset state, then one per
+    env step, replayed through the env's own reward."""
+    env._lifted_flags, env._delivered_flags = np.zeros((2, env.num_blocks), dtype=bool)
+    parts = np.zeros(3)
+    for state in states[1:]:
+        reward = env._reward(state, bs.tower_heights(state[3:].reshape(-1, 3)))
+        lift = bs.LIFTED_REWARD * (env._lifted_flags & ~env._delivered_flags).sum()
+        delivery = bs.DELIVERED_REWARD * env._delivered_flags.sum()
+        parts += (lift, delivery, reward - lift - delivery)
+    return {"return_lift": float(parts[0]), "return_delivery": float(parts[1]), "return_height": float(parts[2]),
+            "blocks_lifted_end": int(env._lifted_flags.sum()), "blocks_delivered_end": int(env._delivered_flags.sum())}
+
+
 def policy_rollouts(checkpoint, episodes):
     """Per-episode figures of a trained policy's evaluation episodes (spirl_sac.py --evaluate)."""
     import spirl_sac
@@ -236,7 +252,8 @@ def policy_rollouts(checkpoint, episodes):
                          "let_go_from_tower_after_best": [round(c[4] - tower_x, 3) for c in late],
                          "final": int(stacked[-1]), "best": int(stacked.max()), "first_3_block_tower": first_tower,
                          "lifted": float(lifted.mean()), "lifted_last_300": float(lifted[-300:].mean()),
-                         "lifted_after_tower": float(lifted[first_tower:].mean()) if first_tower is not None else None})
+                         "lifted_after_tower": float(lifted[first_tower:].mean()) if first_tower is not None else None,
+                         **reward_parts(env, saved[key])})
     return rows
 
 
@@ -318,10 +335,16 @@ if __name__ == "__main__":
                   f"view {r['free_in_view_after_best']:.2f} of the steps, gripper x span {r['gripper_x_span_after_best']:.2f} m; "
                   f"tallest tower at x = {r['tower_x']:.2f} m; {r['carries_after_best']} carries (>= 5 steps) after it, "
                   f"moved by {r['carried_dx_after_best']} m and let go at {r['let_go_from_tower_after_best']} m from "
-                  f"the tower's x")
+                  f"the tower's x; return {r['return_lift'] + r['return_delivery'] + r['return_height']:.0f} = lift flags "
+                  f"{r['return_lift']:.0f} + delivery flags {r['return_delivery']:.0f} + height {r['return_height']:.0f}, "
+                  f"{r['blocks_lifted_end']} blocks lifted and {r['blocks_delivered_end']} delivered by the end")
         final = np.array([r["final"] for r in rows])
+        part = {key: np.mean([r[key] for r in rows]) for key in ("return_lift", "return_delivery", "return_height",
+                                                                 "blocks_lifted_end", "blocks_delivered_end")}
         print(f"policy {args.policy_rollouts}, {len(rows)} episodes: blocks_stacked at the end {final.mean():.2f}; "
-              f"{time.perf_counter() - start:.0f} s")
+              f"mean return from lift flags {part['return_lift']:.0f}, delivery flags {part['return_delivery']:.0f}, "
+              f"height {part['return_height']:.0f}; blocks lifted {part['blocks_lifted_end']:.1f}, delivered "
+              f"{part['blocks_delivered_end']:.1f} by the end; {time.perf_counter() - start:.0f} s")
         sys.exit(0)
     envs_under_test = {"training env, 5 blocks (random stacks)": bs.training_env(image_obs=False),
                        "downstream env, 11 blocks (the row)": bs.BlockStackingEnv(num_blocks=11, layout_seed=None,

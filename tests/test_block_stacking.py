@@ -257,8 +257,8 @@ def import_block_stacking_benchmark():
 
 def test_policy_diagnosis_finds_the_carry_and_the_free_blocks_of_a_scripted_stack():
     """benchmarks/block_stacking.py --policy-rollouts: on one scripted stack, carries() reports one carry of the
-    source block from its x to the target's, and free_blocks_in_view() counts a block as free only while it stands
-    alone on the table, and in view only within the policy's 0.48 m window."""
+    source block from its x to the target's, free_blocks_in_view() counts a block as free only while it stands
+    alone on the table, and in view only within the policy's 0.48 m window, and reward_parts() splits the return."""
     benchmark = import_block_stacking_benchmark()
     env = bs.BlockStackingEnv(num_blocks=2, layout="ground", half_width=0.8, layout_seed=None, image_obs=False)
     env.reset(seed=0)
@@ -275,6 +275,14 @@ def test_policy_diagnosis_finds_the_carry_and_the_free_blocks_of_a_scripted_stac
     in_view, nearest = benchmark.free_blocks_in_view(np.array([start, far, states[-1]]))
     assert in_view.tolist() == [True, False, False]
     assert nearest[0] < 0.01 and abs(nearest[1] - 0.5) < 1e-6 and np.isinf(nearest[2])
+    # reward_parts() replays the states through the env's reward: its parts add up to the return the env paid, the
+    # lift part is 1 per step from the lift to the delivery, and both flags are set on the one moved block
+    rewards = np.array([r[1] for r in records])
+    parts = benchmark.reward_parts(env, states)
+    np.testing.assert_allclose(parts["return_lift"] + parts["return_delivery"] + parts["return_height"], rewards.sum())
+    lifted = np.array([r[2]["blocks_lifted"] - r[2]["blocks_delivered"] for r in records])
+    assert parts["return_lift"] == bs.LIFTED_REWARD * lifted.sum() > 10
+    assert parts["return_height"] > 0 and parts["blocks_lifted_end"] == parts["blocks_delivered_end"] == 1
 
 
 def test_downstream_blocks_start_in_the_authors_row_within_the_grippers_reach():
