@@ -214,8 +214,9 @@ def plot_policy_paths(rows, x_limit, half_width, title, path):
 def reward_parts(env, states):
     """The episode's return split the way the authors' reward pays it (envs/block_stacking.py): lift flags (1 per
     step per block lifted once), delivery flags (2 per step per block once carried above another) and the tower's
-    height (4 per block); and how many blocks carry each flag at the end. ``states``: the reset state, then one per
-    env step, replayed through the env's own reward."""
+    height (4 per block); how many blocks carry each flag at the end; and how many blocks rest on another block at the
+    end without ever having been lifted (pushed up there, e.g. piled against a barrier). ``states``: the reset
+    state, then one per env step, replayed through the env's own reward."""
     env._lifted_flags, env._delivered_flags = np.zeros((2, env.num_blocks), dtype=bool)
     parts = np.zeros(3)
     for state in states[1:]:
@@ -223,8 +224,10 @@ def reward_parts(env, states):
         lift = bs.LIFTED_REWARD * (env._lifted_flags & ~env._delivered_flags).sum()
         delivery = bs.DELIVERED_REWARD * env._delivered_flags.sum()
         parts += (lift, delivery, reward - lift - delivery)
+    on_another = bs.tower_heights(states[-1][3:].reshape(-1, 3)) >= 2
     return {"return_lift": float(parts[0]), "return_delivery": float(parts[1]), "return_height": float(parts[2]),
-            "blocks_lifted_end": int(env._lifted_flags.sum()), "blocks_delivered_end": int(env._delivered_flags.sum())}
+            "blocks_lifted_end": int(env._lifted_flags.sum()), "blocks_delivered_end": int(env._delivered_flags.sum()),
+            "stacked_never_lifted_end": int((on_another & ~env._lifted_flags).sum())}
 
 
 def policy_rollouts(checkpoint, episodes):
@@ -337,14 +340,17 @@ if __name__ == "__main__":
                   f"moved by {r['carried_dx_after_best']} m and let go at {r['let_go_from_tower_after_best']} m from "
                   f"the tower's x; return {r['return_lift'] + r['return_delivery'] + r['return_height']:.0f} = lift flags "
                   f"{r['return_lift']:.0f} + delivery flags {r['return_delivery']:.0f} + height {r['return_height']:.0f}, "
-                  f"{r['blocks_lifted_end']} blocks lifted and {r['blocks_delivered_end']} delivered by the end")
+                  f"{r['blocks_lifted_end']} blocks lifted and {r['blocks_delivered_end']} delivered by the end, "
+                  f"{r['stacked_never_lifted_end']} resting on another block without ever being lifted")
         final = np.array([r["final"] for r in rows])
         part = {key: np.mean([r[key] for r in rows]) for key in ("return_lift", "return_delivery", "return_height",
-                                                                 "blocks_lifted_end", "blocks_delivered_end")}
+                                                                 "blocks_lifted_end", "blocks_delivered_end",
+                                                                 "stacked_never_lifted_end")}
         print(f"policy {args.policy_rollouts}, {len(rows)} episodes: blocks_stacked at the end {final.mean():.2f}; "
               f"mean return from lift flags {part['return_lift']:.0f}, delivery flags {part['return_delivery']:.0f}, "
               f"height {part['return_height']:.0f}; blocks lifted {part['blocks_lifted_end']:.1f}, delivered "
-              f"{part['blocks_delivered_end']:.1f} by the end; {time.perf_counter() - start:.0f} s")
+              f"{part['blocks_delivered_end']:.1f} by the end; blocks resting on another without ever being lifted "
+              f"{part['stacked_never_lifted_end']:.1f}; {time.perf_counter() - start:.0f} s")
         sys.exit(0)
     envs_under_test = {"training env, 5 blocks (random stacks)": bs.training_env(image_obs=False),
                        "downstream env, 11 blocks (the row)": bs.BlockStackingEnv(num_blocks=11, layout_seed=None,

@@ -283,6 +283,12 @@ def test_policy_diagnosis_finds_the_carry_and_the_free_blocks_of_a_scripted_stac
     lifted = np.array([r[2]["blocks_lifted"] - r[2]["blocks_delivered"] for r in records])
     assert parts["return_lift"] == bs.LIFTED_REWARD * lifted.sum() > 10
     assert parts["return_height"] > 0 and parts["blocks_lifted_end"] == parts["blocks_delivered_end"] == 1
+    assert parts["stacked_never_lifted_end"] == 0  # the one block on another was carried there
+    # a block that ends up on another without a grasp (teleported here, pushed up in a run) is counted, and earns
+    # the tower term nothing
+    pushed = place_blocks(env, [[0.2, H, 0.0], [0.2, 3 * H, 0.0]], gripper_xz=(-0.5, 0.4))
+    parts = benchmark.reward_parts(env, np.array([start, pushed]))
+    assert parts["stacked_never_lifted_end"] == 1 and parts["return_height"] == 0 and parts["blocks_lifted_end"] == 0
 
 
 def test_downstream_blocks_start_in_the_authors_row_within_the_grippers_reach():
