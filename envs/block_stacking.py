@@ -70,6 +70,7 @@ ROW_SPACING = 0.15  # the downstream row: the authors' 0.2 m between 8 cm blocks
 
 HALF = 0.03  # block half size: 6 cm cubes
 STEP_SCALE = 0.025  # metres of carriage target displacement per unit action
+CARRIAGE_FORCE = 8.0  # newtons: the carriage's force limit (about 7x a block's weight; see the MJCF)
 SUBSTEPS = 20  # physics steps of 0.0025 s per 0.05 s control step (facts: timestep <= 0.0025 s)
 FINGER_CLOSED, FINGER_OPEN = 0.012, 0.05  # finger inner-face offset from the centre (m) at g = 0 / 1
 FINGER_HALF_T = 0.005  # finger half thickness (x)
@@ -138,8 +139,10 @@ def build_mjcf(num_blocks: int, half_width: float) -> str:
     <exclude body1="finger_left" body2="finger_right"/>
   </contact>
   <actuator>
-    <position name="grip_x" joint="grip_x" kp="2000" kv="70" ctrlrange="{-x_lim} {x_lim}"/>
-    <position name="grip_z" joint="grip_z" kp="2000" kv="70" ctrlrange="{GRIP_Z_MIN - 0.01} {GRIP_Z_MAX}"/>
+    <!-- the carriage pushes with at most CARRIAGE_FORCE newtons: unlimited (kp x 2.5 cm = 50 N) it pressed blocks
+         up to 16 mm into one another against a barrier, and the squeezed blocks shot up into piles -->
+    <position name="grip_x" joint="grip_x" kp="2000" kv="70" forcerange="-{CARRIAGE_FORCE} {CARRIAGE_FORCE}" ctrlrange="{-x_lim} {x_lim}"/>
+    <position name="grip_z" joint="grip_z" kp="2000" kv="70" forcerange="-{CARRIAGE_FORCE} {CARRIAGE_FORCE}" ctrlrange="{GRIP_Z_MIN - 0.01} {GRIP_Z_MAX}"/>
     <position name="finger_left" joint="finger_left" kp="1000" kv="14" forcerange="-40 40" ctrlrange="0 {FINGER_OPEN}"/>
     <position name="finger_right" joint="finger_right" kp="1000" kv="14" forcerange="-40 40" ctrlrange="0 {FINGER_OPEN}"/>
   </actuator>

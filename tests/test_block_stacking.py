@@ -319,3 +319,24 @@ def test_blocks_stop_within_the_grippers_reach_and_the_gripper_still_reaches_its
     for _ in range(60):  # open gripper to the left limit, over the block at the barrier
         state = env.step(np.array([-1.0, 0.0, 1.0]))[0]["state"]
     assert state[0] == pytest.approx(-env.x_limit, abs=2e-3)
+
+
+def test_pushing_the_row_into_the_barrier_does_not_press_blocks_into_one_another():
+    """A policy learned to bulldoze the row against the block barrier: with an unlimited carriage (≈50 N) blocks sank
+    up to 16 mm into one another and shot up into piles. With the carriage's force limit, the same push (fingers
+    down between two blocks, then 80 steps to the right, then up) keeps every block-block contact within 3 mm and no
+    block is thrown above the height of one block resting on another."""
+    env = bs.make_env(seed=0, image_obs=False)
+    obs, _ = env.reset(seed=0)
+    state, deepest, highest = obs["state"], 0.0, 0.0
+    block_geoms = {mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_GEOM, f"block{i}") for i in range(env.num_blocks)}
+    actions = ([lambda s: [(0.37 - s[0]) / bs.STEP_SCALE, 0.0, 0.45]] * 20 + [lambda s: [(0.37 - s[0]) / bs.STEP_SCALE, -1.0, 0.45]] * 20
+               + [lambda s: [1.0, 0.0, 0.45]] * 80 + [lambda s: [0.0, 1.0, 0.45]] * 30)
+    for action in actions:
+        obs, *_ = env.step(np.clip(np.asarray(action(state), dtype=np.float32), -1, 1))
+        state = obs["state"]
+        contacts = [env.data.contact[i] for i in range(env.data.ncon)]
+        deepest = min([deepest] + [c.dist for c in contacts if c.geom1 in block_geoms and c.geom2 in block_geoms])
+        highest = max(highest, float(state[3:].reshape(-1, 3)[:, 1].max()))
+    assert state[0] > bs.BlockStackingEnv(num_blocks=2, image_obs=False).x_limit - 0.05  # the push reached the barrier
+    assert deepest > -0.003 and highest < 3 * H + 0.01
