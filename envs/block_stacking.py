@@ -71,6 +71,7 @@ ROW_SPACING = 0.15  # the downstream row: the authors' 0.2 m between 8 cm blocks
 HALF = 0.03  # block half size: 6 cm cubes
 STEP_SCALE = 0.025  # metres of carriage target displacement per unit action
 CARRIAGE_FORCE = 8.0  # newtons: the carriage's force limit (about 7x a block's weight; see the MJCF)
+PHYSICS_VERSION = "2: carriage force limit 8 N"  # written into the data: a file of older physics is refused (made again if it is the default one)
 SUBSTEPS = 20  # physics steps of 0.0025 s per 0.05 s control step (facts: timestep <= 0.0025 s)
 FINGER_CLOSED, FINGER_OPEN = 0.012, 0.05  # finger inner-face offset from the centre (m) at g = 0 / 1
 FINGER_HALF_T = 0.005  # finger half thickness (x)
@@ -570,6 +571,7 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
                     outcomes += traj["stack_outcomes"]
                     heights.append(traj["info"]["blocks_stacked"])
             f.attrs.update(num_blocks=5, num_trajectories=num_trajectories, random_fraction=random_fraction, seed=seed,
+                           physics_version=PHYSICS_VERSION,
                            stack_success_rate=float(np.mean(outcomes)) if outcomes else float("nan"),
                            mean_final_blocks_stacked=float(np.mean(heights)) if heights else float("nan"),
                            source=(f"{num_trajectories} trajectories ({num_random} random-action) of the noisy scripted "
@@ -597,24 +599,44 @@ def pad_states(states: np.ndarray, num_blocks: int) -> np.ndarray:
     return np.concatenate([states[:, :3], blocks.reshape(len(states), -1)], axis=1)
 
 
+def _older_physics(path: str) -> str | None:
+    """The physics version of a file our collector wrote before the current one (None: current, or not ours)."""
+    try:
+        with h5py.File(path, "r") as f:
+            ours = "envs/block_stacking.py" in str(f.attrs.get("source", ""))
+            version = f.attrs.get("physics_version", "1: unlimited carriage force")  # files before the tag
+    except OSError:
+        return None  # unreadable: load_dataset reports it
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    return repr(version) if ours and version != PHYSICS_VERSION else None
+
+
 def load_dataset(path: str = "auto", images: bool = True, state_blocks: int | None = 11, **generate_kwargs) -> dict:
     """The skill model's training data (see envs/__init__.py for the keys).
 
     ``path="auto"`` uses data/block_stacking.hdf5 and generates it (default size, ~2-3 min) when
-    missing. ``images=False`` skips the (N, 6, 32, 32) stacked images (6 KB a step in memory).
+    missing or collected on older physics (its ``physics_version`` is not ``PHYSICS_VERSION``); any
+    other file of our collector from older physics is refused with the command that remakes it. ``images=False`` skips the (N, 6, 32, 32) stacked images (6 KB a step in memory).
     ``state_blocks`` (default 11, the downstream env): pad the 5-block states to this many block slots
     with ``pad_states`` so state_dim matches ``make_env()``; None keeps the file's 18-dim states.
     The image prior (the paper's) never sees the padding.
     """
     if path == "auto":
         path = str(DEFAULT_DATASET)
-        if not os.path.exists(path):
-            logging.warning("block_stacking: %s not found; generating it with the scripted policy "
-                            "(python -m envs.block_stacking, a few minutes)", path)
+        stale = os.path.exists(path) and _older_physics(path) is not None
+        if stale or not os.path.exists(path):
+            why = f"made on older physics ({_older_physics(path)})" if stale else "not found"
+            logging.warning("block_stacking: %s %s; generating it with the scripted policy "
+                            "(python -m envs.block_stacking, a few minutes)", path, why)
             generate_dataset(path, **generate_kwargs)
     if not os.path.exists(path):
         raise FileNotFoundError(f"block_stacking dataset {path!r} not found: create it with "
                                 f"`python -m envs.block_stacking --out {path}` or pass path='auto'")
+    older = _older_physics(path)
+    if older is not None:
+        raise ValueError(f"block_stacking dataset {path!r} was collected on an older version of the env's physics "
+                         f"({older}; now {PHYSICS_VERSION!r}): its trajectories no longer match the env. Regenerate "
+                         f"it with `python -m envs.block_stacking --out {path}`")
     try:
         f = h5py.File(path, "r")
     except OSError as e:

@@ -213,6 +213,34 @@ def test_generated_data_round_trips(tmp_path):
     np.testing.assert_array_equal(padded["states"][:, 33:36], states[:, 3:6])
 
 
+def test_data_from_older_physics_is_refused_and_the_default_file_is_made_again(tmp_path, monkeypatch):
+    path = tmp_path / "bs.hdf5"
+    bs.generate_dataset(str(path), num_trajectories=1, seed=0)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["physics_version"] == bs.PHYSICS_VERSION
+    assert len(bs.load_dataset(str(path), images=False)["traj_ends"]) == 1
+    with h5py.File(path, "r+") as f:
+        del f.attrs["physics_version"]  # as every file written before the carriage's force limit
+    with pytest.raises(ValueError, match="older version of the env's physics.*python -m envs.block_stacking"):
+        bs.load_dataset(str(path), images=False)
+    # the default path is remade instead of refused
+    made = []
+
+    def remake(out, **kwargs):  # stands in for the few-minute collection: stamps the file as current
+        made.append(out)
+        with h5py.File(out, "r+") as f:
+            f.attrs["physics_version"] = bs.PHYSICS_VERSION
+
+    monkeypatch.setattr(bs, "DEFAULT_DATASET", path)
+    monkeypatch.setattr(bs, "generate_dataset", remake)
+    assert len(bs.load_dataset("auto", images=False)["traj_ends"]) == 1 and made == [str(path)]
+    # a file from elsewhere (no source of ours) is never judged by our physics version
+    with h5py.File(path, "r+") as f:
+        del f.attrs["physics_version"]
+        f.attrs["source"] = "someone's own block stacking data"
+    assert len(bs.load_dataset(str(path), images=False)["traj_ends"]) == 1
+
+
 def test_bad_inputs_give_clear_one_line_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m envs.block_stacking"):
         bs.load_dataset(str(tmp_path / "missing.hdf5"))
