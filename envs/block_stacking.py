@@ -650,6 +650,8 @@ def load_dataset(path: str = "auto", images: bool = True, state_blocks: int | No
                              f"`python -m envs.block_stacking --out {path}`")
         data = {k: f[k][()] for k in needed}
         source = str(f.attrs.get("source", f"block stacking data from {path}"))
+        if "physics_version" in f.attrs:  # carried into the skill model's record of its data
+            source += f" (physics {f.attrs['physics_version']})"
     N = len(data["states"])
     if N == 0 or any(len(v) != N for v in data.values()) or data["actions"].shape[1:] != (3,):
         shapes = {k: v.shape for k, v in data.items()}

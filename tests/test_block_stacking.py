@@ -218,7 +218,8 @@ def test_data_from_older_physics_is_refused_and_the_default_file_is_made_again(t
     bs.generate_dataset(str(path), num_trajectories=1, seed=0)
     with h5py.File(path, "r") as f:
         assert f.attrs["physics_version"] == bs.PHYSICS_VERSION
-    assert len(bs.load_dataset(str(path), images=False)["traj_ends"]) == 1
+    data = bs.load_dataset(str(path), images=False)
+    assert len(data["traj_ends"]) == 1 and f"physics {bs.PHYSICS_VERSION}" in data["source"]
     with h5py.File(path, "r+") as f:
         del f.attrs["physics_version"]  # as every file written before the carriage's force limit
     with pytest.raises(ValueError, match="older version of the env's physics.*python -m envs.block_stacking"):
