@@ -38,6 +38,12 @@
    gripper visits afterwards (a policy that stops because the next block is out of its local view shows up here);
    the x of the tallest tower, and each later carry (a block held >= 5 steps): how far it moved the block and
    where it let go, relative to the tower (a policy that brings blocks but misses the tower shows up here).
+    python benchmarks/block_stacking.py --data-skills runs/<skill run>/skill_model.pt --data-skill-episodes 6
+5. (only this) can the skill space carry the data's stacking? The scripted data policy (3 stacks) in the 11-block
+   row plans each H-step chunk on a copy of the env; its H actions are encoded (z = the mean of q(z|a)), decoded
+   open loop, and the decoded actions run in the real env. The same episodes with the planned actions themselves
+   ("raw", equal to the script) give the reference. Open-loop skill models only. If the decoded skills stack as
+   the script does, what a SPiRL policy lacks is the choice of z (the prior and the policy), not the decoder.
 """
 
 import os
@@ -74,6 +80,10 @@ class Args:
     """a spirl_sac.py checkpoint of block stacking: measure only its policy's episodes (spirl_sac.py --evaluate)"""
     policy_episodes: int = 4
     """--policy-rollouts: evaluation episodes (written next to the checkpoint as <checkpoint>_evaluate.npz)"""
+    data_skills: Optional[str] = None
+    """an open-loop block-stacking skill model: measure only how the scripted data policy stacks through it (item 5)"""
+    data_skill_episodes: int = 6
+    """--data-skills: 1000-step episodes in the 11-block row, each run raw and autoencoded"""
     policy_plot: Optional[str] = None
     """--policy-rollouts: also draw the policy's paths to this PNG: per episode the gripper's x over the steps, the
     carries (a block held >= 5 steps) drawn thick, the tallest tower's x and the gripper's reach"""
@@ -260,6 +270,60 @@ def policy_rollouts(checkpoint, episodes):
     return rows
 
 
+def data_skills(skill_model, episodes, seed):
+    """Item 5: per mode ("raw", "autoencoded") the scripted data policy's blocks_stacked at each episode's end and
+    best, and for "autoencoded" the mean |decoded - planned| action per action dim. ``skill_model``: a checkpoint
+    path or dict of an open-loop model (spirl_vae.py)."""
+    import copy
+
+    import torch
+
+    import spirl_vae
+
+    ckpt = torch.load(skill_model, map_location="cpu", weights_only=False) if isinstance(skill_model, str) else skill_model
+    if ckpt["state_conditioned_decoder"]:
+        raise SystemExit("--data-skills: an open-loop skill model is needed (this one decodes closed loop)")
+    model = spirl_vae.build_model(ckpt).eval()
+    horizon, low, high = ckpt["skill_horizon"], ckpt["action_low"], ckpt["action_high"]
+    out = {}
+    for mode in ("raw", "autoencoded"):
+        rng = np.random.default_rng(seed)  # the same episodes and the same script noise in both modes
+        env = bs.make_env(seed=seed, image_obs=False)
+        finals, bests, errors = [], [], []
+        for _ in range(episodes):
+            obs, info = env.reset(seed=int(rng.integers(2**31)))
+            policy, best, steps = bs.ScriptedStacker(env, rng, num_stacks=3), 0, 0
+            while steps < env.max_episode_steps and not policy.done():
+                sim, planner, plan, planned_obs = copy.deepcopy(env), copy.deepcopy(policy), [], obs
+                for _ in range(horizon):  # the script's next H actions, planned on a copy of the env
+                    action = planner.act(planned_obs["state"])
+                    if planner.done():
+                        break
+                    plan.append(action)
+                    planned_obs = sim.step(action)[0]
+                if not plan:
+                    break
+                plan = np.array(plan, np.float32)  # (h <= H, 3)
+                run = plan
+                if mode == "autoencoded":
+                    with torch.no_grad():
+                        actions = torch.as_tensor(plan)[None]  # (1, h, 3); a short last chunk repeats its last action
+                        actions = torch.cat([actions, actions[:, -1:].expand(1, horizon - len(plan), 3)], dim=1)
+                        mu, _ = model.encoder(actions)
+                        decoded = model.decoder.decode(mu, None, horizon=horizon)[0, : len(plan)].numpy()
+                    errors.append(np.abs(decoded - plan).mean(0))
+                    run = np.clip(decoded, low, high)
+                for action in run:
+                    obs, _, _, _, info = env.step(action)
+                    steps += 1
+                    best = max(best, info["blocks_stacked"])
+                policy = planner  # the script goes on from where its plan left it
+            finals.append(info["blocks_stacked"])
+            bests.append(best)
+        out[mode] = {"final": finals, "best": bests, "error": np.mean(errors, 0) if errors else None}
+    return out
+
+
 def scripted_quality(env, episodes, seed):
     rng = np.random.default_rng(seed)
     outcomes, first_stack, heights, lengths = [], [], [], []
@@ -321,6 +385,14 @@ if __name__ == "__main__":
               f"episodes with any stack {np.mean(best > 0):.2f}; steps with a block lifted "
               f"{np.mean([r['lifted'] for r in rows]):.3f}, with a block on another {np.mean([r['on_block'] for r in rows]):.3f}; "
               f"{time.perf_counter() - start:.0f} s")
+        sys.exit(0)
+    if args.data_skills:
+        start = time.perf_counter()
+        for mode, r in data_skills(args.data_skills, args.data_skill_episodes, args.seed).items():
+            error = "" if r["error"] is None else f"; mean |decoded - planned| per action dim {[round(float(e), 3) for e in r['error']]}"
+            print(f"scripted data policy through {args.data_skills}, {mode}, {len(r['final'])} episodes in the 11-block row: "
+                  f"blocks_stacked at the end {np.mean(r['final']):.2f} {r['final']}, best {np.mean(r['best']):.2f}{error}")
+        print(f"{time.perf_counter() - start:.0f} s")
         sys.exit(0)
     if args.policy_rollouts:
         start = time.perf_counter()

@@ -371,3 +371,26 @@ def test_pushing_the_row_into_the_barrier_does_not_press_blocks_into_one_another
         rightmost = max(rightmost, float(state[3:].reshape(-1, 3)[:, 0].max()))
     assert rightmost > env.x_limit - 0.01  # the push pressed the row against the barrier
     assert deepest > -0.003 and highest < 4 * H  # unlimited: 14.5 mm deep, a block thrown to 0.149 m
+
+
+def test_data_skills_replay_the_script_raw_and_through_a_skill_model():
+    """benchmarks/block_stacking.py --data-skills: the raw mode is the scripted data policy itself (its 3 stacks
+    all stand in the row); the autoencoded mode runs the same episodes through an open-loop skill model and reports
+    the decoding error per action dim; a closed-loop model is refused."""
+    import torch
+
+    import spirl_vae
+
+    benchmark = import_block_stacking_benchmark()
+    torch.manual_seed(0)
+    model = spirl_vae.SkillModel(state_dim=36, action_dim=3, latent_dim=4, hidden_dim=16, prior_layers=2)
+    ckpt = {"state_dim": 36, "action_dim": 3, "latent_dim": 4, "hidden_dim": 16, "prior_layers": 2,
+            "image_shape": None, "prior_input": "state", "state_conditioned_decoder": False, "skill_horizon": 10,
+            "action_low": np.array([-1, -1, 0], np.float32), "action_high": np.ones(3, np.float32),
+            "model": model.state_dict()}
+    out = benchmark.data_skills(ckpt, episodes=1, seed=0)
+    assert out["raw"]["final"] == [3] and out["raw"]["error"] is None
+    assert len(out["autoencoded"]["final"]) == 1 and out["autoencoded"]["error"].shape == (3,)
+    assert (out["autoencoded"]["error"] > 0).all()  # an untrained decoder does not return the plan
+    with pytest.raises(SystemExit, match="open-loop"):
+        benchmark.data_skills({**ckpt, "state_conditioned_decoder": True}, episodes=1, seed=0)
