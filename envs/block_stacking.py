@@ -616,7 +616,8 @@ def load_dataset(path: str = "auto", images: bool = True, state_blocks: int | No
 
     ``path="auto"`` uses data/block_stacking.hdf5 and generates it (default size, ~2-3 min) when
     missing or collected on older physics (its ``physics_version`` is not ``PHYSICS_VERSION``); any
-    other file of our collector from older physics is refused with the command that remakes it. ``images=False`` skips the (N, 6, 32, 32) stacked images (6 KB a step in memory).
+    other file of our collector from older physics is refused with the command that remakes it.
+    ``images=False`` skips the (N, 6, 32, 32) stacked images (6 KB a step in memory).
     ``state_blocks`` (default 11, the downstream env): pad the 5-block states to this many block slots
     with ``pad_states`` so state_dim matches ``make_env()``; None keeps the file's 18-dim states.
     The image prior (the paper's) never sees the padding.
