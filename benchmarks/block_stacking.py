@@ -44,6 +44,10 @@
    open loop, and the decoded actions run in the real env. The same episodes with the planned actions themselves
    ("raw", equal to the script) give the reference. Open-loop skill models only. If the decoded skills stack as
    the script does, what a SPiRL policy lacks is the choice of z (the prior and the policy), not the decoder.
+    python benchmarks/block_stacking.py --scripted-return 6
+6. (only this) what the scripted policies earn of the authors' reward in 1000-step episodes of the 11-block row:
+   the data policy (3 stacks) and the tower reference, holding still with open fingers once the script is done,
+   the return split as item 4 splits a policy's (lift flags, delivery flags, height).
 """
 
 import os
@@ -84,6 +88,8 @@ class Args:
     """an open-loop block-stacking skill model: measure only how the scripted data policy stacks through it (item 5)"""
     data_skill_episodes: int = 6
     """--data-skills: 1000-step episodes in the 11-block row, each run raw and autoencoded"""
+    scripted_return: int = 0
+    """> 0: measure only the scripted policies' return in this many 1000-step episodes of the row (item 6)"""
     policy_plot: Optional[str] = None
     """--policy-rollouts: also draw the policy's paths to this PNG: per episode the gripper's x over the steps, the
     carries (a block held >= 5 steps) drawn thick, the tallest tower's x and the gripper's reach"""
@@ -324,6 +330,25 @@ def data_skills(skill_model, episodes, seed):
     return out
 
 
+def scripted_returns(episodes, seed, **stacker_kwargs):
+    """Item 6: per episode the return of ``ScriptedStacker(**stacker_kwargs)`` over 1000 steps of the row (still
+    with open fingers once it is done) and its reward_parts, with blocks_stacked at the end."""
+    env, rng, rows = bs.make_env(seed=seed, image_obs=False), np.random.default_rng(seed), []
+    for _ in range(episodes):
+        obs, info = env.reset(seed=int(rng.integers(2**31)))
+        policy, states, total = bs.ScriptedStacker(env, rng, **stacker_kwargs), [obs["state"]], 0.0
+        terminated = truncated = False
+        while not (terminated or truncated):
+            action = None if policy.done() else policy.act(obs["state"])
+            if policy.done():  # the script is through (now or before): stay where it is, fingers open
+                action = np.array([0.0, 0.0, 1.0], np.float32)
+            obs, reward, terminated, truncated, info = env.step(action)
+            total += reward
+            states.append(obs["state"])
+        rows.append({"return": total, "final": info["blocks_stacked"], **reward_parts(env, np.array(states))})
+    return rows
+
+
 def scripted_quality(env, episodes, seed):
     rng = np.random.default_rng(seed)
     outcomes, first_stack, heights, lengths = [], [], [], []
@@ -385,6 +410,18 @@ if __name__ == "__main__":
               f"episodes with any stack {np.mean(best > 0):.2f}; steps with a block lifted "
               f"{np.mean([r['lifted'] for r in rows]):.3f}, with a block on another {np.mean([r['on_block'] for r in rows]):.3f}; "
               f"{time.perf_counter() - start:.0f} s")
+        sys.exit(0)
+    if args.scripted_return > 0:
+        start = time.perf_counter()
+        for name, kwargs in (("data policy (3 stacks)", {"num_stacks": 3}),
+                             ("tower reference (stacks onto the tower until the end)", {"num_stacks": 10, "build_tower": True})):
+            rows = scripted_returns(args.scripted_return, args.seed, **kwargs)
+            mean = {key: np.mean([r[key] for r in rows]) for key in ("return", "return_lift", "return_delivery",
+                                                                     "return_height", "final", "blocks_lifted_end")}
+            print(f"{name}, {len(rows)} episodes of the row: return {mean['return']:.0f} = lift flags {mean['return_lift']:.0f} "
+                  f"+ delivery flags {mean['return_delivery']:.0f} + height {mean['return_height']:.0f}; blocks_stacked at "
+                  f"the end {mean['final']:.2f}; blocks lifted {mean['blocks_lifted_end']:.1f}")
+        print(f"{time.perf_counter() - start:.0f} s")
         sys.exit(0)
     if args.data_skills:
         start = time.perf_counter()

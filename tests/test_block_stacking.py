@@ -394,3 +394,13 @@ def test_data_skills_replay_the_script_raw_and_through_a_skill_model():
     assert (out["autoencoded"]["error"] > 0).all()  # an untrained decoder does not return the plan
     with pytest.raises(SystemExit, match="open-loop"):
         benchmark.data_skills({**ckpt, "state_conditioned_decoder": True}, episodes=1, seed=0)
+
+
+def test_scripted_return_is_split_into_the_rewards_parts_and_the_data_policy_stacks():
+    """benchmarks/block_stacking.py --scripted-return: one 1000-step episode of the data policy in the row; its return
+    is the sum of the lift, delivery and height parts, and its 3 stacks stand at the end."""
+    benchmark = import_block_stacking_benchmark()
+    (row,) = benchmark.scripted_returns(1, seed=0, num_stacks=3)
+    assert row["final"] == 3 and row["blocks_lifted_end"] == 3
+    assert row["return"] == pytest.approx(row["return_lift"] + row["return_delivery"] + row["return_height"], rel=1e-9)
+    assert row["return_height"] > row["return_delivery"] > row["return_lift"] > 0
