@@ -25,6 +25,8 @@
    With --prior-num-blocks other than 11: the same in a downstream env with that many blocks (all on the ground),
    its states padded to the 11 block slots as the data's are (``pad_states``), so that a decoder that sees the
    state meets the states of the data's 5-block world: how much of a prior's behaviour is lost to the 5 -> 11 shift.
+   With --prior-mean-skill: the prior's mean skill is executed instead of a sample (if the mean stacks no better
+   than the samples, the prior's Gaussian spreads over several of the data's skills rather than around one).
 
     python benchmarks/block_stacking.py --policy-rollouts runs/<spirl_sac run>/spirl_sac.pt --policy-episodes 4
 
@@ -38,6 +40,8 @@
    gripper visits afterwards (a policy that stops because the next block is out of its local view shows up here);
    the x of the tallest tower, and each later carry (a block held >= 5 steps): how far it moved the block and
    where it let go, relative to the tower (a policy that brings blocks but misses the tower shows up here).
+   Last, at the episodes' skill decisions: the policy's and the prior's sigma (pre-tanh, mean over latent dims) and
+   KL(pi || p_a) summed over latent dims (how sharp the policy's skills may be under the divergence bound delta).
     python benchmarks/block_stacking.py --data-skills runs/<skill run>/skill_model.pt --data-skill-episodes 6
 5. (only this) can the skill space carry the data's stacking? The scripted data policy (3 stacks) in the 11-block
    row plans each H-step chunk on a copy of the env; its H actions are encoded (z = the mean of q(z|a)), decoded
@@ -80,6 +84,8 @@ class Args:
     """--prior-rollouts: 1000-step episodes of prior skills"""
     prior_num_blocks: int = 11
     """--prior-rollouts: blocks in the downstream env (11: spirl_sac.py --explore prior itself; fewer: states padded to 11 slots)"""
+    prior_mean_skill: bool = False
+    """--prior-rollouts: execute the prior's mean skill instead of a sample (does the prior's centre stack?)"""
     policy_rollouts: Optional[str] = None
     """a spirl_sac.py checkpoint of block stacking: measure only its policy's episodes (spirl_sac.py --evaluate)"""
     policy_episodes: int = 4
@@ -123,22 +129,30 @@ def prior_rollouts(skill_model, episodes, seed):
     return rows
 
 
-def padded_prior_rollouts(skill_model, episodes, seed, num_blocks):
-    """prior_rollouts in a ``num_blocks``-block downstream env whose states are padded to the 11 slots the
-    skill model knows (the data's layout): skills z ~ p_a(z|s) decoded and executed with spirl_sac's own
-    execute_skill; the per-step measures come from the env's info."""
+def decoded_prior_rollouts(skill_model, episodes, seed, num_blocks, mean_skill=False):
+    """prior_rollouts with the skills chosen here: z ~ p_a(z|s), or with ``mean_skill`` the prior's mean skill
+    (SKILL_RANGE * tanh(mu), as spirl_sac.py --eval-deterministic takes the policy's), decoded and executed with
+    spirl_sac's own execute_skill in a ``num_blocks``-block downstream env whose states are padded to the 11 slots
+    the skill model knows (the data's layout). ``skill_model``: a checkpoint path or dict (spirl_vae.py). The
+    per-step measures come from the env's info."""
     import torch
 
     import spirl_sac
 
     torch.set_num_threads(1)  # as spirl_sac.py: tiny networks, and no threads spinning on a shared box
-    decoder, prior, meta = spirl_sac.load_skill_model(skill_model, "block_stacking", bs.make_env(seed=seed))
+    ckpt = spirl_sac.read_skill_model(skill_model, "block_stacking") if isinstance(skill_model, str) else skill_model
+    decoder, prior, meta = spirl_sac.build_skill_model(ckpt, "block_stacking", bs.make_env(seed=seed))
     env = bs.make_env(seed=seed, num_blocks=num_blocks)
     mean, std = np.asarray(meta["state_mean"], np.float32), np.asarray(meta["state_std"], np.float32)
     infos = []  # the current episode's per-step infos
 
     def padded(obs):
         return {**obs, "state": bs.pad_states(obs["state"][None], 11)[0]}
+
+    def prior_input(obs):  # what the prior sees, as a batch of one (spirl_sac.py's policy_input)
+        if meta["prior_input"] == "image":
+            return torch.as_tensor(obs["image"]).unsqueeze(0)
+        return torch.as_tensor((obs["state"] - mean) / std).unsqueeze(0)
 
     class Padded:  # the env as the skill model sees it; records every step's info
         def step(self, action):
@@ -154,9 +168,10 @@ def padded_prior_rollouts(skill_model, episodes, seed, num_blocks):
         infos.clear()
         while not done:
             with torch.no_grad():
-                z = spirl_sac.squashed_sample(*prior(torch.as_tensor(obs["image"]).unsqueeze(0)))[0].numpy()
+                mu, log_sigma = prior(prior_input(obs))
+                z = spirl_sac.SKILL_RANGE * torch.tanh(mu) if mean_skill else spirl_sac.squashed_sample(mu, log_sigma)
             obs, _, terminated, truncated, _, _, _ = spirl_sac.execute_skill(
-                Padded(), obs, z, decoder, meta["skill_horizon"], mean, std, np.asarray(meta["action_low"]),
+                Padded(), obs, z[0].numpy(), decoder, meta["skill_horizon"], mean, std, np.asarray(meta["action_low"]),
                 np.asarray(meta["action_high"]), bool(meta["state_conditioned_decoder"]))
             done = terminated or truncated
         stacked = np.array([i["blocks_stacked"] for i in infos])
@@ -247,13 +262,16 @@ def reward_parts(env, states):
 
 
 def policy_rollouts(checkpoint, episodes):
-    """Per-episode figures of a trained policy's evaluation episodes (spirl_sac.py --evaluate)."""
+    """Per-episode figures of a trained policy's evaluation episodes (spirl_sac.py --evaluate), and the policy's and
+    prior's spread at the episodes' skill decisions (policy_and_prior_spread)."""
     import spirl_sac
 
     env = bs.make_env(seed=0, image_obs=False)
     out = spirl_sac.main(spirl_sac.Args(evaluate=checkpoint, eval_episodes=episodes))
     rows = []
     with np.load(out["path"]) as saved:
+        spread = policy_and_prior_spread(spirl_sac.load_sac_checkpoint(checkpoint, "--policy-rollouts"),
+                                         [saved[key] for key in saved.files])
         for key in sorted(saved.files, key=lambda k: int(k.split("_")[-1])):
             stacked, lifted = stacked_and_lifted(env, saved[key])  # the reset state, then one per env step
             first_tower = int(np.argmax(stacked >= 2)) if (stacked >= 2).any() else None
@@ -273,7 +291,39 @@ def policy_rollouts(checkpoint, episodes):
                          "lifted": float(lifted.mean()), "lifted_last_300": float(lifted[-300:].mean()),
                          "lifted_after_tower": float(lifted[first_tower:].mean()) if first_tower is not None else None,
                          **reward_parts(env, saved[key])})
-    return rows
+    return rows, spread
+
+
+def decision_images(env, states, horizon):
+    """The policy's inputs at an episode's skill decisions, re-drawn from its low-dim states (the reset state, then
+    one per env step): at every H-th state the two stacked front views (previous step's, current), oldest first,
+    the reset's view twice, as the env's observations hold them. (n_decisions, 6, 32, 32) uint8."""
+    frames = [env._frame(state) for state in states]
+    return np.stack([np.concatenate([frames[max(t - 1, 0)], frames[t]]) for t in range(0, len(states) - 1, horizon)])
+
+
+def policy_and_prior_spread(saved, trajectories):
+    """At every skill decision of the episodes (``trajectories``: each episode's states, as --evaluate saves them)
+    the spread of a spirl_sac.py checkpoint's policy and of its skill model's prior: sigma of each pre-tanh
+    Gaussian (mean over latent dims) and KL(pi || p_a) summed over latent dims, the divergence delta bounds.
+    ``saved``: the checkpoint's dict. Returns per-decision arrays."""
+    import torch
+
+    import spirl_sac
+
+    env = bs.make_env(seed=0)
+    _, prior, meta = spirl_sac.build_skill_model(saved["skill_model"], "block_stacking", env)
+    if meta["prior_input"] != "image":
+        raise SystemExit("--policy-rollouts: the spread is measured for image priors (the block-stacking default)")
+    policy = spirl_sac.make_policy(prior, meta, prior_init=False)
+    policy.load_state_dict(saved["policy"])
+    images = torch.as_tensor(np.concatenate([decision_images(env, t, meta["skill_horizon"]) for t in trajectories]))
+    with torch.no_grad():
+        mu_pi, log_sigma_pi = policy(images)
+        mu_p, log_sigma_p = prior(images)
+        kl = spirl_sac.gaussian_kl(mu_pi, log_sigma_pi, mu_p, log_sigma_p).sum(-1)
+    return {"policy_sigma": log_sigma_pi.exp().mean(-1).numpy(), "prior_sigma": log_sigma_p.exp().mean(-1).numpy(),
+            "kl_sum": kl.numpy()}
 
 
 def data_skills(skill_model, episodes, seed):
@@ -400,12 +450,14 @@ if __name__ == "__main__":
           f"load average {os.getloadavg()[0]:.2f}, seed {args.seed}")
     if args.prior_rollouts:
         start = time.perf_counter()
-        if args.prior_num_blocks == 11:
+        if args.prior_num_blocks == 11 and not args.prior_mean_skill:
             rows = prior_rollouts(args.prior_rollouts, args.prior_episodes, args.seed)
         else:
-            rows = padded_prior_rollouts(args.prior_rollouts, args.prior_episodes, args.seed, args.prior_num_blocks)
+            rows = decoded_prior_rollouts(args.prior_rollouts, args.prior_episodes, args.seed, args.prior_num_blocks,
+                                          args.prior_mean_skill)
         final, best = np.array([r["final"] for r in rows]), np.array([r["best"] for r in rows])
-        print(f"prior rollouts of {args.prior_rollouts}, {len(rows)} episodes of 1000 steps, {args.prior_num_blocks} blocks: blocks_stacked at "
+        print(f"prior rollouts of {args.prior_rollouts} ({'mean' if args.prior_mean_skill else 'sampled'} skills), {len(rows)} episodes "
+              f"of 1000 steps, {args.prior_num_blocks} blocks: blocks_stacked at "
               f"the end {final.mean():.2f} (max {final.max()}), best during the episode {best.mean():.2f} (max {best.max()}); "
               f"episodes with any stack {np.mean(best > 0):.2f}; steps with a block lifted "
               f"{np.mean([r['lifted'] for r in rows]):.3f}, with a block on another {np.mean([r['on_block'] for r in rows]):.3f}; "
@@ -433,7 +485,7 @@ if __name__ == "__main__":
         sys.exit(0)
     if args.policy_rollouts:
         start = time.perf_counter()
-        rows = policy_rollouts(args.policy_rollouts, args.policy_episodes)
+        rows, spread = policy_rollouts(args.policy_rollouts, args.policy_episodes)
         if args.policy_plot:
             env = bs.make_env(seed=0, image_obs=False)
             plot_policy_paths(rows, env.x_limit, env.half_width, f"policy paths of {args.policy_rollouts}",
@@ -460,6 +512,9 @@ if __name__ == "__main__":
               f"height {part['return_height']:.0f}; blocks lifted {part['blocks_lifted_end']:.1f}, delivered "
               f"{part['blocks_delivered_end']:.1f} by the end; blocks resting on another without ever being lifted "
               f"{part['stacked_never_lifted_end']:.1f}; {time.perf_counter() - start:.0f} s")
+        print(f"at its {len(spread['kl_sum'])} skill decisions: the policy's sigma {spread['policy_sigma'].mean():.2f} "
+              f"(mean over latent dims, pre-tanh), the prior's {spread['prior_sigma'].mean():.2f}; KL(pi || p_a) summed over "
+              f"latent dims {spread['kl_sum'].mean():.2f} (median {np.median(spread['kl_sum']):.2f})")
         sys.exit(0)
     envs_under_test = {"training env, 5 blocks (random stacks)": bs.training_env(image_obs=False),
                        "downstream env, 11 blocks (the row)": bs.BlockStackingEnv(num_blocks=11, layout_seed=None,

@@ -404,3 +404,103 @@ def test_scripted_return_is_split_into_the_rewards_parts_and_the_data_policy_sta
     assert row["final"] == 3 and row["blocks_lifted_end"] == 3
     assert row["return"] == pytest.approx(row["return_lift"] + row["return_delivery"] + row["return_height"], rel=1e-9)
     assert row["return_height"] > row["return_delivery"] > row["return_lift"] > 0
+
+
+def test_decision_images_are_the_frames_the_policy_saw():
+    """benchmarks/block_stacking.py's decision_images re-draws, from an episode's low-dim states, the stacked front views
+    the env gave at every H-th step (the reset's view twice): what a policy saw when it chose each skill."""
+    benchmark = import_block_stacking_benchmark()
+    env = bs.make_env(seed=3)
+    obs, _ = env.reset(seed=3)
+    rng = np.random.default_rng(3)
+    states, seen = [obs["state"]], [obs["image"]]
+    for t in range(1, 26):
+        obs = env.step(rng.uniform(env.action_space.low, env.action_space.high))[0]
+        states.append(obs["state"])
+        if t % 10 == 0:
+            seen.append(obs["image"])
+    images = benchmark.decision_images(env, np.array(states), horizon=10)
+    assert images.shape == (3, 6, 32, 32) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images, np.array(seen))
+
+
+def test_policy_and_prior_spread_is_zero_for_the_prior_and_the_analytic_kl_otherwise():
+    """--policy-rollouts' last line: a policy equal to its prior has the prior's sigma and KL 0 at every decision; another
+    policy's KL summed over latent dims equals torch.distributions' KL between the two Gaussians on the same frames."""
+    import torch
+
+    import spirl_vae
+
+    benchmark = import_block_stacking_benchmark()
+    torch.manual_seed(0)
+    model = spirl_vae.SkillModel(state_dim=36, action_dim=3, latent_dim=4, hidden_dim=16, prior_layers=2,
+                                 image_shape=(6, 32, 32))
+    skill_ckpt = {"env": "block_stacking", "state_dim": 36, "action_dim": 3, "latent_dim": 4, "hidden_dim": 16,
+                  "prior_layers": 2, "image_shape": (6, 32, 32), "prior_input": "image", "state_conditioned_decoder": False,
+                  "skill_horizon": 10, "model": model.state_dict()}
+    env = bs.make_env(seed=0)
+    rng = np.random.default_rng(0)
+    states = [env.reset(seed=0)[0]["state"]] + [env.step(rng.uniform(env.action_space.low, env.action_space.high))[0]["state"]
+                                               for _ in range(30)]
+    trajectories = [np.array(states)]
+    same = benchmark.policy_and_prior_spread({"skill_model": skill_ckpt, "policy": model.skill_prior.state_dict()}, trajectories)
+    assert len(same["kl_sum"]) == 3
+    np.testing.assert_allclose(same["kl_sum"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(same["policy_sigma"], same["prior_sigma"], rtol=1e-6)
+
+    torch.manual_seed(1)
+    other = spirl_vae.SkillModel(state_dim=36, action_dim=3, latent_dim=4, hidden_dim=16, prior_layers=2,
+                                 image_shape=(6, 32, 32)).skill_prior.eval()
+    spread = benchmark.policy_and_prior_spread({"skill_model": skill_ckpt, "policy": other.state_dict()}, trajectories)
+    images = torch.as_tensor(benchmark.decision_images(env, trajectories[0], 10))
+    prior = model.skill_prior.eval()
+    with torch.no_grad():
+        (mu_pi, ls_pi), (mu_p, ls_p) = other(images), prior(images)
+    expected = torch.distributions.kl_divergence(torch.distributions.Normal(mu_pi, ls_pi.exp()),
+                                                 torch.distributions.Normal(mu_p, ls_p.exp())).sum(-1)
+    np.testing.assert_allclose(spread["kl_sum"], expected.numpy(), rtol=1e-4)
+    assert (spread["kl_sum"] > 0).all()
+    np.testing.assert_allclose(spread["policy_sigma"], ls_pi.exp().mean(-1).numpy(), rtol=1e-5)
+
+
+def test_prior_mean_skill_rollouts_execute_the_mean_and_sampled_ones_a_sample(monkeypatch):
+    """--prior-rollouts --prior-mean-skill: every skill is the prior's mean (2 tanh(mu)), no sample is drawn; without it
+    every skill is spirl_sac's squashed sample. Checked by recording what execute_skill is given over a whole episode."""
+    import torch
+
+    import spirl_sac
+    import spirl_vae
+
+    benchmark = import_block_stacking_benchmark()
+    torch.manual_seed(0)
+    model = spirl_vae.SkillModel(state_dim=36, action_dim=3, latent_dim=4, hidden_dim=16, prior_layers=2)
+    data = bs.make_env(seed=0, image_obs=False)
+    ckpt = {"env": "block_stacking", "state_dim": 36, "action_dim": 3, "latent_dim": 4, "hidden_dim": 16,
+            "prior_layers": 2, "image_shape": (6, 32, 32), "prior_input": "state", "state_conditioned_decoder": False,
+            "skill_horizon": 10, "model": model.state_dict(), "state_mean": np.zeros(36, np.float32),
+            "state_std": np.ones(36, np.float32), "action_low": data.action_space.low, "action_high": data.action_space.high}
+    executed, sampled = [], []
+    execute_skill, squashed_sample = spirl_sac.execute_skill, spirl_sac.squashed_sample
+
+    def record_execute(env, obs, z, *rest):
+        with torch.no_grad():
+            mu, _ = model.skill_prior.eval()(torch.as_tensor(obs["state"]).unsqueeze(0))
+        executed.append((z, 2 * torch.tanh(mu)[0].numpy()))
+        return execute_skill(env, obs, z, *rest)
+
+    def record_sample(mu, log_sigma, generator=None):
+        sampled.append(squashed_sample(mu, log_sigma, generator))
+        return sampled[-1]
+
+    monkeypatch.setattr(spirl_sac, "execute_skill", record_execute)
+    monkeypatch.setattr(spirl_sac, "squashed_sample", record_sample)
+    (row,) = benchmark.decoded_prior_rollouts(ckpt, 1, 0, 11, mean_skill=True)
+    assert len(executed) == 100 and not sampled  # 1000 steps of 10-step skills
+    for z, mean in executed:
+        np.testing.assert_allclose(z, mean, rtol=1e-5, atol=1e-6)
+    executed.clear()
+    benchmark.decoded_prior_rollouts(ckpt, 1, 0, 11, mean_skill=False)
+    assert len(sampled) == 100
+    np.testing.assert_array_equal(executed[0][0], sampled[0][0].numpy())
+    assert not np.allclose(executed[0][0], executed[0][1])
+    assert 0 <= row["final"] <= row["best"] and 0 <= row["lifted"] <= 1
