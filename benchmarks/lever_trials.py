@@ -86,11 +86,13 @@ def draw(data, path):
 
     tags = data["tags"]
     fig, axes = plt.subplots(1, len(tags), figsize=(4.2 * len(tags), 3.4), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, tag in zip(axes[0], tags):
-        for run in data["runs"]:
+        for k, run in enumerate(data["runs"]):  # one colour per run in every panel, also where a run lacks a tag
             curve = np.asarray(run["curves"][tag]).reshape(-1, 2)
             if len(curve):
-                ax.plot((curve[:, 0] + data["bin"] / 2) / 1e3, curve[:, 1], marker=".", label=run["label"])
+                ax.plot((curve[:, 0] + data["bin"] / 2) / 1e3, curve[:, 1], marker=".", label=run["label"],
+                        color=colors[k % len(colors)])
         if tag in LOG_SCALE_TAGS:
             ax.set_yscale("symlog", linthresh=1e-2 if tag == "losses/alpha" else 1.0)
         ax.set_title(tag.split("/", 1)[1], fontsize=10)
