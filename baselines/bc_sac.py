@@ -237,7 +237,9 @@ def load_offline_data(env_name, path, obs_key, obs_shape, action_dim):
     if data_key not in data or "actions" not in data:
         raise SystemExit(f"dataset {path!r} needs {data_key!r} and 'actions' arrays for --obs {obs_key}, it has {sorted(data)}")
     inputs, actions = data[data_key], np.asarray(data["actions"], np.float32)
-    inputs = inputs.astype(np.float32) if obs_key == "state" else inputs.astype(np.uint8)
+    # np.asarray, not .astype: the maze's images are a StackedViews (frames stacked on demand, memory-mapped
+    # for the default data) that only turns into an array through np.asarray
+    inputs = np.asarray(inputs, np.float32 if obs_key == "state" else np.uint8)
     if inputs.shape[1:] != tuple(obs_shape) or actions.ndim != 2 or actions.shape[1] != action_dim:
         raise SystemExit(f"dataset {path!r} has {data_key} {inputs.shape} and actions {actions.shape}, the env needs "
                          f"(N, {', '.join(map(str, obs_shape))}) and (N, {action_dim}): was it made for another env?")

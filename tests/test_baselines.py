@@ -449,3 +449,22 @@ def test_replay_buffer_serves_frames_channels_last_and_loads_the_old_layout(modu
         loaded = module.ReplayBuffer(8, (6, 32, 32), np.uint8, 3, 2)
         loaded.load_state_dict(state_dict)
         assert np.array_equal(loaded.obs, rb.obs) and np.array_equal(loaded.next_obs, rb.next_obs)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize("module", [bc_sac, flat_prior], ids=["bc_sac", "flat_prior"])
+def test_offline_data_of_the_maze_default_format_load_as_stacked_frames(module, lazy, tmp_path, monkeypatch):
+    """The maze's own HDF5 data (what `--dataset auto` reads) give their images as a StackedViews, memory-mapped
+    for the default-size file: load_offline_data turns them into the (N, 6, 32, 32) uint8 frames the env shows."""
+    from envs import maze
+
+    path = tmp_path / "maze.hdf5"
+    maze.generate_dataset(path, num_trajectories=2, seed=3, progress=False, workers=1)
+    data = maze.load_dataset(str(path), lazy=lazy)
+    assert isinstance(data["images"], maze.StackedViews)
+    monkeypatch.setattr(envs, "load_dataset", lambda name, p: maze.load_dataset(p, lazy=lazy))
+    inputs, actions = module.load_offline_data("maze", str(path), "image", (6, 32, 32), 2)
+    assert inputs.dtype == np.uint8 and inputs.shape == (len(actions), 6, 32, 32)
+    np.testing.assert_array_equal(inputs[:5], data["images"][np.arange(5)])
+    states, _ = module.load_offline_data("maze", str(path), "state", data["states"].shape[1:], 2)
+    assert states.dtype == np.float32 and len(states) == len(actions)
