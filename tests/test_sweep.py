@@ -330,3 +330,26 @@ def test_table1_reads_each_variant_and_cuts_a_longer_same_run_at_the_budget(tmp_
     assert "| ours, ln | 3.00 | - | 0.50 |" in (tmp_path / "t.md").read_text() and (tmp_path / "t.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="fewer than"):
         table1.cut_final(results[-1], 5000)
+
+
+def test_lever_trials_draws_each_run_in_one_colour_in_every_panel(tmp_path, monkeypatch):
+    """benchmarks/lever_trials.py's figure: a run that lacks a tag (e.g. the KL summed, in a --kl-reduction mean run) leaves
+    that panel without its line, and every other run keeps the colour it has in the other panels."""
+    import importlib.util
+
+    import matplotlib.pyplot as plt
+
+    spec = importlib.util.spec_from_file_location("lever_trials", os.path.join(ROOT, "benchmarks", "lever_trials.py"))
+    lever_trials = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lever_trials)
+    data = {"bin": 50, "tags": ["charts/x", "losses/y"], "runs": [
+        {"label": "A", "curves": {"charts/x": [[0, 1.0]], "losses/y": []}},
+        {"label": "B", "curves": {"charts/x": [[0, 2.0]], "losses/y": [[0, 3.0]]}}]}
+    made = []
+    subplots = plt.subplots
+    monkeypatch.setattr(plt, "subplots", lambda *a, **k: made.append(subplots(*a, **k)) or made[-1])
+    lever_trials.draw(data, str(tmp_path / "f.png"))
+    x_panel, y_panel = made[0][1][0]
+    colours = {line.get_label(): line.get_color() for line in x_panel.get_lines()}
+    assert [line.get_label() for line in y_panel.get_lines()] == ["B"]
+    assert y_panel.get_lines()[0].get_color() == colours["B"] != colours["A"]
