@@ -162,6 +162,9 @@ class Args:
     goal_radius: Optional[float] = None
     """maze only: reward at every step within this distance of the goal; None: 1.0, the authors' value at the
     paper's time (2.0 is their later value)"""
+    sparse_reward: bool = False
+    """block_stacking only: the authors' sparse reward (their SparseHighStack env, used by their closed-loop config):
+    the tower's height only, 0.08 per block per step, no lift / delivery flags; default: the paper's dense reward"""
     track: bool = False
     """log to Weights & Biases too (pip install wandb; WANDB_MODE=offline works without a network)"""
     wandb_project_name: str = "spirl"
@@ -708,6 +711,8 @@ def resolve_args(args):
         raise SetupError(f"--alpha-min must be > 0 and at most --alpha-init ({args.alpha_init}), got {args.alpha_min}")
     if args.goal_radius is not None and (args.env != "maze" or args.goal_radius <= 0):
         raise SetupError(f"--goal-radius {args.goal_radius}: only the maze has a goal radius, and it must be > 0")
+    if args.sparse_reward and args.env != "block_stacking":
+        raise SetupError(f"--sparse-reward: only block_stacking has a sparse reward variant, not {args.env!r}")
     return args, saved
 
 
@@ -716,6 +721,8 @@ def make_env(args, seed, render_mode=None):
         options = {"strict_order": args.strict_order} if args.env == "kitchen" else {}
         if args.goal_radius is not None:
             options["goal_radius"] = args.goal_radius
+        if args.sparse_reward:
+            options["reward"] = "sparse"
         return envs.make_env(args.env, seed=seed, render_mode=render_mode, **options)
     except ModuleNotFoundError as e:
         raise SetupError(f"env {args.env!r} cannot be built: module {e.name} is missing ({e})") from None

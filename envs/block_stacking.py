@@ -40,6 +40,12 @@ i.e. the number of blocks stacked on a ground block (a lone block: 0; a 3-block 
 some block is held in the air / rests on another block now; ``info["blocks_lifted"]`` /
 ``info["blocks_delivered"]``: how many blocks carry each flag.
 
+``reward="sparse"``: the authors' ``SparseHighStackBlockStackEnv`` (the env of their closed-loop block-stacking
+config, whose plots show SPiRL ≈1.9 and SPiRL-cl ≈3.4): only the tower term, 1 per metre of height per step in
+their units, i.e. 0.08 per block of height of the highest supported block the agent has lifted; no lift or
+delivery flags in the reward (they are still counted in the info). Their sparse env counts any supported block;
+ours, as the dense reward does, only blocks the agent has lifted (a block pushed onto another earns nothing).
+
 Data: ``python -m envs.block_stacking --num-trajectories N --out PATH [--random-fraction F]`` runs the
 noisy scripted stacking policy (pick, lift, carry, lower, release; 3 consecutive stacks on one tower,
 pseudo-random subgoals between and within stacks) in the training env and writes D4RL-style HDF5.
@@ -66,6 +72,7 @@ DEFAULT_DATASET = Path("data") / "block_stacking.hdf5"  # relative to the curren
 DEFAULT_NUM_TRAJECTORIES = 400
 LIFTED_REWARD, DELIVERED_REWARD = 1.0, 2.0  # per step and per block, from the first lift / delivery on (authors)
 HEIGHT_REWARD_PER_BLOCK = 4.0  # the authors' 50 per metre of tower height x their 8 cm blocks
+SPARSE_REWARD_PER_BLOCK = 0.08  # reward="sparse": the authors' 1 per metre of tower height x their 8 cm blocks
 ROW_SPACING = 0.15  # the downstream row: the authors' 0.2 m between 8 cm blocks, scaled to 6 cm blocks
 
 HALF = 0.03  # block half size: 6 cm cubes
@@ -228,9 +235,12 @@ class BlockStackingEnv(gym.Env):
 
     def __init__(self, num_blocks: int = 11, layout: str = "row", half_width: float | None = None,
                  max_episode_steps: int = 1000, image_obs: bool = True, layout_seed: int | None = 0,
-                 render_mode: str | None = None):
+                 render_mode: str | None = None, reward: str = "dense"):
         if not 1 <= num_blocks <= 20:
             raise ValueError(f"num_blocks must be in 1..20, got {num_blocks}")
+        if reward not in ("dense", "sparse"):
+            raise ValueError(f"reward must be 'dense' (the paper's) or 'sparse' (the tower's height only), got {reward!r}")
+        self.reward = reward
         if layout not in ("row", "ground", "random_stacks"):
             raise ValueError(f"layout must be 'row', 'ground' or 'random_stacks', got {layout!r}")
         if render_mode not in (None, "rgb_array"):
@@ -305,6 +315,8 @@ class BlockStackingEnv(gym.Env):
         flags = np.where(self._delivered_flags, DELIVERED_REWARD, np.where(self._lifted_flags, LIFTED_REWARD, 0.0))
         built = (heights > 0) & self._lifted_flags  # supported blocks the agent has placed
         height = max(((blocks[built, 1] - HALF) / (2 * HALF)).max(initial=0.0), 0.0)  # in blocks above the ground
+        if self.reward == "sparse":  # the authors' SparseHighStack: the tower's height only
+            return float(SPARSE_REWARD_PER_BLOCK * height)
         return float(flags.sum() + HEIGHT_REWARD_PER_BLOCK * height)
 
     # --- gym API ----------------------------------------------------------------------------------
@@ -387,7 +399,7 @@ def make_env(seed=None, render_mode=None, num_blocks: int = 11, **kwargs) -> Blo
     """The downstream task (appendix C): stack as many of ``num_blocks`` blocks as possible, 1000 steps; the
     blocks start in the authors' fixed row (``layout="row"``).
 
-    kwargs go to BlockStackingEnv (layout, half_width, max_episode_steps, image_obs, layout_seed).
+    kwargs go to BlockStackingEnv (layout, half_width, max_episode_steps, image_obs, layout_seed, reward).
     """
     env = BlockStackingEnv(num_blocks=num_blocks, render_mode=render_mode, **kwargs)
     env.reset(seed=seed)

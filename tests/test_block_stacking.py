@@ -114,6 +114,22 @@ def test_rewards_fire_as_the_authors_env_computes_them_on_a_scripted_episode():
     assert reward == 0.0 and info["blocks_lifted"] == 0
 
 
+def test_sparse_reward_pays_only_the_towers_height_as_the_authors_sparse_env():
+    """reward="sparse" (the authors' SparseHighStack): nothing for lifting or carrying a block over another, then
+    0.08 per block of tower height per step once the block rests on the other; the flags are still counted."""
+    env = two_block_env(image_obs=False, reward="sparse")
+    place_blocks(env, [[-0.2, H, 0.0], [0.2, H, 0.0]])
+    records, _ = run_scripted_stack(env)
+    rewards = np.array([r[1] for r in records])
+    stacked = np.array([r[2]["stacked"] for r in records])
+    first_stack = np.argmax(stacked)
+    assert (rewards[:first_stack] == 0).all() and any(r[2]["lifted"] for r in records[:first_stack])
+    np.testing.assert_allclose(rewards[-5:], bs.SPARSE_REWARD_PER_BLOCK, atol=0.001)
+    assert records[-1][2]["blocks_lifted"] == 1 and records[-1][2]["blocks_delivered"] == 1
+    with pytest.raises(ValueError, match="reward must be"):
+        bs.BlockStackingEnv(num_blocks=2, reward="height")
+
+
 def test_tower_term_counts_only_blocks_the_agent_placed_and_grows_with_height():
     env = bs.BlockStackingEnv(num_blocks=4, layout="ground", half_width=0.4, layout_seed=None, image_obs=False)
     env.reset(seed=0)

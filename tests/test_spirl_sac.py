@@ -564,6 +564,14 @@ def test_main_wiring(tmp_path, monkeypatch, prior_init):
     assert len(evaluation) == maze_module().EPISODE_LENGTH // 5
 
 
+def test_sparse_reward_flag_reaches_block_stacking_and_only_block_stacking():
+    """--sparse-reward builds the block-stacking env with the authors' sparse reward; other envs refuse it."""
+    assert spirl_sac.make_env(spirl_sac.Args(env="block_stacking"), seed=0).reward == "dense"
+    assert spirl_sac.make_env(spirl_sac.Args(env="block_stacking", sparse_reward=True), seed=0).reward == "sparse"
+    with pytest.raises(SetupError, match="only block_stacking has a sparse reward"):
+        spirl_sac.resolve_args(spirl_sac.Args(env="maze", sparse_reward=True))
+
+
 def test_maze_goal_radius_flag():
     """--goal-radius reaches the maze env (2.0: the authors' later value); the default is the paper-time 1.0."""
     for radius, expected in ((None, 1.0), (2.0, 2.0)):
