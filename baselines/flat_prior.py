@@ -52,6 +52,8 @@ class Args:
     goal_radius: Optional[float] = None
     """maze only: reward at every step within this distance of the goal; None: 1.0, the authors' value at the
     paper's time (2.0 is their later value; spirl_sac.py has the same flag)"""
+    sparse_reward: bool = False
+    """block_stacking only: the authors' sparse reward (the tower's height only; spirl_sac.py has the same flag)"""
     dataset: str = "auto"
     """offline data: "auto" or a path given to envs.load_dataset, or an .npz file with "states" and "actions" arrays"""
     prior_steps: int = 10_000
@@ -121,7 +123,8 @@ class Args:
     """the W&B entity (team); None: your default"""
 
 
-def make_env(name: str, seed: int, obs_mode: str = "auto", goal_radius: Optional[float] = None):
+def make_env(name: str, seed: int, obs_mode: str = "auto", goal_radius: Optional[float] = None,
+             sparse_reward: bool = False):
     """A project env (obs dict with "state", maybe "image") or a gymnasium Box env whose observation is wrapped
     into {"state": obs}. Returns the env, the name of its task metric in info (None for gymnasium envs) and
     the obs key the policy reads ("state" or "image")."""
@@ -129,9 +132,13 @@ def make_env(name: str, seed: int, obs_mode: str = "auto", goal_radius: Optional
         raise SystemExit(f"--obs {obs_mode!r}: choose auto, state or image")
     if goal_radius is not None and (name != "maze" or goal_radius <= 0):
         raise SystemExit(f"--goal-radius {goal_radius}: only the maze has a goal radius, and it must be > 0")
+    if sparse_reward and name != "block_stacking":
+        raise SystemExit(f"--sparse-reward: only block_stacking has a sparse reward variant, not {name!r}")
     if name in envs.ENV_NAMES:
         module = envs.env_module(name)
         options = {} if goal_radius is None else {"goal_radius": goal_radius}
+        if sparse_reward:
+            options["reward"] = "sparse"
         return envs.make_env(name, seed=seed, **options), module.METRIC, module.DEFAULT_PRIOR_INPUT if obs_mode == "auto" else obs_mode
     if obs_mode == "image":
         raise SystemExit(f"--obs image needs one of {', '.join(envs.ENV_NAMES)}; gymnasium env {name!r} has no stacked frames")
@@ -403,7 +410,7 @@ if __name__ == "__main__":
     except envs.UnwritablePathError as e:
         raise SystemExit(f"error: {e}")
 
-    env, metric, obs_key = make_env(args.env, args.seed, args.obs, args.goal_radius)
+    env, metric, obs_key = make_env(args.env, args.seed, args.obs, args.goal_radius, args.sparse_reward)
     action_low, action_high = env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
     env.action_space.seed(args.seed)
     obs, _ = env.reset(seed=args.seed)

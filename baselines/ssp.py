@@ -49,6 +49,8 @@ class Args:
     goal_radius: Optional[float] = None
     """maze only: reward at every step within this distance of the goal; None: 1.0, the authors' value at the
     paper's time (2.0 is their later value; spirl_sac.py has the same flag)"""
+    sparse_reward: bool = False
+    """block_stacking only: the authors' sparse reward (the tower's height only; spirl_sac.py has the same flag)"""
     seed: int = 1
     """seed of python, numpy, torch and the env"""
     total_timesteps: int = 300_000
@@ -374,6 +376,8 @@ if __name__ == "__main__":
         raise SystemExit(f"unknown env {args.env!r}: choose one of {', '.join(envs.ENV_NAMES)}")
     if args.goal_radius is not None and (args.env != "maze" or args.goal_radius <= 0):
         raise SystemExit(f"--goal-radius {args.goal_radius}: only the maze has a goal radius, and it must be > 0")
+    if args.sparse_reward and args.env != "block_stacking":
+        raise SystemExit(f"--sparse-reward: only block_stacking has a sparse reward variant, not {args.env!r}")
     exp_name = args.exp_name + ("_prior_init" if args.prior_init else "")
     resume_ckpt = load_resume_checkpoint(args.resume, args) if args.resume else None
     run_dir = args.run_dir or (os.path.dirname(args.resume) if args.resume else
@@ -399,6 +403,8 @@ if __name__ == "__main__":
     critic_layers = args.critic_layers or DEFAULT_CRITIC_LAYERS[args.env]
 
     options = {} if args.goal_radius is None else {"goal_radius": args.goal_radius}
+    if args.sparse_reward:
+        options["reward"] = "sparse"
     env, metric = envs.make_env(args.env, seed=args.seed, **options), envs.env_module(args.env).METRIC
     obs, _ = env.reset(seed=args.seed)
     if obs["state"].shape[0] != ckpt["state_dim"] or env.action_space.shape[0] != ckpt["action_dim"]:

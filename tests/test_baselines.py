@@ -381,6 +381,20 @@ def test_goal_radius_flag_reaches_the_maze_and_only_the_maze(script):
         make_env("kitchen", 0, "auto", 2.0)
 
 
+@pytest.mark.parametrize("script", ["sac", "bc_sac", "flat_prior"])
+def test_sparse_reward_flag_reaches_block_stacking_and_only_block_stacking(script):
+    make_env = load_script(script).make_env
+    assert make_env("block_stacking", 0, "state", sparse_reward=True)[0].reward == "sparse"
+    assert make_env("block_stacking", 0, "state")[0].reward == "dense"
+    with pytest.raises(SystemExit, match="only block_stacking has a sparse reward"):
+        make_env("maze", 0, "auto", sparse_reward=True)
+
+
+def test_ssp_sparse_reward_outside_block_stacking_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit, match="only block_stacking has a sparse reward"):
+        run_script("ssp", ["--env", "kitchen", "--sparse-reward"], monkeypatch, tmp_path, capsys)
+
+
 def test_ssp_goal_radius_outside_the_maze_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match="only the maze has a goal radius"):
         run_script("ssp", ["--env", "kitchen", "--goal-radius", "2.0"], monkeypatch, tmp_path, capsys)
