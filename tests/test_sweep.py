@@ -353,3 +353,18 @@ def test_lever_trials_draws_each_run_in_one_colour_in_every_panel(tmp_path, monk
     colours = {line.get_label(): line.get_color() for line in x_panel.get_lines()}
     assert [line.get_label() for line in y_panel.get_lines()] == ["B"]
     assert y_panel.get_lines()[0].get_color() == colours["B"] != colours["A"]
+
+
+def test_reference_numbers_follow_the_block_stacking_reward_of_the_run():
+    """results.md's paper / authors column: a block-stacking run with --sparse-reward is set against the authors' sparse
+    plot (≈1.9 open loop, ≈3.4 closed loop); a closed-loop run on the paper's dense reward has no number of its own."""
+    def result(algo, settings, tag=None):
+        return {"algo": algo, "tag": tag, "settings": settings}
+
+    base = "--env block_stacking --seed 1 --delta 5"
+    assert sweep.reference("block_stacking", result("spirl", base)) == "≈3.5 (paper)"
+    assert "1.9" in sweep.reference("block_stacking", result("spirl", base + " --sparse-reward"))
+    assert "3.4" in sweep.reference("block_stacking", result("spirl_cl", base + " --sparse-reward"))
+    assert sweep.reference("block_stacking", result("spirl_cl", base)).startswith("none on this reward")
+    assert sweep.reference("block_stacking", result("spirl", base, "random50")) == "2.0 (paper, Table 1)"
+    assert sweep.reference("maze", result("ssp_prior_init", "--env maze")) == "-"
