@@ -161,10 +161,11 @@ class Args:
     paper's Fig. 4 numbers). Both counts are logged either way"""
     goal_radius: Optional[float] = None
     """maze only: reward at every step within this distance of the goal; None: 1.0, the authors' value at the
-    paper's time (2.0 is their later value)"""
+    paper's time (2.0 is their later value); with --evaluate, None is the evaluated run's radius"""
     sparse_reward: bool = False
     """block_stacking only: the authors' sparse reward (their SparseHighStack env, used by their closed-loop config):
-    the tower's height only, 0.08 per block per step, no lift / delivery flags; default: the paper's dense reward"""
+    the tower's height only, 0.08 per block per step, no lift / delivery flags; default: the paper's dense reward
+    (--evaluate of a run trained with it uses it too)"""
     track: bool = False
     """log to Weights & Biases too (pip install wandb; WANDB_MODE=offline works without a network)"""
     wandb_project_name: str = "spirl"
@@ -691,6 +692,10 @@ def resolve_args(args):
     elif args.evaluate is not None:
         saved = load_sac_checkpoint(args.evaluate, "--evaluate")
         args.env = saved["env"]
+        # the saved run's task too: its goal radius unless one is given (success depends on it), its reward variant
+        if args.goal_radius is None:
+            args.goal_radius = saved["args"].get("goal_radius")
+        args.sparse_reward = args.sparse_reward or saved["args"].get("sparse_reward", False)
     if args.env not in envs.ENV_NAMES:
         raise SetupError(f"unknown env {args.env!r}: choose one of {', '.join(envs.ENV_NAMES)}")
     args.skill_model = args.skill_model or default_skill_model_path(args.env)
@@ -844,6 +849,8 @@ def main(args):
         out = eval_prefix + ".npz"  # every episode's low-dim states, for pictures
         np.savez(out, **{f"episode_{k}": t for k, t in enumerate(trajectories)})
         episodes_text = f"{args.eval_episodes} episode{'s' if args.eval_episodes != 1 else ''}"
+        episodes_text += f" at goal radius {args.goal_radius:g}" if args.goal_radius is not None else ""
+        episodes_text += " on the sparse reward" if args.sparse_reward else ""
         print(f"evaluate {args.evaluate} (trained {eval_ckpt['global_step']} env steps): {episodes_text}, "
               f"mean return {mean_return:.2f}, mean {metric} {mean_metric:.2f}; per episode: "
               + ", ".join(f"{k}: {m:g}" for k, m in enumerate(metrics)))

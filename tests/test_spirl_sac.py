@@ -603,6 +603,19 @@ def test_final_line_reports_the_training_episodes_of_the_last_tenth(tmp_path, mo
     assert out["training_success"] == pytest.approx((0.76 + 0.80) / 2)
 
 
+def test_evaluate_uses_the_saved_runs_goal_radius_and_reward_unless_given(monkeypatch):
+    """--evaluate plays the saved run's task: its goal radius (success depends on it) unless --goal-radius is
+    given, and its sparse reward; a checkpoint from before these options evaluates at the defaults."""
+    saved_args = {"maze": {"goal_radius": 2.0}, "block_stacking": {"sparse_reward": True}, "kitchen": {}}
+    monkeypatch.setattr(spirl_sac, "load_sac_checkpoint", lambda path, flag: {"env": path, "args": saved_args[path]})
+    resolved = lambda **flags: spirl_sac.resolve_args(spirl_sac.Args(**flags))[0]
+    assert resolved(evaluate="maze").goal_radius == 2.0
+    assert resolved(evaluate="maze", goal_radius=1.0).goal_radius == 1.0
+    assert resolved(evaluate="block_stacking").sparse_reward
+    old = resolved(evaluate="kitchen")
+    assert old.goal_radius is None and not old.sparse_reward
+
+
 def test_evaluation_samples_skills_reproducibly_by_default(tmp_path, monkeypatch):
     """Evaluation samples z ~ pi(z|s) (as the authors' agent does), from its own stream: the same skills for the
     same checkpoint and seed, and not the mean skill; --eval-deterministic gives the mean skill."""
