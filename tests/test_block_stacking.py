@@ -300,6 +300,14 @@ def import_block_stacking_benchmark():
     return module
 
 
+def tiny_skill_checkpoint(model, image_shape=None, prior_input="state", **extra):
+    """A spirl_vae.py-style checkpoint dict around a tiny block-stacking SkillModel (36-dim states, 3 actions,
+    4 latent dims, H = 10), for the benchmark's diagnostics."""
+    return {"env": "block_stacking", "state_dim": 36, "action_dim": 3, "latent_dim": 4, "hidden_dim": 16,
+            "prior_layers": 2, "image_shape": image_shape, "prior_input": prior_input, "state_conditioned_decoder": False,
+            "skill_horizon": 10, "model": model.state_dict(), **extra}
+
+
 def test_policy_diagnosis_finds_the_carry_and_the_free_blocks_of_a_scripted_stack():
     """benchmarks/block_stacking.py --policy-rollouts: on one scripted stack, carries() reports one carry of the
     source block from its x to the target's, free_blocks_in_view() counts a block as free only while it stands
@@ -400,10 +408,7 @@ def test_data_skills_replay_the_script_raw_and_through_a_skill_model():
     benchmark = import_block_stacking_benchmark()
     torch.manual_seed(0)
     model = spirl_vae.SkillModel(state_dim=36, action_dim=3, latent_dim=4, hidden_dim=16, prior_layers=2)
-    ckpt = {"state_dim": 36, "action_dim": 3, "latent_dim": 4, "hidden_dim": 16, "prior_layers": 2,
-            "image_shape": None, "prior_input": "state", "state_conditioned_decoder": False, "skill_horizon": 10,
-            "action_low": np.array([-1, -1, 0], np.float32), "action_high": np.ones(3, np.float32),
-            "model": model.state_dict()}
+    ckpt = tiny_skill_checkpoint(model, action_low=np.array([-1, -1, 0], np.float32), action_high=np.ones(3, np.float32))
     out = benchmark.data_skills(ckpt, episodes=1, seed=0)
     assert out["raw"]["final"] == [3] and out["raw"]["error"] is None
     assert len(out["autoencoded"]["final"]) == 1 and out["autoencoded"]["error"].shape == (3,)
@@ -451,9 +456,7 @@ def test_policy_and_prior_spread_is_zero_for_the_prior_and_the_analytic_kl_other
     torch.manual_seed(0)
     model = spirl_vae.SkillModel(state_dim=36, action_dim=3, latent_dim=4, hidden_dim=16, prior_layers=2,
                                  image_shape=(6, 32, 32))
-    skill_ckpt = {"env": "block_stacking", "state_dim": 36, "action_dim": 3, "latent_dim": 4, "hidden_dim": 16,
-                  "prior_layers": 2, "image_shape": (6, 32, 32), "prior_input": "image", "state_conditioned_decoder": False,
-                  "skill_horizon": 10, "model": model.state_dict()}
+    skill_ckpt = tiny_skill_checkpoint(model, image_shape=(6, 32, 32), prior_input="image")
     env = bs.make_env(seed=0)
     rng = np.random.default_rng(0)
     states = [env.reset(seed=0)[0]["state"]] + [env.step(rng.uniform(env.action_space.low, env.action_space.high))[0]["state"]
@@ -491,10 +494,9 @@ def test_prior_mean_skill_rollouts_execute_the_mean_and_sampled_ones_a_sample(mo
     torch.manual_seed(0)
     model = spirl_vae.SkillModel(state_dim=36, action_dim=3, latent_dim=4, hidden_dim=16, prior_layers=2)
     data = bs.make_env(seed=0, image_obs=False)
-    ckpt = {"env": "block_stacking", "state_dim": 36, "action_dim": 3, "latent_dim": 4, "hidden_dim": 16,
-            "prior_layers": 2, "image_shape": (6, 32, 32), "prior_input": "state", "state_conditioned_decoder": False,
-            "skill_horizon": 10, "model": model.state_dict(), "state_mean": np.zeros(36, np.float32),
-            "state_std": np.ones(36, np.float32), "action_low": data.action_space.low, "action_high": data.action_space.high}
+    ckpt = tiny_skill_checkpoint(model, image_shape=(6, 32, 32), state_mean=np.zeros(36, np.float32),
+                                 state_std=np.ones(36, np.float32), action_low=data.action_space.low,
+                                 action_high=data.action_space.high)
     executed, sampled = [], []
     execute_skill, squashed_sample = spirl_sac.execute_skill, spirl_sac.squashed_sample
 
