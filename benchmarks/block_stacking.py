@@ -499,7 +499,7 @@ if __name__ == "__main__":
                   f"view {r['free_in_view_after_best']:.2f} of the steps, gripper x span {r['gripper_x_span_after_best']:.2f} m; "
                   f"tallest tower at x = {r['tower_x']:.2f} m; {r['carries_after_best']} carries (>= 5 steps) after it, "
                   f"moved by {r['carried_dx_after_best']} m and let go at {r['let_go_from_tower_after_best']} m from "
-                  f"the tower's x; return {r['return_lift'] + r['return_delivery'] + r['return_height']:.0f} = lift flags "
+                  f"the tower's x; dense-reward return {r['return_lift'] + r['return_delivery'] + r['return_height']:.0f} = lift flags "
                   f"{r['return_lift']:.0f} + delivery flags {r['return_delivery']:.0f} + height {r['return_height']:.0f}, "
                   f"{r['blocks_lifted_end']} blocks lifted and {r['blocks_delivered_end']} delivered by the end, "
                   f"{r['stacked_never_lifted_end']} resting on another block without ever being lifted")
@@ -508,7 +508,7 @@ if __name__ == "__main__":
                                                                  "blocks_lifted_end", "blocks_delivered_end",
                                                                  "stacked_never_lifted_end")}
         print(f"policy {args.policy_rollouts}, {len(rows)} episodes: blocks_stacked at the end {final.mean():.2f}; "
-              f"mean return from lift flags {part['return_lift']:.0f}, delivery flags {part['return_delivery']:.0f}, "
+              f"mean dense-reward return (the paper's, whatever the run trained on) from lift flags {part['return_lift']:.0f}, delivery flags {part['return_delivery']:.0f}, "
               f"height {part['return_height']:.0f}; blocks lifted {part['blocks_lifted_end']:.1f}, delivered "
               f"{part['blocks_delivered_end']:.1f} by the end; blocks resting on another without ever being lifted "
               f"{part['stacked_never_lifted_end']:.1f}; {time.perf_counter() - start:.0f} s")
