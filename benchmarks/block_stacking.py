@@ -508,7 +508,7 @@ if __name__ == "__main__":
                                                                  "blocks_lifted_end", "blocks_delivered_end",
                                                                  "stacked_never_lifted_end")}
         print(f"policy {args.policy_rollouts}, {len(rows)} episodes: blocks_stacked at the end {final.mean():.2f}; "
-              f"mean dense-reward return (the paper's, whatever the run trained on) from lift flags {part['return_lift']:.0f}, delivery flags {part['return_delivery']:.0f}, "
+              f"mean dense-reward return from lift flags {part['return_lift']:.0f}, delivery flags {part['return_delivery']:.0f}, "
               f"height {part['return_height']:.0f}; blocks lifted {part['blocks_lifted_end']:.1f}, delivered "
               f"{part['blocks_delivered_end']:.1f} by the end; blocks resting on another without ever being lifted "
               f"{part['stacked_never_lifted_end']:.1f}; {time.perf_counter() - start:.0f} s")
