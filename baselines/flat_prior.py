@@ -99,6 +99,10 @@ class Args:
     """hidden layers of the prior and policy MLPs (authors' flat-SAC config: 5 x 256)"""
     critic_layers: int = 2
     """hidden layers of each critic MLP (authors' flat-SAC config: 2 x 256)"""
+    critic_layer_norm: bool = False
+    """LayerNorm after every hidden Linear of the critics, as spirl_sac.py's --critic-layer-norm (not the paper's nor
+    the authors'): the lever that keeps spirl_sac.py's block-stacking critics from diverging; pass it here too when
+    comparing with SPiRL runs that use it"""
     torch_threads: int = 1
     """CPU threads for torch (small networks: 1 is fastest on a shared machine)"""
     log_interval: int = 1000
@@ -153,10 +157,10 @@ def make_env(name: str, seed: int, obs_mode: str = "auto", goal_radius: Optional
     return env, None, "state"
 
 
-def mlp(in_dim, out_dim, hidden_dim, hidden_layers):
+def mlp(in_dim, out_dim, hidden_dim, hidden_layers, layer_norm=False):
     layers = []
-    for _ in range(hidden_layers):
-        layers += [nn.Linear(in_dim, hidden_dim), nn.ReLU()]
+    for _ in range(hidden_layers):  # layer_norm: a LayerNorm between each hidden Linear and its activation
+        layers += [nn.Linear(in_dim, hidden_dim), *([nn.LayerNorm(hidden_dim)] if layer_norm else []), nn.ReLU()]
         in_dim = hidden_dim
     return nn.Sequential(*layers, nn.Linear(in_dim, out_dim))
 
@@ -164,9 +168,9 @@ def mlp(in_dim, out_dim, hidden_dim, hidden_layers):
 class SoftQNetwork(nn.Module):
     """Q(s, a): MLP on the concatenated state and (squashed) action."""
 
-    def __init__(self, state_dim, action_dim, hidden_dim, hidden_layers):
+    def __init__(self, state_dim, action_dim, hidden_dim, hidden_layers, layer_norm=False):
         super().__init__()
-        self.net = mlp(state_dim + action_dim, 1, hidden_dim, hidden_layers)
+        self.net = mlp(state_dim + action_dim, 1, hidden_dim, hidden_layers, layer_norm)
 
     def forward(self, state, action):
         return self.net(torch.cat([state, action], dim=-1))
@@ -424,8 +428,8 @@ if __name__ == "__main__":
     if obs_key == "state":  # standardise the state input with the data's statistics; constant dims must not blow up
         state_mean, state_std = data_obs.mean(0), np.maximum(data_obs.std(0), 0.1)  # floor: dims the data never moves
     prior = Actor(obs_shape, action_low, action_high, args.hidden_dim, args.policy_layers, state_mean, state_std)
-    qf1, qf2 = (SoftQNetwork(state_dim, action_dim, args.hidden_dim, args.critic_layers) for _ in range(2))
-    qf1_target, qf2_target = (SoftQNetwork(state_dim, action_dim, args.hidden_dim, args.critic_layers) for _ in range(2))
+    qf1, qf2, qf1_target, qf2_target = (SoftQNetwork(
+        state_dim, action_dim, args.hidden_dim, args.critic_layers, args.critic_layer_norm) for _ in range(4))
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)

@@ -82,6 +82,10 @@ class Args:
     """units of every hidden layer of the critics"""
     critic_layers: Optional[int] = None
     """linear layers of each critic MLP; None: as spirl_sac.py (maze 2, kitchen and block_stacking 5)"""
+    critic_layer_norm: bool = False
+    """LayerNorm after every hidden Linear of the critics, as spirl_sac.py's --critic-layer-norm (not the paper's nor
+    the authors'): the lever that keeps spirl_sac.py's block-stacking critics from diverging; pass it here too when
+    comparing with SPiRL runs that use it"""
     torch_threads: int = 1
     """CPU threads for torch (small networks: 1 is fastest on a shared machine)"""
     log_interval: int = 1000
@@ -252,11 +256,12 @@ def load_skill_model(path, env_name):
 class SoftQNetwork(nn.Module):
     """Q(s, z): MLP (leaky-ReLU, like spirl_sac.py's critics) on the normalised state and the squashed skill."""
 
-    def __init__(self, state_dim, latent_dim, hidden_dim, num_layers):
+    def __init__(self, state_dim, latent_dim, hidden_dim, num_layers, layer_norm=False):
         super().__init__()
         layers, in_dim = [], state_dim + latent_dim
-        for _ in range(num_layers - 1):
-            layers += [nn.Linear(in_dim, hidden_dim), nn.LeakyReLU(0.2)]
+        for _ in range(num_layers - 1):  # layer_norm: a LayerNorm between each hidden Linear and its activation
+            norm = [nn.LayerNorm(hidden_dim)] if layer_norm else []
+            layers += [nn.Linear(in_dim, hidden_dim), *norm, nn.LeakyReLU(0.2)]
             in_dim = hidden_dim
         self.net = nn.Sequential(*layers, nn.Linear(in_dim, 1))
 
@@ -427,8 +432,8 @@ if __name__ == "__main__":
         latent_dim, ckpt["hidden_dim"], ckpt["prior_layers"], state_dim=ckpt["state_dim"],
         image_shape=tuple(ckpt["image_shape"]) if use_image else None)
     policy.eval().requires_grad_(True)
-    qf1, qf2, qf1_target, qf2_target = (
-        SoftQNetwork(ckpt["state_dim"], latent_dim, args.critic_hidden_dim, critic_layers) for _ in range(4))
+    qf1, qf2, qf1_target, qf2_target = (SoftQNetwork(
+        ckpt["state_dim"], latent_dim, args.critic_hidden_dim, critic_layers, args.critic_layer_norm) for _ in range(4))
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)

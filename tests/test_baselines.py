@@ -350,6 +350,48 @@ def test_interrupted_run_resumes_exactly(script, tmp_path, monkeypatch, capsys):
     assert steps == [episode, 2 * episode]
 
 
+@pytest.mark.parametrize("script", ["sac", "bc_sac", "flat_prior", "ssp"])
+def test_critic_layer_norm_flag_normalises_each_hidden_layer_and_travels_with_the_checkpoint(script, tmp_path,
+                                                                                              monkeypatch, capsys):
+    """--critic-layer-norm, as spirl_sac.py's: a LayerNorm between each hidden Linear of the critics and its
+    activation, so the features the head sees stay bounded however far the input lies from the data (the plain
+    critic's grow with it). Without the flag the critics are as before (same state_dict keys: old checkpoints
+    resume). A short run stores the flag and the LayerNorm weights, and resumes with them."""
+    module = {"sac": sac, "bc_sac": bc_sac, "flat_prior": flat_prior, "ssp": ssp}[script]
+    torch.manual_seed(0)
+    layers = 3 if script == "ssp" else 2  # ssp counts linear layers (as spirl_sac.py), the flat scripts hidden ones
+    plain, normed = module.SoftQNetwork(8, 2, 32, layers), module.SoftQNetwork(8, 2, 32, layers, layer_norm=True)
+    activation = "LeakyReLU" if script == "ssp" else "ReLU"
+    assert [type(m).__name__ for m in normed.net] == ["Linear", "LayerNorm", activation] * 2 + ["Linear"]
+    assert [type(m).__name__ for m in plain.net] == ["Linear", activation] * 2 + ["Linear"]
+    far = 1000 * torch.randn(16, 8), 1000 * torch.randn(16, 2)
+    with torch.no_grad():
+        assert normed.net[:-1](torch.cat(far, -1)).abs().max() < 32 ** 0.5  # LayerNorm: |x| <= sqrt(width) per unit
+        assert plain.net[:-1](torch.cat(far, -1)).abs().max() > 100
+    if script == "ssp":
+        env_or_skip("kitchen")
+        env = envs.make_env("kitchen", seed=0)
+        write_skill_model(tmp_path / "m.pt", "kitchen", env.observation_space["state"].shape[0], env.action_space.shape[0])
+        env.close()
+        argv = ["--env", "kitchen", "--skill-model", str(tmp_path / "m.pt"), "--critic-hidden-dim", "32",
+                "--batch-size", "16", "--learning-starts", "100", "--log-interval", "280", "--checkpoint-interval", "280"]
+        steps = 280
+    else:
+        argv = ["--env", "Pendulum-v1", "--policy-layers", "1", *SMALL, "--checkpoint-interval", "200"]
+        if script != "sac":
+            pendulum_dataset(tmp_path / "data.npz")
+            argv += ["--dataset", str(tmp_path / "data.npz"), "--bc-steps" if script == "bc_sac" else "--prior-steps", "20"]
+        steps = 200
+    argv += ["--critic-layer-norm", "--run-dir", "r"]
+    run_script(script, [*argv, "--total-timesteps", str(steps)], monkeypatch, tmp_path, capsys)
+    ckpt = torch.load(tmp_path / "r" / "agent.pt", weights_only=False)
+    assert ckpt["args"]["critic_layer_norm"] and "net.1.weight" in ckpt["qf1"]  # the first LayerNorm's gain
+    out = run_script(script, [*argv, "--total-timesteps", str(2 * steps), "--resume", "r/agent.pt"],
+                     monkeypatch, tmp_path, capsys)
+    assert f"resumed r/agent.pt at env step {steps}" in out
+    assert torch.load(tmp_path / "r" / "agent.pt", weights_only=False)["global_step"] == 2 * steps
+
+
 def test_resume_with_other_flags_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     argv = ["--env", "Pendulum-v1", "--policy-layers", "1", *SMALL, "--total-timesteps", "200", "--run-dir", "r"]
     run_script("sac", argv, monkeypatch, tmp_path, capsys)
