@@ -308,23 +308,30 @@ def pendulum_dataset(path):
              actions=rng.uniform(-2, 2, size=(300, 1)).astype(np.float32))
 
 
-@pytest.mark.parametrize("script", ["sac", "bc_sac", "flat_prior", "ssp"])
-def test_interrupted_run_resumes_exactly(script, tmp_path, monkeypatch, capsys):
-    """A run stopped at a checkpoint and continued with --resume ends with the same weights, optimizer
-    state, alpha and replay buffer as the same run made in one go; its tensorboard log has no duplicates."""
-    episode = 280 if script == "ssp" else 200  # kitchen / Pendulum-v1 episode lengths: checkpoints at an episode end
+def small_run_argv(script, tmp_path):
+    """A small run of a baseline: Pendulum-v1 for the flat scripts (with a tiny offline dataset where the script needs
+    one; episodes of 200 steps), the kitchen for ssp, which needs a skill model of one of our envs (an untrained one of
+    H = 5; episodes of 280 steps). ssp's warm-up length is left to the caller."""
     if script == "ssp":
         env_or_skip("kitchen")
         env = envs.make_env("kitchen", seed=0)
         write_skill_model(tmp_path / "m.pt", "kitchen", env.observation_space["state"].shape[0], env.action_space.shape[0])
         env.close()
-        argv = ["--env", "kitchen", "--skill-model", str(tmp_path / "m.pt"), "--critic-hidden-dim", "32", "--critic-layers", "2",
-                "--batch-size", "16", "--learning-starts", "100"]
-    else:
-        argv = ["--env", "Pendulum-v1", "--policy-layers", "1", *SMALL]
-        if script != "sac":
-            pendulum_dataset(tmp_path / "data.npz")
-            argv += ["--dataset", str(tmp_path / "data.npz"), "--bc-steps" if script == "bc_sac" else "--prior-steps", "20"]
+        return ["--env", "kitchen", "--skill-model", str(tmp_path / "m.pt"), "--critic-hidden-dim", "32",
+                "--critic-layers", "2", "--batch-size", "16"]
+    argv = ["--env", "Pendulum-v1", "--policy-layers", "1", *SMALL]
+    if script != "sac":
+        pendulum_dataset(tmp_path / "data.npz")
+        argv += ["--dataset", str(tmp_path / "data.npz"), "--bc-steps" if script == "bc_sac" else "--prior-steps", "20"]
+    return argv
+
+
+@pytest.mark.parametrize("script", ["sac", "bc_sac", "flat_prior", "ssp"])
+def test_interrupted_run_resumes_exactly(script, tmp_path, monkeypatch, capsys):
+    """A run stopped at a checkpoint and continued with --resume ends with the same weights, optimizer
+    state, alpha and replay buffer as the same run made in one go; its tensorboard log has no duplicates."""
+    episode = 280 if script == "ssp" else 200  # kitchen / Pendulum-v1 episode lengths: checkpoints at an episode end
+    argv = small_run_argv(script, tmp_path) + (["--learning-starts", "100"] if script == "ssp" else [])
     argv += ["--log-interval", str(episode), "--checkpoint-interval", str(episode)]
     run_script(script, [*argv, "--total-timesteps", str(episode), "--run-dir", "interrupted"], monkeypatch, tmp_path, capsys)
     out = run_script(script, [*argv, "--total-timesteps", str(2 * episode), "--resume", "interrupted/agent.pt"],
@@ -368,21 +375,9 @@ def test_critic_layer_norm_flag_normalises_each_hidden_layer_and_travels_with_th
     with torch.no_grad():
         assert normed.net[:-1](torch.cat(far, -1)).abs().max() < 32 ** 0.5  # LayerNorm: |x| <= sqrt(width) per unit
         assert plain.net[:-1](torch.cat(far, -1)).abs().max() > 100
-    if script == "ssp":
-        env_or_skip("kitchen")
-        env = envs.make_env("kitchen", seed=0)
-        write_skill_model(tmp_path / "m.pt", "kitchen", env.observation_space["state"].shape[0], env.action_space.shape[0])
-        env.close()
-        argv = ["--env", "kitchen", "--skill-model", str(tmp_path / "m.pt"), "--critic-hidden-dim", "32",
-                "--batch-size", "16", "--learning-starts", "100", "--log-interval", "280", "--checkpoint-interval", "280"]
-        steps = 280
-    else:
-        argv = ["--env", "Pendulum-v1", "--policy-layers", "1", *SMALL, "--checkpoint-interval", "200"]
-        if script != "sac":
-            pendulum_dataset(tmp_path / "data.npz")
-            argv += ["--dataset", str(tmp_path / "data.npz"), "--bc-steps" if script == "bc_sac" else "--prior-steps", "20"]
-        steps = 200
-    argv += ["--critic-layer-norm", "--run-dir", "r"]
+    steps = 280 if script == "ssp" else 200  # one episode: a checkpoint at its end
+    argv = small_run_argv(script, tmp_path) + (["--learning-starts", "100"] if script == "ssp" else [])
+    argv += ["--log-interval", str(steps), "--checkpoint-interval", str(steps), "--critic-layer-norm", "--run-dir", "r"]
     run_script(script, [*argv, "--total-timesteps", str(steps)], monkeypatch, tmp_path, capsys)
     ckpt = torch.load(tmp_path / "r" / "agent.pt", weights_only=False)
     assert ckpt["args"]["critic_layer_norm"] and "net.1.weight" in ckpt["qf1"]  # the first LayerNorm's gain
@@ -448,18 +443,8 @@ def test_time_limit_is_terminal_only_when_told(script, bootstrap, tmp_path, monk
     """Pendulum-v1 (kitchen for ssp) never terminates here and truncates every 200 (280) steps: by default no
     transition is stored as terminal (the target bootstraps through the time limit); --no-bootstrap-at-time-limit
     marks exactly the last transition of each episode, as the authors' code does."""
-    if script == "ssp":
-        env_or_skip("kitchen")
-        env = envs.make_env("kitchen", seed=0)
-        write_skill_model(tmp_path / "m.pt", "kitchen", env.observation_space["state"].shape[0], env.action_space.shape[0])
-        env.close()
-        argv = ["--env", "kitchen", "--skill-model", str(tmp_path / "m.pt"), "--critic-hidden-dim", "32",
-                "--critic-layers", "2", "--batch-size", "16", "--learning-starts", "10", "--total-timesteps", "600"]
-    else:
-        argv = ["--env", "Pendulum-v1", "--policy-layers", "1", *SMALL, "--total-timesteps", "450"]
-        if script != "sac":
-            pendulum_dataset(tmp_path / "data.npz")
-            argv += ["--dataset", str(tmp_path / "data.npz"), "--bc-steps" if script == "bc_sac" else "--prior-steps", "20"]
+    argv = small_run_argv(script, tmp_path)
+    argv += ["--learning-starts", "10", "--total-timesteps", "600"] if script == "ssp" else ["--total-timesteps", "450"]
     run_script(script, argv + ([] if bootstrap else ["--no-bootstrap-at-time-limit"]), monkeypatch, tmp_path, capsys)
     with np.load(next((tmp_path / "runs").iterdir()) / "agent.pt.replay.npz") as saved:
         terminated = saved["terminated"][:int(saved["size"]), 0]
