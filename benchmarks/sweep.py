@@ -22,6 +22,7 @@ import fnmatch
 import glob
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -38,6 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo: 
 PRESETS = ("fig4-maze", "fig4-kitchen", "fig4-blocks", "fig5", "fig6", "fig6-maze", "table1")
 METRIC = {"maze": "success", "kitchen": "subtasks_completed", "block_stacking": "blocks_stacked"}  # envs/<env>.py METRIC
 ANY_ORDER_TAG = "charts/subtasks_completed_any_order"  # kitchen runs may log the any-order count too
+METRIC_RANGE = {"success": (0, 1), "subtasks_completed": (0, 4), "blocks_stacked": (0, 10)}  # std bands stay inside
 # The numbers to compare with: the paper's text (sections 4.2-4.4, Table 1), the kitchen figures of the reproduction issue
 # and the authors' later plots (closed-loop skills, strict order; shared/notes/). Keyed by (env, algo) as the presets name runs,
 # or by (env, algo, tag) for one variant (Table 1; "sparse": block-stacking runs with --sparse-reward).
@@ -617,7 +619,9 @@ def plot_sweep(results, path, title):
             budget = max(r["env_steps"] for r in runs)  # flat SAC's budget is smaller: say so
             line, = ax.plot(grid, mean, label=f"{label}" + (f" ({env})" if len({e for e, _ in groups}) > 1 else "")
                             + f", {seeds}, {budget / 1000:.0f}k env steps")  # a skill may overrun the budget by < H steps
-            ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            low, high = METRIC_RANGE.get(runs[0]["metric"], (-np.inf, np.inf))  # a rate of 1.0 +- 0.3 is not 1.3
+            ax.fill_between(grid, np.clip(mean - std, low, high), np.clip(mean + std, low, high), color=line.get_color(),
+                            alpha=0.2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k"))
         ax.set_xlabel("env steps (warm-up included)")
         ax.set_ylabel(results[0]["metric"])
@@ -668,7 +672,7 @@ def aggregate(sweep_dirs, results_json, results_md, figures_dir, points=200, not
     for name in sorted({r["sweep"] for r in results}):
         for note in (os.path.join(notes_dir, f"{name}.md"), os.path.join(sweep_dir_of.get(name, ""), "NOTE.md")):
             if os.path.isfile(note):
-                notes[name] = open(note).read().strip()
+                notes[name] = rebase_links(open(note).read().strip(), os.path.dirname(note), os.path.dirname(results_md))
                 break
         path = os.path.join(figures_dir, f"{name}.png")  # drawn from the results' curves, whoever ran them
         plot_sweep([r for r in results if r["sweep"] == name], path, name)
@@ -680,6 +684,17 @@ def aggregate(sweep_dirs, results_json, results_md, figures_dir, points=200, not
     print(f"{len(found)} finished runs read, {len(kept)} earlier entries kept -> {results_json}, {results_md}"
           + (f", {', '.join(figures)}" if figures else ""))
     return results
+
+
+def rebase_links(markdown, from_dir, to_dir):
+    """A note's relative Markdown links ([text](path), written from the note's folder, where a reader opens it) made
+    relative to the folder of the file that quotes it; web links, absolute paths and anchors stay as they are."""
+    def rebase(match):
+        target = match.group(1)
+        if re.match(r"[a-z][a-z0-9+.-]*:|[#/]", target):
+            return match.group(0)
+        return f"]({os.path.relpath(os.path.join(from_dir, target), to_dir or '.')})"
+    return re.sub(r"\]\(([^)\s]+)\)", rebase, markdown)
 
 
 def reference(env, result):

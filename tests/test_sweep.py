@@ -273,6 +273,27 @@ def test_frame_strip_takes_evenly_spaced_frames_first_to_last(tmp_path, monkeypa
         runpy.run_path(os.path.join(ROOT, "benchmarks", "frame_strip.py"), run_name="__main__")
 
 
+def test_std_bands_stay_inside_the_metrics_range(tmp_path, monkeypatch):
+    """Three seeds at success 1, 1, 0 have mean 0.67 +- 0.47: the band is drawn from 0.2 to 1.0, not to 1.14; counts
+    stop at 0 (blocks stacked 0, 0, 1: from 0, not -0.14); a metric of unknown range keeps mean +- std."""
+    import matplotlib.axes
+
+    bands, fill_between = [], matplotlib.axes.Axes.fill_between
+
+    def record(self, x, low, high, **kwargs):
+        bands.append((np.asarray(low).min(), np.asarray(high).max()))
+        return fill_between(self, x, low, high, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", record)
+    for metric, values, expected in (("success", (1.0, 1.0, 0.0), (2 / 3 - 0.471, 1.0)),
+                                     ("blocks_stacked", (0.0, 0.0, 1.0), (0.0, 1 / 3 + 0.471)),
+                                     ("return", (1.0, 1.0, 0.0), (2 / 3 - 0.471, 2 / 3 + 0.471))):
+        runs = [{"env": "maze", "algo": "spirl", "tag": None, "seed": seed, "env_steps": 100, "metric": metric,
+                 "strict_order": None, "curve": [[0, value], [100, value]]} for seed, value in enumerate(values)]
+        sweep.plot_sweep(runs, str(tmp_path / f"{metric}.png"), metric)
+        np.testing.assert_allclose(bands.pop(), expected, atol=1e-3)
+
+
 def test_aggregate_keeps_earlier_results_whose_runs_are_gone(tmp_path):
     """runs/ is not tracked: a new checkout aggregating its own runs must keep the entries of the runs it lacks
     (their figure redrawn from the stored curves, their note from the tracked notes directory), replace the entry of
@@ -295,7 +316,8 @@ def test_aggregate_keeps_earlier_results_whose_runs_are_gone(tmp_path):
     results_json = tmp_path / "r.json"
     results_json.write_text(json.dumps([gone, stale]))
     (tmp_path / "notes").mkdir()
-    (tmp_path / "notes" / "old-sweep.md").write_text("Ran on another machine.\n")
+    (tmp_path / "notes" / "old-sweep.md").write_text(  # links written from the notes' folder, as a reader opens them there
+        "Ran on another machine ([curves](../curves.png), [paper](https://arxiv.org/abs/2010.11944), [table](#fig5)).\n")
     paths = [str(results_json), str(tmp_path / "r.md"), str(tmp_path / "fig")]
 
     results = sweep.aggregate([str(tmp_path / "fig5")], *paths, notes_dir=str(tmp_path / "notes"))
@@ -303,7 +325,9 @@ def test_aggregate_keeps_earlier_results_whose_runs_are_gone(tmp_path):
     assert results[0]["final"] == round(maze.fraction_free_cells_visited(states[:, :2]), 4)
     assert json.loads(results_json.read_text()) == results
     assert (tmp_path / "fig" / "old-sweep.png").read_bytes()[:4] == b"\x89PNG"
-    assert "## old-sweep\n\nRan on another machine.\n" in (tmp_path / "r.md").read_text()
+    # quoted in r.md, the note's relative link is rebased onto r.md's folder; web links and anchors are left alone
+    assert ("## old-sweep\n\nRan on another machine ([curves](curves.png), [paper](https://arxiv.org/abs/2010.11944), "
+            "[table](#fig5)).\n") in (tmp_path / "r.md").read_text()
 
     assert sweep.aggregate([str(tmp_path / "fig5")], *paths) == results  # aggregating again changes nothing
     assert [r["sweep"] for r in sweep.aggregate([str(tmp_path / "fig5")], *paths, drop_missing=True)] == ["fig5"]
