@@ -150,7 +150,8 @@ class Args:
     save_replay_buffer: bool = True
     """also save the replay buffer (next to the checkpoint, <save_path>.replay.npz) so --resume continues exactly"""
     resume: Optional[str] = None
-    """continue training from this checkpoint (its saved settings; --total-env-steps may extend the run)"""
+    """continue training from this checkpoint (its saved settings; --total-env-steps may extend the run, --run-dir /
+    --save-path send the outputs elsewhere, by default they go where the saved run wrote them)"""
     evaluate: Optional[str] = None
     """only run --eval-episodes evaluation episodes of this checkpoint's policy, then exit"""
     explore: Optional[Literal["prior", "uniform", "normal"]] = None
@@ -688,6 +689,12 @@ def resolve_args(args):
     if args.resume is not None:
         saved = load_sac_checkpoint(args.resume, "--resume")
         kept = {"resume": args.resume, "total_env_steps": saved["args"]["total_env_steps"] if args.total_env_steps is None else args.total_env_steps}
+        # where the outputs go is not a setting: a given --run-dir / --save-path wins over the saved run's (a resumed
+        # copy of a run must not write into the original)
+        if args.run_dir is not None:
+            kept.update(run_dir=args.run_dir, save_path=args.save_path)
+        elif args.save_path is not None:
+            kept.update(save_path=args.save_path)
         args = Args(**{**saved["args"], **kept})
     elif args.evaluate is not None:
         saved = load_sac_checkpoint(args.evaluate, "--evaluate")

@@ -469,6 +469,11 @@ def test_smoke_run_on_maze_then_resume_and_evaluate(tmp_path, monkeypatch):
     out2 = spirl_sac.main(spirl_sac.Args(resume="run/sac.pt", total_env_steps=400))
     assert out2["global_step"] == 400 and out2["grad_steps"] > out["grad_steps"]
     assert out2["replay_size"] > out["replay_size"]
+    before = {f: os.path.getmtime(f"run/{f}") for f in os.listdir("run")}
+    out3 = spirl_sac.main(spirl_sac.Args(resume="run/sac.pt", total_env_steps=500, run_dir="copy"))  # a copy elsewhere
+    assert out3["global_step"] == 500 and torch.load("copy/spirl_sac.pt", weights_only=False)["global_step"] == 500
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir("copy"))
+    assert {f: os.path.getmtime(f"run/{f}") for f in os.listdir("run")} == before  # the original is left alone
     result = spirl_sac.main(spirl_sac.Args(env="maze", evaluate="run/sac.pt", eval_episodes=2, capture_video=True))
     assert np.isfinite(result["return"])
     assert result["path"] == "run/sac_evaluate.npz"  # next to the checkpoint, with one GIF per episode
