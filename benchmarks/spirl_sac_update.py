@@ -16,6 +16,11 @@ own FLOPs counted the same way), interleaved with the current one so that both s
 also runs spirl_sac.py's whole training loop on the kitchen (a skill model of the paper's sizes with random
 weights: speed does not depend on what the skills do) for that many env steps, the current code and the
 reference commit back to back with the same settings, and reports their env steps/s.
+
+    python benchmarks/spirl_sac_update.py --device cuda --real-run-env-steps 8400
+
+times the same updates (and the real run, with spirl_sac.py's --cuda) on a GPU: ms per update and FLOPs; the
+CPU's GEMM floor does not apply there.
 """
 
 import importlib.util
@@ -55,6 +60,8 @@ class Args:
     """> 0: also time a real kitchen training run of this many env steps (current vs --reference-commit)"""
     real_run_warmup_env_steps: int = 1000
     """warm-up of the real runs in env steps (converted to each version's unit)"""
+    device: str = "cpu"
+    """cpu (one torch thread), or cuda: the networks, batches and the real run (--cuda) on the GPU"""
 
 
 CONFIGS = {
@@ -93,19 +100,19 @@ def gemm_gflops(seconds=1.0, n=256):
     return 2 * n ** 3 * count / (time.perf_counter() - t0) / 1e9
 
 
-def build(module, config, batch_size, seed=0):
+def build(module, config, batch_size, seed=0, device="cpu"):
     """Networks, optimizers and a batch for `module.sac_update`, whichever critic API the module has."""
     torch.manual_seed(seed)
     c = CONFIGS[config]
     prior = module.SkillPrior(c["latent_dim"], 128, c["prior_layers"], state_dim=c["state_dim"],
-                              image_shape=c["image_shape"]).eval().requires_grad_(False)
+                              image_shape=c["image_shape"]).eval().requires_grad_(False).to(device)
     meta = {"latent_dim": c["latent_dim"], "hidden_dim": 128, "prior_layers": c["prior_layers"],
             "state_dim": c["state_dim"], "image_shape": c["image_shape"]}
-    policy = module.make_policy(prior, meta, prior_init=True)
+    policy = module.make_policy(prior, meta, prior_init=True).to(device)
     # a replay buffer of random transitions: every timed update samples its batch, as in training
     rng = np.random.default_rng(seed)
     rb = module.ReplayBuffer(4 * batch_size, c["state_dim"], c["latent_dim"], np.zeros(c["state_dim"]),
-                             np.ones(c["state_dim"]), c["image_shape"])
+                             np.ones(c["state_dim"]), c["image_shape"], **({"device": device} if device != "cpu" else {}))
     for _ in range(4 * batch_size):
         images = {}
         if c["image_shape"] is not None:
@@ -114,11 +121,11 @@ def build(module, config, batch_size, seed=0):
                skill=rng.uniform(-2, 2, c["latent_dim"]), reward=rng.random(), done=float(rng.random() < 0.05),
                **{k: 0.5 * rng.standard_normal(c["latent_dim"]) for k in
                   ("prior_mu", "prior_log_sigma", "next_prior_mu", "next_prior_log_sigma")}, **images)
-    log_alpha = torch.zeros((), requires_grad=True)
+    log_alpha = torch.zeros((), device=device, requires_grad=True)
     adam = getattr(module, "make_adam", lambda params, lr: torch.optim.Adam(params, lr=lr))  # as the module's main()
     # the same critic architecture in every version: input layer, n blocks, head (older code counted linear layers)
     critic_layers = c["critic_blocks"] if hasattr(module, "make_adam") else c["critic_blocks"] + 2
-    critics = [module.Critic(c["state_dim"], c["latent_dim"], 256, critic_layers) for _ in range(4)]
+    critics = [module.Critic(c["state_dim"], c["latent_dim"], 256, critic_layers).to(device) for _ in range(4)]
     critics[2].load_state_dict(critics[0].state_dict())
     critics[3].load_state_dict(critics[1].state_dict())
     policy_optimizer, alpha_optimizer = adam(policy.parameters(), 3e-4), adam([log_alpha], 3e-4)
@@ -137,10 +144,14 @@ def count_flops(update):
     return counter.get_total_flops()
 
 
-def time_updates(update, n):
+def time_updates(update, n, device="cpu"):
+    if device != "cpu":
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(n):
         update()
+    if device != "cpu":
+        torch.cuda.synchronize()
     return (time.perf_counter() - t0) / n
 
 
@@ -174,7 +185,8 @@ def real_runs(args, modules):
             run_args = module.Args(env="kitchen", skill_model="skill.pt", total_env_steps=args.real_run_env_steps,
                                    learning_starts=args.real_run_warmup_env_steps // (10 if new else 1),
                                    critic_layers=5 if new else 7, eval_interval=0, eval_episodes=1,
-                                   save_path=f"{name.replace(' ', '_')}/sac.pt", save_replay_buffer=False)
+                                   save_path=f"{name.replace(' ', '_')}/sac.pt", save_replay_buffer=False,
+                                   **({"cuda": True} if args.device == "cuda" else {}))
             t0 = time.perf_counter()
             out = module.main(run_args)
             wall = time.perf_counter() - t0
@@ -194,18 +206,30 @@ def main(args):
     if args.reference_commit:
         modules[f"at {args.reference_commit}"] = load_module(args.reference_commit)
     results = {"load_average_1min": os.getloadavg()[0], "torch": torch.__version__, "batch_size": args.batch_size,
-               "configs": {}}
+               "device": args.device, "configs": {}}
+    if args.device != "cpu":
+        results["gpu"] = torch.cuda.get_device_name()
     for config in args.configs:
-        updates = {name: build(module, config, args.batch_size) for name, module in modules.items()}
+        updates = {name: build(module, config, args.batch_size, device=args.device) for name, module in modules.items()}
         flops = {name: count_flops(update) for name, update in updates.items()}
         for update in updates.values():
-            time_updates(update, 20)
+            time_updates(update, 20, args.device)
         times = {name: [] for name in updates}
         rates = []
         for _ in range(args.repeats):  # interleaved, so every version sees the same load
             rates.append(gemm_gflops(0.5))
             for name, update in updates.items():
-                times[name].append(time_updates(update, args.updates))
+                times[name].append(time_updates(update, args.updates, args.device))
+        if args.device != "cpu":  # no CPU floor on a GPU: the time and the FLOPs it got through
+            row = {}
+            for name in updates:
+                ms = 1e3 * float(np.median(times[name]))
+                row[name] = {"ms_per_update": ms, "gflop_per_update": flops[name] / 1e9,
+                             "achieved_gflops": flops[name] / (ms * 1e6)}
+                print(f"{config:8s} {name:>18s}: {ms:6.2f} ms/update on {args.device} | "
+                      f"{flops[name] / 1e9:.2f} GFLOP/update | {flops[name] / (ms * 1e6):.0f} GFLOP/s", flush=True)
+            results["configs"][config] = row
+            continue
         rate = float(np.median(rates))
         floor_flops = min(flops.values())  # the fewest FLOPs any version needs for the same maths
         row = {"gemm_gflops": rate, "floor_ms": 1e3 * floor_flops / (rate * 1e9)}

@@ -72,6 +72,8 @@ class Args:
     """custom grid: envs"""
     seeds: Tuple[int, ...] = (1,)
     """custom grid: seeds"""
+    preset_seeds: Tuple[int, ...] = ()
+    """fig4 presets: the seeds of their SPiRL runs instead of the preset's (e.g. 3 for a third seed); empty: the preset's"""
     set: tyro.conf.UseAppendAction[Tuple[str, ...]] = ()
     """flag overrides "PATTERN=FLAGS" (repeat --set for more), appended to every run whose script matches the glob
     PATTERN, e.g. "spirl_sac.py=--total-env-steps 200000" or "baselines/*.py=--total-timesteps 50000" (presets too)"""
@@ -182,18 +184,22 @@ def baselines(env, steps, skill_run, seed=1):
     return runs
 
 
-def preset_runs(preset):
+def preset_runs(preset, seeds=()):
     """The runs of a paper experiment, with the budgets of issues 16-18 (SPiRL 1 M env steps; baselines 250 k,
-    flat SAC doing an update per env step, ten times SPiRL's; ablations 300-500 k at one seed)."""
+    flat SAC doing an update per env step, ten times SPiRL's; ablations 300-500 k at one seed). seeds: those of the
+    fig4 presets' SPiRL runs, if not the preset's own."""
+    if seeds and not preset.startswith("fig4"):
+        raise SystemExit(f"--preset-seeds applies to the fig4 presets, not to {preset}")
     if preset == "fig4-maze":  # Fig. 4 left
         model = skills("maze")
-        return [model, *(spirl("maze", seed, 1_000_000, model) for seed in (1, 2, 3)), *baselines("maze", 250_000, model)]
+        return [model, *(spirl("maze", seed, 1_000_000, model) for seed in seeds or (1, 2, 3)),
+                *baselines("maze", 250_000, model)]
     if preset in ("fig4-kitchen", "fig4-blocks"):  # Fig. 4 right / middle: open- and closed-loop skills
         env = "kitchen" if preset == "fig4-kitchen" else "block_stacking"
         model, closed = skills(env), skills(env, "cl", ["--state-conditioned-decoder"])
         closed.after = [model.name]  # one writer of the default dataset, if it has to be made
-        return [model, closed, *(spirl(env, seed, 1_000_000, model, flags=["--delta", "5"]) for seed in (1, 2)),
-                *(spirl(env, seed, 1_000_000, closed, algo="spirl_cl", flags=["--delta", "5"]) for seed in (1, 2)),
+        return [model, closed, *(spirl(env, seed, 1_000_000, model, flags=["--delta", "5"]) for seed in seeds or (1, 2)),
+                *(spirl(env, seed, 1_000_000, closed, algo="spirl_cl", flags=["--delta", "5"]) for seed in seeds or (1, 2)),
                 *baselines(env, 250_000, model)]
     if preset == "fig5":  # Fig. 5: where skills from the prior vs random skills lead (no learning)
         model = skills("maze")
@@ -749,7 +755,7 @@ def main(args):
                          args.figures_dir, args.curve_points, args.notes_dir, args.drop_missing)
     if args.preset is None and not args.scripts:
         raise SystemExit("choose --preset (one of " + ", ".join(PRESETS) + ") or a grid with --scripts, or --aggregate")
-    runs = preset_runs(args.preset) if args.preset else custom_runs(args.scripts, args.envs, args.seeds)
+    runs = preset_runs(args.preset, args.preset_seeds) if args.preset else custom_runs(args.scripts, args.envs, args.seeds)
     runs = apply_overrides(runs, args.set)
     check_runs(runs)
     runs = select_runs(runs, args.only)

@@ -51,6 +51,12 @@ def test_presets_hold_the_papers_runs_and_budgets():
         assert "--state-conditioned-decoder" in closed.flags
         assert {r.algo for r in runs if r.script.startswith("baselines/")} == {"sac", "bc_sac", "flat_prior", "ssp", "ssp_prior_init"}
 
+    third = [r for r in sweep.preset_runs("fig4-kitchen", seeds=(3,)) if r.algo in ("spirl", "spirl_cl")]
+    assert sorted((r.algo, r.seed, flag(r, "--seed")) for r in third) == [("spirl", 3, "3"), ("spirl_cl", 3, "3")]
+    assert [r.name for r in third] == ["spirl__kitchen__3", "spirl_cl__kitchen__3"]
+    with pytest.raises(SystemExit, match="--preset-seeds applies to the fig4 presets"):
+        sweep.preset_runs("table1", seeds=(3,))
+
     table1 = sweep.preset_runs("table1")
     assert sorted(float(flag(r, "--random-fraction")) for r in table1 if r.algo == "data") == [0.0, 0.5, 0.75]
     assert all(int(flag(r, "--total-env-steps")) >= 500_000 for r in table1 if r.algo == "spirl")
