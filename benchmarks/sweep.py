@@ -73,7 +73,8 @@ class Args:
     seeds: Tuple[int, ...] = (1,)
     """custom grid: seeds"""
     preset_seeds: Tuple[int, ...] = ()
-    """fig4 presets: the seeds of their SPiRL runs instead of the preset's (e.g. 3 for a third seed); empty: the preset's"""
+    """fig4 and table1 presets: the seeds of their SPiRL runs instead of the preset's (e.g. 3 for a third seed); empty:
+    the preset's"""
     set: tyro.conf.UseAppendAction[Tuple[str, ...]] = ()
     """flag overrides "PATTERN=FLAGS" (repeat --set for more), appended to every run whose script matches the glob
     PATTERN, e.g. "spirl_sac.py=--total-env-steps 200000" or "baselines/*.py=--total-timesteps 50000" (presets too)"""
@@ -187,9 +188,9 @@ def baselines(env, steps, skill_run, seed=1):
 def preset_runs(preset, seeds=()):
     """The runs of a paper experiment, with the budgets of issues 16-18 (SPiRL 1 M env steps; baselines 250 k,
     flat SAC doing an update per env step, ten times SPiRL's; ablations 300-500 k at one seed). seeds: those of the
-    fig4 presets' SPiRL runs, if not the preset's own."""
-    if seeds and not preset.startswith("fig4"):
-        raise SystemExit(f"--preset-seeds applies to the fig4 presets, not to {preset}")
+    fig4 and table1 presets' SPiRL runs, if not the preset's own."""
+    if seeds and not preset.startswith(("fig4", "table1")):
+        raise SystemExit(f"--preset-seeds applies to the fig4 and table1 presets, not to {preset}")
     if preset == "fig4-maze":  # Fig. 4 left
         model = skills("maze")
         return [model, *(spirl("maze", seed, 1_000_000, model) for seed in seeds or (1, 2, 3)),
@@ -226,7 +227,8 @@ def preset_runs(preset, seeds=()):
                        ["--random-fraction", str(percent / 100)], "block_stacking", "data", 0, tag)
             model = skills("block_stacking", tag, ["--dataset", f"{{dir:{data.name}}}/data.hdf5"])
             model.after = [data.name]
-            runs += [data, model, spirl("block_stacking", 1, 500_000, model, tag, flags=["--delta", "5"])]
+            runs += [data, model, *(spirl("block_stacking", seed, 500_000, model, tag, flags=["--delta", "5"])
+                                    for seed in seeds or (1,))]
         return runs
     raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
 

@@ -54,8 +54,10 @@ def test_presets_hold_the_papers_runs_and_budgets():
     third = [r for r in sweep.preset_runs("fig4-kitchen", seeds=(3,)) if r.algo in ("spirl", "spirl_cl")]
     assert sorted((r.algo, r.seed, flag(r, "--seed")) for r in third) == [("spirl", 3, "3"), ("spirl_cl", 3, "3")]
     assert [r.name for r in third] == ["spirl__kitchen__3", "spirl_cl__kitchen__3"]
-    with pytest.raises(SystemExit, match="--preset-seeds applies to the fig4 presets"):
-        sweep.preset_runs("table1", seeds=(3,))
+    second = [r for r in sweep.preset_runs("table1", seeds=(2,)) if r.algo == "spirl"]
+    assert [(r.name, flag(r, "--seed")) for r in second] == [(f"spirl__block_stacking__2__random{p}", "2") for p in (0, 50, 75)]
+    with pytest.raises(SystemExit, match="--preset-seeds applies to the fig4 and table1 presets"):
+        sweep.preset_runs("fig5", seeds=(3,))
 
     table1 = sweep.preset_runs("table1")
     assert sorted(float(flag(r, "--random-fraction")) for r in table1 if r.algo == "data") == [0.0, 0.5, 0.75]
