@@ -217,7 +217,8 @@ def main(args):
         times = {name: [] for name in updates}
         rates = []
         for _ in range(args.repeats):  # interleaved, so every version sees the same load
-            rates.append(gemm_gflops(0.5))
+            if args.device == "cpu":  # the floor's GEMM rate, a CPU measure
+                rates.append(gemm_gflops(0.5))
             for name, update in updates.items():
                 times[name].append(time_updates(update, args.updates, args.device))
         if args.device != "cpu":  # no CPU floor on a GPU: the time and the FLOPs it got through
