@@ -342,9 +342,9 @@ def test_aggregate_keeps_earlier_results_whose_runs_are_gone(tmp_path):
 
 
 def test_table1_reads_each_variant_and_cuts_a_longer_same_run_at_the_budget(tmp_path):
-    """benchmarks/table1.py: a variant's finished runs give its row; a missing 0 % run is read from the named longer
-    run as the mean of its curve's bins over the last 10 % of the table's budget, not its own final; a run shorter
-    than the budget is refused."""
+    """benchmarks/table1.py: a variant's finished runs give its row, every seed of them; a missing 0 % run is read from
+    the named longer run of its seed as the mean of its curve's bins over the last 10 % of the table's budget, not its
+    own final; a run shorter than the budget is refused; several seeds show their mean ± std and each seed."""
     import table1
 
     def entry(sweep_name, run, final, env_steps, curve):
@@ -353,15 +353,22 @@ def test_table1_reads_each_variant_and_cuts_a_longer_same_run_at_the_budget(tmp_
     long_curve = [[step, 1.0 if step < 1000 else 3.0 if step == 1000 else 5.0] for step in range(100, 2001, 100)]
     results = [entry("t1", f"spirl__block_stacking__1__random{p}", value, 1000, []) for p, value in ((0, 3.0), (50, 2.0), (75, 1.0))]
     results += [entry("t1-ln", "spirl__block_stacking__1__random75", 0.5, 1000, []),
-                entry("long", "spirl__block_stacking__1", 4.9, 2000, long_curve)]
-    rows = table1.table(results, ["paper=t1", "ln=t1-ln"], ["t1-ln/random0=long/spirl__block_stacking__1"], budget=1000)
-    assert {p: v[0] for p, v in rows["paper"].items()} == {0: 3.0, 50: 2.0, 75: 1.0}
-    assert rows["ln"][75][0] == 0.5 and 50 not in rows["ln"]
-    assert rows["ln"][0][0] == pytest.approx(3.0)  # the bin ending at 1 000 alone is in (900, 1 000]
+                entry("t1-ln", "spirl__block_stacking__2__random75", 0.25, 1000, []),
+                entry("t1-ln", "spirl__block_stacking__3__random75", 9.0, 500, []),  # short of the budget: left out
+                entry("long", "spirl__block_stacking__1", 4.9, 2000, long_curve),
+                entry("long", "spirl__block_stacking__2", 4.9, 2000, [[1000, 1.0]])]
+    rows = table1.table(results, ["paper=t1", "ln=t1-ln"], ["t1-ln/random0=long/spirl__block_stacking__1",
+                                                            "t1-ln/random0=long/spirl__block_stacking__2"], budget=1000)
+    assert {p: [v for _, v, _ in e] for p, e in rows["paper"].items()} == {0: [3.0], 50: [2.0], 75: [1.0]}
+    assert [(seed, v) for seed, v, _ in rows["ln"][75]] == [(1, 0.5), (2, 0.25)] and 50 not in rows["ln"]
+    assert [(seed, v) for seed, v, _ in rows["ln"][0]] == [(1, pytest.approx(3.0)), (2, 1.0)]  # (900, 1 000] only
     table1.write(rows, 1000, str(tmp_path / "t.md"), str(tmp_path / "t.png"))
-    assert "| ours, ln | 3.00 | - | 0.50 |" in (tmp_path / "t.md").read_text() and (tmp_path / "t.png").stat().st_size > 0
+    text = (tmp_path / "t.md").read_text()
+    assert "| ours, paper | 3.00 | 2.00 | 1.00 |" in text
+    assert "| ours, ln | 2.00 ± 1.00 (3.00, 1.00) | - | 0.38 ± 0.12 (0.50, 0.25) |" in text
+    assert (tmp_path / "t.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="fewer than"):
-        table1.cut_final(results[-1], 5000)
+        table1.cut_final(results[-2], 5000)
 
 
 def test_lever_trials_draws_each_run_in_one_colour_in_every_panel(tmp_path, monkeypatch):
