@@ -64,10 +64,12 @@ def earlier_curves(spec, tags, bin_size):
     run = next((r for r in data["runs"] if r["label"] == label), None)
     if run is None:
         raise SystemExit(f"{path} has no run labelled {label!r}: it has " + ", ".join(repr(r["label"]) for r in data["runs"]))
-    if data["bin"] != bin_size or any(tag not in run["curves"] for tag in tags):
-        raise SystemExit(f"{spec}: binned per {data['bin']} env steps with tags {', '.join(run['curves'])}; "
-                         f"pass the same --bin and --tags")
-    return {tag: run["curves"][tag] for tag in tags}
+    if data["bin"] != bin_size:
+        raise SystemExit(f"{spec}: binned per {data['bin']} env steps; pass --bin {data['bin']}")
+    missing = [tag for tag in tags if tag not in run["curves"]]
+    if missing:  # its panels for these tags show no line for this run
+        print(f"{spec}: no {', '.join(missing)} in that JSON (it has {', '.join(run['curves'])})")
+    return {tag: run["curves"].get(tag, []) for tag in tags}
 
 
 def binned(points, bin_size):
@@ -98,10 +100,15 @@ def draw(data, path):
         ax.set_title(tag.split("/", 1)[1], fontsize=10)
         ax.set_xlabel(f"env steps (k; mean per {data['bin'] // 1000} k)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    labelled = {}  # one legend under the panels, so that it covers no curve
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labelled.setdefault(label, handle)
+    fig.legend(labelled.values(), labelled.keys(), loc="lower center", ncol=min(len(labelled), 4), fontsize=8)
     if data.get("title"):
         fig.suptitle(data["title"], fontsize=11)
-    fig.tight_layout()
+    legend_rows = -(-len(labelled) // 4)
+    fig.tight_layout(rect=(0, 0.05 * legend_rows + 0.03, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -259,6 +259,17 @@ def test_lever_trials_bins_each_runs_curves_a_resume_dropping_the_stopped_steps(
                                       "--bin", "50", "--json-out", str(tmp_path / "bad.json")])
     with pytest.raises(SystemExit, match="has no run labelled 'C': it has 'A', 'B'"):
         runpy.run_path(os.path.join(ROOT, "benchmarks", "lever_trials.py"), run_name="__main__")
+    # a tag the earlier JSON did not bin: an empty curve for that run (its panel shows the others); another bin: refused
+    monkeypatch.setattr(sys, "argv", ["lever_trials.py", "--runs", f"B then={tmp_path / 'out.json'}#B", f"A={tmp_path / 'a'}",
+                                      "--tags", "losses/alpha", "charts/episodic_return", "--bin", "50",
+                                      "--json-out", str(tmp_path / "more.json")])
+    runpy.run_path(os.path.join(ROOT, "benchmarks", "lever_trials.py"), run_name="__main__")
+    more = json.load(open(tmp_path / "more.json"))
+    assert more["runs"][0]["curves"] == {"losses/alpha": b, "charts/episodic_return": []}
+    monkeypatch.setattr(sys, "argv", ["lever_trials.py", "--runs", f"B then={tmp_path / 'out.json'}#B", "--tags",
+                                      "losses/alpha", "--bin", "100", "--json-out", str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit, match="binned per 50 env steps; pass --bin 50"):
+        runpy.run_path(os.path.join(ROOT, "benchmarks", "lever_trials.py"), run_name="__main__")
 
 
 def test_frame_strip_takes_evenly_spaced_frames_first_to_last(tmp_path, monkeypatch):
