@@ -6,7 +6,8 @@
 Each run is `label=run_dir` (a spirl_sac.py run directory with its tensorboard event files; a run resumed from a
 checkpoint logged the steps after it twice, and the purge step its SummaryWriter writes drops the stopped process's,
 as sweep.py reads them for docs/results.json), or `label=earlier.json#label` for a run binned before into an
-earlier output of this script (git ignores runs/, so a new checkout compares against what the docs kept). For
+earlier output of this script, or `label=docs/results.json#sweep/run` for a run the sweep runner aggregated (its
+metric's curve only, as charts/<metric>; git ignores runs/, so a new checkout compares against what the docs kept). For
 every tag, the mean of its scalars in each bin of --bin env steps. The figure (next to the JSON, .png) is drawn
 from the JSON: one panel per tag, one line per run, values on a symmetric log scale where they span decades (Q,
 alpha, the critics' loss).
@@ -34,7 +35,8 @@ LOG_SCALE_TAGS = ("losses/alpha", "losses/qf1_values", "losses/qf_loss")
 @dataclass
 class Args:
     runs: List[str]
-    """`label=run_dir` or `label=earlier.json#label` per run, the run the trials change first"""
+    """`label=run_dir`, `label=earlier.json#label` or `label=docs/results.json#sweep/run` per run, the run the trials
+    change first"""
     json_out: str
     """the binned curves as JSON; the figure goes next to it with .png"""
     tags: List[str] = field(default_factory=lambda: list(DEFAULT_TAGS))
@@ -56,11 +58,28 @@ def read_scalars(run_dir, tags):
     return {tag: dict(found.get(tag, [])) for tag in tags}
 
 
+def results_curves(path, data, name, tags, bin_size):
+    """{tag: binned curve} of the aggregated run `sweep/run` in docs/results.json: its metric only (charts/<metric>)."""
+    run = next((r for r in data if f"{r.get('sweep')}/{r.get('run')}" == name), None)
+    if run is None:
+        raise SystemExit(f"{path} has no run {name!r}: name one as sweep/run, e.g. "
+                         + ", ".join(repr(f"{r.get('sweep')}/{r.get('run')}") for r in data[:3]))
+    metric_tag = f"charts/{run['metric']}"
+    missing = [tag for tag in tags if tag != metric_tag]
+    if missing:  # results.json keeps the metric's curve, not the losses
+        print(f"{path}#{name}: only {metric_tag} in results.json, no {', '.join(missing)}")
+    curve = binned(dict((int(step), value) for step, value in run["curve"]), bin_size)
+    return {tag: curve if tag == metric_tag else [] for tag in tags}
+
+
 def earlier_curves(spec, tags, bin_size):
-    """{tag: binned curve} of the run labelled `label` in an earlier output JSON of this script (`path#label`)."""
+    """{tag: binned curve} of the run labelled `label` in an earlier output JSON of this script (`path#label`), or of
+    an aggregated run in docs/results.json (`path#sweep/run`)."""
     path, _, label = spec.partition("#")
     with open(path) as f:
         data = json.load(f)
+    if isinstance(data, list):  # docs/results.json: one entry per aggregated run
+        return results_curves(path, data, label, tags, bin_size)
     run = next((r for r in data["runs"] if r["label"] == label), None)
     if run is None:
         raise SystemExit(f"{path} has no run labelled {label!r}: it has " + ", ".join(repr(r["label"]) for r in data["runs"]))

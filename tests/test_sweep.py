@@ -270,6 +270,19 @@ def test_lever_trials_bins_each_runs_curves_a_resume_dropping_the_stopped_steps(
                                       "losses/alpha", "--bin", "100", "--json-out", str(tmp_path / "bad.json")])
     with pytest.raises(SystemExit, match="binned per 50 env steps; pass --bin 50"):
         runpy.run_path(os.path.join(ROOT, "benchmarks", "lever_trials.py"), run_name="__main__")
+    # an aggregated run of docs/results.json (`sweep/run`): its metric's curve re-binned, no losses
+    results = [{"sweep": "s", "run": "r1", "metric": "blocks_stacked", "curve": [[10, 1.0], [30, 2.0], [60, 4.0]]}]
+    json.dump(results, open(tmp_path / "results.json", "w"))
+    monkeypatch.setattr(sys, "argv", ["lever_trials.py", "--runs", f"R={tmp_path / 'results.json'}#s/r1", "--tags",
+                                      "charts/blocks_stacked", "losses/alpha", "--bin", "50",
+                                      "--json-out", str(tmp_path / "res.json")])
+    runpy.run_path(os.path.join(ROOT, "benchmarks", "lever_trials.py"), run_name="__main__")
+    assert json.load(open(tmp_path / "res.json"))["runs"][0]["curves"] == {
+        "charts/blocks_stacked": [[0, 1.5], [50, 4.0]], "losses/alpha": []}
+    monkeypatch.setattr(sys, "argv", ["lever_trials.py", "--runs", f"R={tmp_path / 'results.json'}#s/r2", "--tags",
+                                      "charts/blocks_stacked", "--bin", "50", "--json-out", str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit, match="has no run 's/r2'"):
+        runpy.run_path(os.path.join(ROOT, "benchmarks", "lever_trials.py"), run_name="__main__")
 
 
 def test_frame_strip_takes_evenly_spaced_frames_first_to_last(tmp_path, monkeypatch):
