@@ -83,7 +83,8 @@ class Args:
     """replay buffer capacity in high-level transitions (B.2)"""
     learning_starts: int = 5000
     """warm-up: high-level transitions (skills) sampled from the prior before the first update (B.2; the authors'
-    5 000 = 50 000 env steps at H = 10); their env steps count toward --total-env-steps and appear in the curves"""
+    5 000 = 50 000 env steps at H = 10); their env steps count toward --total-env-steps and appear in the curves;
+    --resume from a checkpoint whose replay buffer is missing refills as many with the current policy first"""
     gradient_steps: int = 1
     """gradient steps per high-level step (Alg. 1 line 8)"""
     policy_lr: float = 3e-4
@@ -812,6 +813,7 @@ def main(args):
     q_optimizer = make_adam(list(qf1.parameters()) + list(qf2.parameters()), args.q_lr)
     alpha_optimizer = make_adam([log_alpha], args.alpha_lr)
     global_step, grad_steps, episodes, skills_collected = 0, 0, 0, 0  # skills_collected: high-level transitions
+    updates_start = args.learning_starts  # skills collected before the first gradient step
 
     def evaluation_skill(obs, generator):
         with torch.no_grad():
@@ -916,8 +918,10 @@ def main(args):
         if os.path.isfile(replay_path):
             with np.load(replay_path) as saved:
                 rb.load_state_dict(saved)
-        else:
-            print(f"--resume: {replay_path} not found, the replay buffer starts empty (refilled by the current policy)")
+        else:  # no updates on a near-empty buffer: refill it with the current policy as long as a warm-up first
+            updates_start = skills_collected + args.learning_starts
+            print(f"--resume: {replay_path} not found, the replay buffer starts empty: the current policy refills it "
+                  f"with {args.learning_starts} skills (--learning-starts) before the next gradient step")
         print(f"resumed {args.resume} at env step {global_step}, {grad_steps} gradient steps, replay {rb.size}")
 
     if args.track:  # CleanRL's convention: W&B mirrors the tensorboard scalars
@@ -1027,7 +1031,7 @@ def main(args):
         env_time += t1 - t0
 
         # Alg. 1 lines 8-13: gradient steps, once the warm-up skills are in
-        if skills_collected >= args.learning_starts:
+        if skills_collected >= updates_start:
             for _ in range(args.gradient_steps):
                 batch = rb.sample(args.batch_size, rng)
                 info_update = sac_update(batch, policy, qf1, qf2, qf1_target, qf2_target, log_alpha, policy_optimizer,

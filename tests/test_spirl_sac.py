@@ -474,6 +474,11 @@ def test_smoke_run_on_maze_then_resume_and_evaluate(tmp_path, monkeypatch):
     assert out3["global_step"] == 500 and torch.load("copy/spirl_sac.pt", weights_only=False)["global_step"] == 500
     assert any(f.startswith("events.out.tfevents") for f in os.listdir("copy"))
     assert {f: os.path.getmtime(f"run/{f}") for f in os.listdir("run")} == before  # the original is left alone
+    # a checkpoint without its replay buffer: the current policy refills --learning-starts skills before any update
+    os.remove("copy/spirl_sac.pt.replay.npz")
+    out4 = spirl_sac.main(spirl_sac.Args(resume="copy/spirl_sac.pt", total_env_steps=900, run_dir="refill"))
+    assert out4["global_step"] == 900 and out4["replay_size"] > common["learning_starts"]
+    assert out4["grad_steps"] - out3["grad_steps"] == out4["replay_size"] - common["learning_starts"] + 1
     result = spirl_sac.main(spirl_sac.Args(env="maze", evaluate="run/sac.pt", eval_episodes=2, capture_video=True))
     assert np.isfinite(result["return"])
     assert result["path"] == "run/sac_evaluate.npz"  # next to the checkpoint, with one GIF per episode
