@@ -428,6 +428,7 @@ if __name__ == "__main__":
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_shape, obs[obs_key].dtype, state_dim, action_dim)
     global_step, episodes = 0, 0
+    updates_start = args.learning_starts  # env steps before the first gradient step
     if resume_ckpt is not None:  # continue exactly where the checkpoint left off (it was written at an episode end)
         for module, key in ((actor, "actor"), (qf1, "qf1"), (qf2, "qf2"), (qf1_target, "qf1_target"), (qf2_target, "qf2_target"),
                             (q_optimizer, "q_optimizer"), (actor_optimizer, "actor_optimizer"), (alpha_optimizer, "alpha_optimizer")):
@@ -443,8 +444,11 @@ if __name__ == "__main__":
             with np.load(replay_path) as saved:
                 if int(saved["global_step"]) == global_step:
                     rb.load_state_dict(saved)
+        if not rb.size:  # no updates on a near-empty buffer: the current policy refills it as long as a warm-up first
+            updates_start = global_step + args.learning_starts
         print(f"resumed {args.resume} at env step {global_step}, replay buffer {rb.size}"
-              + ("" if rb.size else f" ({replay_path} missing or from another step: it refills from the current policy)"))
+              + ("" if rb.size else f" ({replay_path} missing or from another step: the current policy refills it for "
+                                    f"{args.learning_starts} env steps (--learning-starts) before the next update)"))
 
     if args.track:  # CleanRL's convention: W&B mirrors the tensorboard scalars
         import wandb
@@ -501,7 +505,7 @@ if __name__ == "__main__":
             obs, _ = env.reset(seed=args.seed + episodes)
             last_return, episode_return, episode_length = episode_return, 0.0, 0
 
-        if global_step > args.learning_starts:
+        if global_step > updates_start:
             update_start = time.time()
             obs_b, states, actions, rewards, next_obs_b, next_states, dones = rb.sample(args.batch_size, rng)
             with torch.no_grad():

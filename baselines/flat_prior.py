@@ -467,6 +467,7 @@ if __name__ == "__main__":
     actor = copy.deepcopy(prior).requires_grad_(True)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
     global_step, episodes = 0, 0
+    updates_start = args.learning_starts  # env steps before the first gradient step
     if resume_ckpt is not None:  # continue exactly where the checkpoint left off (it was written at an episode end)
         for module, key in ((actor, "actor"), (qf1, "qf1"), (qf2, "qf2"), (qf1_target, "qf1_target"), (qf2_target, "qf2_target"),
                             (q_optimizer, "q_optimizer"), (actor_optimizer, "actor_optimizer"), (alpha_optimizer, "alpha_optimizer")):
@@ -482,8 +483,11 @@ if __name__ == "__main__":
             with np.load(replay_path) as saved:
                 if int(saved["global_step"]) == global_step:
                     rb.load_state_dict(saved)
+        if not rb.size:  # no updates on a near-empty buffer: the current policy refills it as long as a warm-up first
+            updates_start = global_step + args.learning_starts
         print(f"resumed {args.resume} at env step {global_step}, replay buffer {rb.size}"
-              + ("" if rb.size else f" ({replay_path} missing or from another step: it refills from the current policy)"))
+              + ("" if rb.size else f" ({replay_path} missing or from another step: the current policy refills it for "
+                                    f"{args.learning_starts} env steps (--learning-starts) before the next update)"))
 
     def save_checkpoint(step):
         path = os.path.join(run_dir, "agent.pt")
@@ -524,7 +528,7 @@ if __name__ == "__main__":
             obs, _ = env.reset(seed=args.seed + episodes)
             last_return, episode_return, episode_length = episode_return, 0.0, 0
 
-        if global_step > args.learning_starts:
+        if global_step > updates_start:
             update_start = time.time()
             obs_b, states, actions, rewards, next_obs_b, next_states, dones = rb.sample(args.batch_size, rng)
             with torch.no_grad():

@@ -355,6 +355,14 @@ def test_interrupted_run_resumes_exactly(script, tmp_path, monkeypatch, capsys):
 
     steps = [e.step for e in EventAccumulator(str(tmp_path / "interrupted")).Reload().Scalars("charts/episodic_return")]
     assert steps == [episode, 2 * episode]
+    # a checkpoint without its replay buffer: the current policy refills it for --learning-starts (100) env steps
+    # before the next update, instead of updating on a near-empty buffer (ssp updates once per skill of H = 5)
+    (tmp_path / "straight" / "agent.pt.replay.npz").unlink()
+    run_script(script, [*argv, "--total-timesteps", str(3 * episode), "--resume", "straight/agent.pt", "--run-dir", "refill"],
+               monkeypatch, tmp_path, capsys)
+    refilled = torch.load(tmp_path / "refill" / "agent.pt", weights_only=False)
+    updates = int(refilled["q_optimizer"]["state"][0]["step"]) - int(straight["q_optimizer"]["state"][0]["step"])
+    assert 0 < updates <= (episode - 100) // (5 if script == "ssp" else 1) + 1, updates
 
 
 @pytest.mark.parametrize("script", ["sac", "bc_sac", "flat_prior", "ssp"])
