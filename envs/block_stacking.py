@@ -422,18 +422,41 @@ class ScriptedStacker:
     landed, or, when that block cannot take one (covered, tilted, too high), on a random free block.
     ``build_tower`` always targets the highest tower (an upper-bound reference for the downstream task,
     not used for the data).
+
+    ``grasp_miss_prob`` > 0 makes grasps fail and be retried, as the authors' data policy does (its default,
+    ``ClosedLoopBlockStackDemoPolicy``, repeats the grasp until the block is lifted): with that probability a
+    descent is aimed 2-14 cm beside the source, so the open fingers land on the block or reach the table
+    next to it; they close, rise, and when the block did not come along the stack starts its grasp again
+    from above the block (at most ``max_retries`` retries, the last one aimed exactly). Without it every
+    grasp lands (0, the default data).
     """
 
     def __init__(self, env: BlockStackingEnv, rng: np.random.Generator, num_stacks: int,
-                 action_noise: float = 0.1, subgoal_prob: float = 0.3, build_tower: bool = False):
+                 action_noise: float = 0.1, subgoal_prob: float = 0.3, build_tower: bool = False,
+                 grasp_miss_prob: float = 0.0, max_retries: int = 2):
         self.env, self.rng, self.stacks_left = env, rng, num_stacks
         self.action_noise, self.subgoal_prob, self.build_tower = action_noise, subgoal_prob, build_tower
+        self.grasp_miss_prob, self.max_retries = grasp_miss_prob, max_retries
         self.gain = rng.uniform(0.5, 1.0)  # per-trajectory speed, for diverse skills
         self.waypoints, self.hold, self.attempts = [], 0, []  # attempts: (source, target) per stack
+        # waypoints: (x, z, grip, tolerance, hold steps, step limit or None, check the grasp when reached)
+        self.waypoint_steps, self.retries, self.failed_grasps = 0, 0, 0
 
     def _subgoal(self, z_min, grip):
         lim = self.env.x_limit
-        return (self.rng.uniform(-lim, lim), self.rng.uniform(z_min, min(z_min + 0.2, GRIP_Z_MAX)), grip, 0.03, 0)
+        return (self.rng.uniform(-lim, lim), self.rng.uniform(z_min, min(z_min + 0.2, GRIP_Z_MAX)), grip, 0.03, 0,
+                None, False)
+
+    def _grasp(self, sx, sz, empty_z, carry_z):
+        """Waypoints of one grasp of the block at (sx, sz): over it, down, close, up to carrying height. A missed
+        grasp (grasp_miss_prob) is aimed beside the block; the descent and the closing then stop at a step limit
+        (the fingers rest on the block), and reaching carrying height checks whether the block came along."""
+        x = sx
+        if self.retries < self.max_retries and self.grasp_miss_prob > 0 and self.rng.random() < self.grasp_miss_prob:
+            x = float(np.clip(sx + self.rng.choice([-1.0, 1.0]) * self.rng.uniform(0.02, 0.14),
+                              -self.env.x_limit, self.env.x_limit))
+        return [(x, empty_z, 1.0, 0.01, 0, None, False), (x, sz, 1.0, 0.004, 0, 40, False),
+                (x, sz, 0.0, 0.004, 6, 12, False), (x, carry_z, 0.0, 0.02, 0, None, True)]
 
     def _plan(self, state) -> bool:
         """Queue the waypoints of one stack; False if no (source, target) pair exists."""
@@ -458,17 +481,34 @@ class ScriptedStacker:
         # the fingers clear the new tower)
         sx, sz, tx, tz = blocks[s, 0], blocks[s, 1], blocks[t, 0], blocks[t, 1]
         gx = state[0]
-        plan = [(gx, empty_z, 1.0, 0.02, 0)]
+        plan = [(gx, empty_z, 1.0, 0.02, 0, None, False)]
         if self.rng.random() < self.subgoal_prob:  # between stacks
             plan.append(self._subgoal(empty_z, self.rng.uniform(0, 1)))
-        plan += [(sx, empty_z, 1.0, 0.01, 0), (sx, sz, 1.0, 0.004, 0), (sx, sz, 0.0, 0.004, 6),
-                 (sx, carry_z, 0.0, 0.02, 0)]
+        self.retries, self.heights = 0, (empty_z, carry_z)
+        plan += self._grasp(sx, sz, empty_z, carry_z)
         if self.rng.random() < self.subgoal_prob:  # within the stack, while carrying
             plan.append(self._subgoal(carry_z, 0.0))
-        plan += [(tx, carry_z, 0.0, 0.01, 0), (tx, tz + 2 * HALF + 0.004, 0.0, 0.004, 2),
-                 (tx, tz + 2 * HALF + 0.004, 1.0, 0.01, 6), (tx, carry_z, 1.0, 0.02, 0)]
+        plan += [(tx, carry_z, 0.0, 0.01, 0, None, False), (tx, tz + 2 * HALF + 0.004, 0.0, 0.004, 2, None, False),
+                 (tx, tz + 2 * HALF + 0.004, 1.0, 0.01, 6, None, False), (tx, carry_z, 1.0, 0.02, 0, None, False)]
         self.waypoints = plan
         return True
+
+    def _check_grasp(self, state):
+        """At carrying height after a grasp: if the source block did not come along, grasp it again from above
+        (up to max_retries), else give the stack up."""
+        source = self.attempts[-1][0]
+        block = state[3:].reshape(-1, 3)[source]
+        if abs(block[0] - state[0]) < HALF and block[1] > HALF + 0.02:  # held and off the ground or its tower
+            return
+        self.failed_grasps += 1
+        upright = abs(block[2]) < 0.15 and not covered_blocks(state[3:].reshape(-1, 3))[source]
+        if self.retries >= self.max_retries or not upright:
+            self.waypoints = []  # next act() plans the next stack
+            return
+        self.retries += 1
+        empty_z, carry_z = self.heights
+        self.waypoints = [(state[0], empty_z, 1.0, 0.02, 0, None, False)] + self._grasp(
+            block[0], block[1], empty_z, carry_z) + self.waypoints
 
     def done(self) -> bool:
         return not self.waypoints and self.stacks_left == 0
@@ -479,13 +519,16 @@ class ScriptedStacker:
                 self.stacks_left = 0
                 return np.array([0.0, 0.0, 1.0], np.float32)
             self.stacks_left -= 1
-        x, z, grip, tol, hold = self.waypoints[0]
+        x, z, grip, tol, hold, step_limit, check = self.waypoints[0]
         err = np.array([x - state[0], z - state[1]])
+        self.waypoint_steps += 1
         if np.abs(err).max() < tol:
             self.hold += 1
-            if self.hold > hold:
-                self.waypoints.pop(0)
-                self.hold = 0
+        if self.hold > hold or (step_limit is not None and self.waypoint_steps > step_limit):
+            self.waypoints.pop(0)
+            self.hold = self.waypoint_steps = 0
+            if check:
+                self._check_grasp(state)
         move = np.clip(err / STEP_SCALE * self.gain, -1, 1)
         if tol > 0.005:  # no noise on the precise descents, so grasps and placements line up
             move = move + self.rng.normal(0, self.action_noise, 2)
@@ -501,17 +544,17 @@ def stack_succeeded(state, source: int, target: int) -> bool:
 
 
 def collect_trajectory(env: BlockStackingEnv, rng: np.random.Generator, random_actions: bool = False,
-                       max_steps: int = 400) -> dict:
+                       max_steps: int = 400, grasp_miss_prob: float = 0.0) -> dict:
     """One data trajectory in ``env``: the noisy scripted policy doing 3 consecutive stacks, or, with
     ``random_actions``, 100-250 uniformly random actions (appendix G's low-quality data).
 
     Returns states (T, S), actions (T, A), frames (T, 3, 32, 32) (the newest frame of each
     observation), stack_outcomes (one bool per stack attempt), attempts ((source, target) per stack),
-    the final state and the final info.
+    failed_grasps (grasps retried or given up, with ``grasp_miss_prob``), the final state and the final info.
     """
     obs, info = env.reset(seed=int(rng.integers(2**31)))
     states, actions, frames, outcomes = [], [], [], []
-    policy = None if random_actions else ScriptedStacker(env, rng, num_stacks=3)
+    policy = None if random_actions else ScriptedStacker(env, rng, num_stacks=3, grasp_miss_prob=grasp_miss_prob)
     length = int(rng.integers(100, 251)) if random_actions else max_steps
     for _ in range(length):
         if random_actions:
@@ -532,6 +575,7 @@ def collect_trajectory(env: BlockStackingEnv, rng: np.random.Generator, random_a
         outcomes.append(stack_succeeded(obs["state"], *policy.attempts[-1]))
     return {"states": np.array(states), "actions": np.array(actions), "frames": np.array(frames),
             "stack_outcomes": outcomes, "attempts": [] if policy is None else policy.attempts,
+            "failed_grasps": 0 if policy is None else policy.failed_grasps,
             "final_state": obs["state"], "info": info}
 
 
@@ -541,7 +585,7 @@ def training_env(image_obs: bool = True) -> BlockStackingEnv:
 
 
 def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, random_fraction: float = 0.0,
-                     seed: int = 0, max_steps: int = 400) -> str:
+                     seed: int = 0, max_steps: int = 400, grasp_miss_prob: float = 0.0) -> str:
     """Collect ``num_trajectories`` in the training env and write D4RL-style HDF5 to ``out`` atomically.
 
     Keys: states (N, 18) f32, actions (N, 3) f32, terminals (N,) bool (always False: no task end),
@@ -552,6 +596,8 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
         raise ValueError(f"--num-trajectories must be >= 1, got {num_trajectories}")
     if not 0.0 <= random_fraction <= 1.0:
         raise ValueError(f"--random-fraction must be in [0, 1], got {random_fraction}")
+    if not 0.0 <= grasp_miss_prob <= 1.0:
+        raise ValueError(f"--grasp-miss-prob must be in [0, 1], got {grasp_miss_prob}")
     rng = np.random.default_rng(seed)
     env = training_env()
     num_random = int(round(random_fraction * num_trajectories))
@@ -569,9 +615,10 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
                      "timeouts": f.create_dataset("timeouts", (0,), bool, maxshape=(None,), chunks=(4096,)),
                      "frames": f.create_dataset("frames", (0, 3, 32, 32), "u1", maxshape=(None, 3, 32, 32),
                                                 chunks=(256, 3, 32, 32), compression="lzf")}
-            outcomes, heights = [], []
+            outcomes, heights, failed_grasps = [], [], 0
             for i in tqdm(range(num_trajectories), desc="block_stacking data", unit="traj"):
-                traj = collect_trajectory(env, rng, random_actions=bool(is_random[i]), max_steps=max_steps)
+                traj = collect_trajectory(env, rng, random_actions=bool(is_random[i]), max_steps=max_steps,
+                                          grasp_miss_prob=grasp_miss_prob)
                 T = len(traj["actions"])
                 ends = np.zeros(T, bool)
                 ends[-1] = True
@@ -582,12 +629,15 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
                 if not is_random[i]:
                     outcomes += traj["stack_outcomes"]
                     heights.append(traj["info"]["blocks_stacked"])
+                    failed_grasps += traj["failed_grasps"]
             f.attrs.update(num_blocks=5, num_trajectories=num_trajectories, random_fraction=random_fraction, seed=seed,
+                           grasp_miss_prob=grasp_miss_prob, failed_grasps=failed_grasps,
                            physics_version=PHYSICS_VERSION,
                            stack_success_rate=float(np.mean(outcomes)) if outcomes else float("nan"),
                            mean_final_blocks_stacked=float(np.mean(heights)) if heights else float("nan"),
                            source=(f"{num_trajectories} trajectories ({num_random} random-action) of the noisy scripted "
-                                   f"stacking policy in the 5-block training env, envs/block_stacking.py, seed {seed}"))
+                                   f"stacking policy in the 5-block training env, envs/block_stacking.py, seed {seed}"
+                                   + (f", grasp miss probability {grasp_miss_prob}" if grasp_miss_prob else "")))
     except BaseException:  # interrupted or failed: leave no partial file behind
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -694,11 +744,15 @@ def main():
     parser.add_argument("--out", default=str(DEFAULT_DATASET), help="output .hdf5 path (written atomically)")
     parser.add_argument("--random-fraction", type=float, default=0.0,
                         help="fraction of random-action trajectories (appendix G, Table 1)")
+    parser.add_argument("--grasp-miss-prob", type=float, default=0.0,
+                        help="probability that a scripted grasp is aimed beside its block, fails and is retried "
+                             "(the authors' data policy retries failed grasps; 0: every grasp lands)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.time()
     try:
-        out = generate_dataset(args.out, args.num_trajectories, args.random_fraction, args.seed)
+        out = generate_dataset(args.out, args.num_trajectories, args.random_fraction, args.seed,
+                               grasp_miss_prob=args.grasp_miss_prob)
     except ValueError as e:
         parser.error(str(e))
     except UnwritablePathError as e:
@@ -707,7 +761,8 @@ def main():
         parser.error(f"cannot write {args.out!r}: {e}")
     with h5py.File(out, "r") as f:
         print(f"wrote {out}: {len(f['actions'])} steps, {args.num_trajectories} trajectories, scripted stack "
-              f"success {f.attrs['stack_success_rate']:.2f}, {time.time() - start:.0f} s")
+              f"success {f.attrs['stack_success_rate']:.2f}, failed grasps {f.attrs['failed_grasps']}, "
+              f"{time.time() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,39 @@ def test_scripted_lift_carries_block_and_release_lands_it_on_the_block_below():
     assert records[-1][2]["blocks_stacked"] == 1
 
 
+def test_missed_grasps_are_retried_from_above_until_the_block_comes_along():
+    """grasp_miss_prob=1: the first two grasps are aimed beside the block (the fingers land on it or on the
+    table next to it), rise without it, and are retried; the last retry is aimed exactly and the stack
+    succeeds, as the authors' data policy repeats a grasp until its block is lifted. A miss that tips the block
+    over gives the stack up (seed 1: the next act() would plan another stack)."""
+    for seed in range(4):
+        env = two_block_env(image_obs=False)
+        state = place_blocks(env, [[-0.2, H, 0.0], [0.2, H, 0.0]])
+        policy = bs.ScriptedStacker(env, np.random.default_rng(seed), num_stacks=1, action_noise=0.0,
+                                    subgoal_prob=0.0, grasp_miss_prob=1.0, max_retries=2)
+        held_before_last_retry, states = [], []
+        for _ in range(600):
+            action = policy.act(state)
+            if policy.done():
+                break
+            obs, _, _, _, info = env.step(action)
+            state = obs["state"]
+            states.append(state)
+            if policy.retries < 2:
+                held_before_last_retry.append(info["lifted"])
+        source, target = policy.attempts[0]
+        assert not any(held_before_last_retry)  # the missed grasps never lifted the block
+        if seed == 1:
+            assert policy.done() and policy.failed_grasps == 1 and abs(state[5 + 3 * source]) > 0.15  # tipped
+            assert not bs.stack_succeeded(state, source, target)
+            continue
+        assert policy.done() and policy.failed_grasps == 2 and policy.retries == 2
+        assert bs.stack_succeeded(state, source, target)
+        states = np.array(states)
+        aimed_beside = np.abs(states[:, 0] - states[:, 3 + 3 * source]) > 0.02
+        assert (aimed_beside & (states[:, 1] < states[:, 4 + 3 * source] + 2 * H)).sum() > 5  # low, beside it
+
+
 def test_five_block_tower_stands_still_for_200_steps():
     env = bs.BlockStackingEnv(num_blocks=5, layout="ground", layout_seed=None, image_obs=False)
     env.reset(seed=0)
