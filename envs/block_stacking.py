@@ -441,6 +441,7 @@ class ScriptedStacker:
         self.waypoints, self.hold, self.attempts = [], 0, []  # attempts: (source, target) per stack
         # waypoints: (x, z, grip, tolerance, hold steps, step limit or None, check the grasp when reached)
         self.waypoint_steps, self.retries, self.failed_grasps = 0, 0, 0
+        self.heights = None  # (empty_z, carry_z) of the current stack, for a retried grasp
 
     def _subgoal(self, z_min, grip):
         lim = self.env.x_limit
