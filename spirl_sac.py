@@ -910,6 +910,7 @@ def main(args):
         alpha_optimizer.load_state_dict(resume_ckpt["alpha_optimizer"])
         global_step, grad_steps, episodes = resume_ckpt["global_step"], resume_ckpt["grad_steps"], resume_ckpt["episodes"]
         skills_collected = resume_ckpt["skills_collected"]
+        updates_start = resume_ckpt.get("updates_start", args.learning_starts)  # a checkpoint written mid-refill
         random.setstate(resume_ckpt["rng"]["python"])
         np.random.set_state(resume_ckpt["rng"]["numpy"])
         torch.set_rng_state(resume_ckpt["rng"]["torch"])
@@ -951,7 +952,8 @@ def main(args):
         save_atomic({
             "format": CHECKPOINT_FORMAT, "args": asdict(args), "run_name": run_name, "env": args.env,
             "global_step": global_step, "grad_steps": grad_steps, "episodes": episodes,
-            "skills_collected": skills_collected, "policy": policy.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(),
+            "skills_collected": skills_collected, "updates_start": updates_start,
+            "policy": policy.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(),
             "qf1_target": qf1_target.state_dict(), "qf2_target": qf2_target.state_dict(),
             "log_alpha": log_alpha.detach().cpu(), "policy_optimizer": policy_optimizer.state_dict(),
             "q_optimizer": q_optimizer.state_dict(), "alpha_optimizer": alpha_optimizer.state_dict(),

@@ -361,6 +361,7 @@ if __name__ == "__main__":
             log_alpha.copy_(resume_ckpt["log_alpha"])
         alpha = log_alpha.exp().item()
         global_step, episodes = resume_ckpt["global_step"], resume_ckpt["episodes"]
+        updates_start = resume_ckpt.get("updates_start", args.learning_starts)  # a checkpoint written mid-refill
         set_rng_state(resume_ckpt["rng"], rng, env)
         obs, _ = env.reset(seed=args.seed + episodes)
         replay_path = args.resume + ".replay.npz"
@@ -390,6 +391,7 @@ if __name__ == "__main__":
         if args.save_replay_buffer:  # first: a checkpoint never refers to an older buffer
             save_atomic({**rb.state_dict(), "global_step": step}, path + ".replay.npz", save_npz)
         save_atomic({"format": CHECKPOINT_FORMAT, "args": vars(args), "global_step": step, "episodes": episodes,
+                     "updates_start": updates_start,
                      "actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(),
                      "qf1_target": qf1_target.state_dict(), "qf2_target": qf2_target.state_dict(),
                      "q_optimizer": q_optimizer.state_dict(), "actor_optimizer": actor_optimizer.state_dict(),

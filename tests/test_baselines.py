@@ -363,6 +363,16 @@ def test_interrupted_run_resumes_exactly(script, tmp_path, monkeypatch, capsys):
     refilled = torch.load(tmp_path / "refill" / "agent.pt", weights_only=False)
     updates = int(refilled["q_optimizer"]["state"][0]["step"]) - int(straight["q_optimizer"]["state"][0]["step"])
     assert 0 < updates <= (episode - 100) // (5 if script == "ssp" else 1) + 1, updates
+    # the same refill stopped half way (a checkpoint at 50 of its 100 env steps, with the half-filled buffer): the
+    # resumed run goes on refilling and makes the same number of updates as the refill in one go
+    run_script(script, [*argv, "--total-timesteps", str(2 * episode + 50), "--resume", "straight/agent.pt",
+                        "--run-dir", "half"], monkeypatch, tmp_path, capsys)
+    half = torch.load(tmp_path / "half" / "agent.pt", weights_only=False)
+    assert half["q_optimizer"]["state"][0]["step"] == straight["q_optimizer"]["state"][0]["step"]  # no update yet
+    run_script(script, [*argv, "--total-timesteps", str(3 * episode), "--resume", "half/agent.pt", "--run-dir", "rest"],
+               monkeypatch, tmp_path, capsys)
+    rest = torch.load(tmp_path / "rest" / "agent.pt", weights_only=False)
+    assert int(rest["q_optimizer"]["state"][0]["step"]) - int(straight["q_optimizer"]["state"][0]["step"]) == updates
 
 
 @pytest.mark.parametrize("script", ["sac", "bc_sac", "flat_prior", "ssp"])

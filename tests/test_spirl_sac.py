@@ -479,6 +479,11 @@ def test_smoke_run_on_maze_then_resume_and_evaluate(tmp_path, monkeypatch):
     out4 = spirl_sac.main(spirl_sac.Args(resume="copy/spirl_sac.pt", total_env_steps=900, run_dir="refill"))
     assert out4["global_step"] == 900 and out4["replay_size"] > common["learning_starts"]
     assert out4["grad_steps"] - out3["grad_steps"] == out4["replay_size"] - common["learning_starts"] + 1
+    # the same refill stopped half way: its checkpoint (with the half-refilled buffer) resumes the refill, not the updates
+    out5 = spirl_sac.main(spirl_sac.Args(resume="copy/spirl_sac.pt", total_env_steps=550, run_dir="half"))
+    assert out5["grad_steps"] == out3["grad_steps"] and 0 < out5["replay_size"] < common["learning_starts"]
+    out6 = spirl_sac.main(spirl_sac.Args(resume="half/spirl_sac.pt", total_env_steps=900, run_dir="rest"))
+    assert out6["grad_steps"] - out3["grad_steps"] == out6["replay_size"] - common["learning_starts"] + 1
     result = spirl_sac.main(spirl_sac.Args(env="maze", evaluate="run/sac.pt", eval_episodes=2, capture_video=True))
     assert np.isfinite(result["return"])
     assert result["path"] == "run/sac_evaluate.npz"  # next to the checkpoint, with one GIF per episode
