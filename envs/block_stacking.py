@@ -429,14 +429,19 @@ class ScriptedStacker:
     next to it; they close, rise, and when the block did not come along the stack starts its grasp again
     from above the block (at most ``max_retries`` retries, the last one aimed exactly). Without it every
     grasp lands (0, the default data).
+
+    ``low_subgoal_prob`` > 0: with that probability a stack starts with a pseudo-random subgoal on the table
+    (the gripper goes down, open, to a spot with no block within 9 cm, then rises and goes on), so the data
+    show the way up from there; the paper's subgoals are "placed in between and within stacking sequences"
+    to increase the data's support, ours otherwise lie above the blocks (0, the default data).
     """
 
     def __init__(self, env: BlockStackingEnv, rng: np.random.Generator, num_stacks: int,
                  action_noise: float = 0.1, subgoal_prob: float = 0.3, build_tower: bool = False,
-                 grasp_miss_prob: float = 0.0, max_retries: int = 2):
+                 grasp_miss_prob: float = 0.0, max_retries: int = 2, low_subgoal_prob: float = 0.0):
         self.env, self.rng, self.stacks_left = env, rng, num_stacks
         self.action_noise, self.subgoal_prob, self.build_tower = action_noise, subgoal_prob, build_tower
-        self.grasp_miss_prob, self.max_retries = grasp_miss_prob, max_retries
+        self.grasp_miss_prob, self.max_retries, self.low_subgoal_prob = grasp_miss_prob, max_retries, low_subgoal_prob
         self.gain = rng.uniform(0.5, 1.0)  # per-trajectory speed, for diverse skills
         self.waypoints, self.hold, self.attempts = [], 0, []  # attempts: (source, target) per stack
         # waypoints: (x, z, grip, tolerance, hold steps, step limit or None, check the grasp when reached)
@@ -483,6 +488,13 @@ class ScriptedStacker:
         sx, sz, tx, tz = blocks[s, 0], blocks[s, 1], blocks[t, 0], blocks[t, 1]
         gx = state[0]
         plan = [(gx, empty_z, 1.0, 0.02, 0, None, False)]
+        if self.low_subgoal_prob > 0 and self.rng.random() < self.low_subgoal_prob:  # down to the table and up
+            lim = self.env.x_limit
+            spots = [x for x in self.rng.uniform(-lim, lim, 20) if np.abs(blocks[:, 0] - x).min() > 0.09]
+            if spots:
+                plan += [(spots[0], empty_z, 1.0, 0.02, 0, None, False),
+                         (spots[0], GRIP_Z_MIN, 1.0, 0.004, int(self.rng.integers(0, 6)), 40, False),
+                         (spots[0], empty_z, 1.0, 0.02, 0, None, False)]
         if self.rng.random() < self.subgoal_prob:  # between stacks
             plan.append(self._subgoal(empty_z, self.rng.uniform(0, 1)))
         self.retries, self.heights = 0, (empty_z, carry_z)
@@ -545,7 +557,7 @@ def stack_succeeded(state, source: int, target: int) -> bool:
 
 
 def collect_trajectory(env: BlockStackingEnv, rng: np.random.Generator, random_actions: bool = False,
-                       max_steps: int = 400, grasp_miss_prob: float = 0.0) -> dict:
+                       max_steps: int = 400, grasp_miss_prob: float = 0.0, low_subgoal_prob: float = 0.0) -> dict:
     """One data trajectory in ``env``: the noisy scripted policy doing 3 consecutive stacks, or, with
     ``random_actions``, 100-250 uniformly random actions (appendix G's low-quality data).
 
@@ -555,7 +567,8 @@ def collect_trajectory(env: BlockStackingEnv, rng: np.random.Generator, random_a
     """
     obs, info = env.reset(seed=int(rng.integers(2**31)))
     states, actions, frames, outcomes = [], [], [], []
-    policy = None if random_actions else ScriptedStacker(env, rng, num_stacks=3, grasp_miss_prob=grasp_miss_prob)
+    policy = None if random_actions else ScriptedStacker(env, rng, num_stacks=3, grasp_miss_prob=grasp_miss_prob,
+                                                         low_subgoal_prob=low_subgoal_prob)
     length = int(rng.integers(100, 251)) if random_actions else max_steps
     for _ in range(length):
         if random_actions:
@@ -586,7 +599,8 @@ def training_env(image_obs: bool = True) -> BlockStackingEnv:
 
 
 def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, random_fraction: float = 0.0,
-                     seed: int = 0, max_steps: int = 400, grasp_miss_prob: float = 0.0) -> str:
+                     seed: int = 0, max_steps: int = 400, grasp_miss_prob: float = 0.0,
+                     low_subgoal_prob: float = 0.0) -> str:
     """Collect ``num_trajectories`` in the training env and write D4RL-style HDF5 to ``out`` atomically.
 
     Keys: states (N, 18) f32, actions (N, 3) f32, terminals (N,) bool (always False: no task end),
@@ -597,8 +611,9 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
         raise ValueError(f"--num-trajectories must be >= 1, got {num_trajectories}")
     if not 0.0 <= random_fraction <= 1.0:
         raise ValueError(f"--random-fraction must be in [0, 1], got {random_fraction}")
-    if not 0.0 <= grasp_miss_prob <= 1.0:
-        raise ValueError(f"--grasp-miss-prob must be in [0, 1], got {grasp_miss_prob}")
+    for name, value in (("grasp-miss-prob", grasp_miss_prob), ("low-subgoal-prob", low_subgoal_prob)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"--{name} must be in [0, 1], got {value}")
     rng = np.random.default_rng(seed)
     env = training_env()
     num_random = int(round(random_fraction * num_trajectories))
@@ -619,7 +634,7 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
             outcomes, heights, failed_grasps = [], [], 0
             for i in tqdm(range(num_trajectories), desc="block_stacking data", unit="traj"):
                 traj = collect_trajectory(env, rng, random_actions=bool(is_random[i]), max_steps=max_steps,
-                                          grasp_miss_prob=grasp_miss_prob)
+                                          grasp_miss_prob=grasp_miss_prob, low_subgoal_prob=low_subgoal_prob)
                 T = len(traj["actions"])
                 ends = np.zeros(T, bool)
                 ends[-1] = True
@@ -632,13 +647,14 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
                     heights.append(traj["info"]["blocks_stacked"])
                     failed_grasps += traj["failed_grasps"]
             f.attrs.update(num_blocks=5, num_trajectories=num_trajectories, random_fraction=random_fraction, seed=seed,
-                           grasp_miss_prob=grasp_miss_prob, failed_grasps=failed_grasps,
+                           grasp_miss_prob=grasp_miss_prob, failed_grasps=failed_grasps, low_subgoal_prob=low_subgoal_prob,
                            physics_version=PHYSICS_VERSION,
                            stack_success_rate=float(np.mean(outcomes)) if outcomes else float("nan"),
                            mean_final_blocks_stacked=float(np.mean(heights)) if heights else float("nan"),
                            source=(f"{num_trajectories} trajectories ({num_random} random-action) of the noisy scripted "
                                    f"stacking policy in the 5-block training env, envs/block_stacking.py, seed {seed}"
-                                   + (f", grasp miss probability {grasp_miss_prob}" if grasp_miss_prob else "")))
+                                   + (f", grasp miss probability {grasp_miss_prob}" if grasp_miss_prob else "")
+                                   + (f", table subgoal probability {low_subgoal_prob}" if low_subgoal_prob else "")))
     except BaseException:  # interrupted or failed: leave no partial file behind
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -748,12 +764,15 @@ def main():
     parser.add_argument("--grasp-miss-prob", type=float, default=0.0,
                         help="probability that a scripted grasp is aimed beside its block, fails and is retried "
                              "(the authors' data policy retries failed grasps; 0: every grasp lands)")
+    parser.add_argument("--low-subgoal-prob", type=float, default=0.0,
+                        help="probability that a stack starts with a subgoal on the table, away from the blocks, "
+                             "and the way back up (0: every subgoal lies above the blocks)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.time()
     try:
         out = generate_dataset(args.out, args.num_trajectories, args.random_fraction, args.seed,
-                               grasp_miss_prob=args.grasp_miss_prob)
+                               grasp_miss_prob=args.grasp_miss_prob, low_subgoal_prob=args.low_subgoal_prob)
     except ValueError as e:
         parser.error(str(e))
     except UnwritablePathError as e:

@@ -101,6 +101,29 @@ def test_missed_grasps_are_retried_from_above_until_the_block_comes_along():
         assert (aimed_beside & (states[:, 1] < states[:, 4 + 3 * source] + 2 * H)).sum() > 5  # low, beside it
 
 
+def test_table_subgoals_go_down_beside_the_blocks_and_back_up_before_the_stack():
+    """low_subgoal_prob=1: the stack starts with the open gripper going down to the table at a spot 9 cm or more
+    from every block, then up again; the stack itself still succeeds."""
+    env = two_block_env(image_obs=False)
+    state = place_blocks(env, [[-0.2, H, 0.0], [0.2, H, 0.0]])
+    policy = bs.ScriptedStacker(env, np.random.default_rng(0), num_stacks=1, action_noise=0.0, subgoal_prob=0.0,
+                                low_subgoal_prob=1.0)
+    states = []
+    for _ in range(600):
+        action = policy.act(state)
+        if policy.done():
+            break
+        state = env.step(action)[0]["state"]
+        states.append(state)
+    states = np.array(states)
+    blocks_x = states[:, 3::3]
+    on_table_away = (states[:, 1] < bs.GRIP_Z_MIN + 0.005) & (np.abs(blocks_x - states[:, :1]).min(axis=1) > 0.085)
+    assert on_table_away.sum() >= 1
+    first_lift = np.flatnonzero(np.abs(blocks_x - states[:, :1]).min(axis=1) < 0.01)[0]  # first time over a block
+    assert np.flatnonzero(on_table_away)[0] < first_lift  # before the grasp
+    assert bs.stack_succeeded(state, *policy.attempts[0])
+
+
 def test_five_block_tower_stands_still_for_200_steps():
     env = bs.BlockStackingEnv(num_blocks=5, layout="ground", layout_seed=None, image_obs=False)
     env.reset(seed=0)
