@@ -194,6 +194,14 @@ def free_blocks_in_view(states):
     return np.array(in_view), np.array(nearest)
 
 
+def parked_low(states):
+    """Per state: the gripper is low (below 4 cm) and no block centre lies within 5 cm of it in x, i.e. it is down on
+    the table beside the blocks, not around one. The default data never show it; trained policies sit there."""
+    states = np.asarray(states)
+    nearest = np.abs(states[:, 3::3] - states[:, :1]).min(axis=1)
+    return (states[:, 1] < 0.04) & (nearest > 0.05)
+
+
 def carries(states):
     """The episode's carries: (first step, last step, block, x where it was picked, x where it was let go), one per
     run of consecutive steps in which the same block is held in the air."""
@@ -289,6 +297,8 @@ def policy_rollouts(checkpoint, episodes):
                          "let_go_from_tower_after_best": [round(c[4] - tower_x, 3) for c in late],
                          "final": int(stacked[-1]), "best": int(stacked.max()), "first_3_block_tower": first_tower,
                          "lifted": float(lifted.mean()), "lifted_last_300": float(lifted[-300:].mean()),
+                         "parked": float(parked_low(saved[key]).mean()),
+                         "parked_second_half": float(parked_low(saved[key][len(saved[key]) // 2:]).mean()),
                          "lifted_after_tower": float(lifted[first_tower:].mean()) if first_tower is not None else None,
                          **reward_parts(env, saved[key])})
     return rows, spread
@@ -494,7 +504,8 @@ if __name__ == "__main__":
             after = "-" if r["lifted_after_tower"] is None else f"{r['lifted_after_tower']:.2f}"
             print(f"episode {k}: blocks_stacked at the end {r['final']}, best {r['best']}, first 3-block tower at step "
                   f"{r['first_3_block_tower']}; steps with a block lifted {r['lifted']:.2f}, after the first 3-block "
-                  f"tower {after}, in the last 300 steps {r['lifted_last_300']:.2f}; from the best tower on (step "
+                  f"tower {after}, in the last 300 steps {r['lifted_last_300']:.2f}; gripper low beside the blocks "
+                  f"{r['parked']:.2f} of the steps ({r['parked_second_half']:.2f} of the second half); from the best tower on (step "
                   f"{r['best_at']}): nearest free block {r['nearest_free_at_best']:.2f} m away in x, a free block in "
                   f"view {r['free_in_view_after_best']:.2f} of the steps, gripper x span {r['gripper_x_span_after_best']:.2f} m; "
                   f"tallest tower at x = {r['tower_x']:.2f} m; {r['carries_after_best']} carries (>= 5 steps) after it, "
@@ -506,12 +517,13 @@ if __name__ == "__main__":
         final = np.array([r["final"] for r in rows])
         part = {key: np.mean([r[key] for r in rows]) for key in ("return_lift", "return_delivery", "return_height",
                                                                  "blocks_lifted_end", "blocks_delivered_end",
-                                                                 "stacked_never_lifted_end")}
+                                                                 "stacked_never_lifted_end", "parked", "parked_second_half")}
         print(f"policy {args.policy_rollouts}, {len(rows)} episodes: blocks_stacked at the end {final.mean():.2f}; "
               f"mean dense-reward return from lift flags {part['return_lift']:.0f}, delivery flags {part['return_delivery']:.0f}, "
               f"height {part['return_height']:.0f}; blocks lifted {part['blocks_lifted_end']:.1f}, delivered "
               f"{part['blocks_delivered_end']:.1f} by the end; blocks resting on another without ever being lifted "
-              f"{part['stacked_never_lifted_end']:.1f}; {time.perf_counter() - start:.0f} s")
+              f"{part['stacked_never_lifted_end']:.1f}; gripper low beside the blocks {part['parked']:.2f} of the steps "
+              f"({part['parked_second_half']:.2f} of the second halves); {time.perf_counter() - start:.0f} s")
         print(f"at its {len(spread['kl_sum'])} skill decisions: the policy's sigma {spread['policy_sigma'].mean():.2f} "
               f"(mean over latent dims, pre-tanh), the prior's {spread['prior_sigma'].mean():.2f}; KL(pi || p_a) summed over "
               f"latent dims {spread['kl_sum'].mean():.2f} (median {np.median(spread['kl_sum']):.2f})")

@@ -342,6 +342,9 @@ def test_bad_inputs_give_clear_one_line_errors(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "envs.block_stacking", "--random-fraction", "2",
                           "--out", str(tmp_path / "x.hdf5")], capture_output=True, text=True)
     assert cli.returncode == 2 and "random-fraction must be in [0, 1]" in cli.stderr
+    cli = subprocess.run([sys.executable, "-m", "envs.block_stacking", "--low-subgoal-prob", "-0.1",
+                          "--out", str(tmp_path / "x.hdf5")], capture_output=True, text=True)
+    assert cli.returncode == 2 and "low-subgoal-prob must be in [0, 1]" in cli.stderr
     assert "Traceback" not in cli.stderr
 
 
@@ -384,6 +387,13 @@ def test_policy_diagnosis_finds_the_carry_and_the_free_blocks_of_a_scripted_stac
     in_view, nearest = benchmark.free_blocks_in_view(np.array([start, far, states[-1]]))
     assert in_view.tolist() == [True, False, False]
     assert nearest[0] < 0.01 and abs(nearest[1] - 0.5) < 1e-6 and np.isinf(nearest[2])
+    # parked_low(): the gripper down on the table beside the blocks, not around one and not above them
+    beside = far.copy()
+    beside[1] = 0.03
+    around = beside.copy()
+    around[0] = 0.5
+    assert benchmark.parked_low(np.array([far, beside, around])).tolist() == [False, True, False]
+    assert not benchmark.parked_low(states).any()  # the scripted stack goes down only around a block
     # reward_parts() replays the states through the env's reward: its parts add up to the return the env paid, the
     # lift part is 1 per step from the lift to the delivery, and both flags are set on the one moved block
     rewards = np.array([r[1] for r in records])
