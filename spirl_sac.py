@@ -118,6 +118,11 @@ class Args:
     normalisation): a lever against the critic divergence measured in docs/spirl_sac.md, where the whole value
     level inflates through the bootstrapped targets. Normalised features bound |Q| by the head's weights and are
     known to keep TD learning from diverging (Ball et al. 2023; Gallici et al. 2024)"""
+    critic_reward_flags: bool = False
+    """the critics also see the env's reward flags, info["reward_flags"] (block stacking: each block's sticky lifted
+    and delivered flag, which its reward pays on for the rest of the episode but its state does not show). Not the
+    paper's nor the authors' (their critics see the state only): a lever of issue 18. The policy and prior are
+    unchanged; only the critics' input grows, so the reward they regress onto becomes a function of what they see"""
     prior_init: bool = True
     """initialise the policy with the skill prior's weights (B.2); --no-prior-init is appendix F's ablation"""
     omega_constant_steps: int = 500_000
@@ -435,7 +440,8 @@ class ReplayBuffer:
     States are stored raw; images as uint8. Because the prior is frozen, its Gaussian at s_t and s_{t+H}
     is stored with the transition instead of being recomputed at every gradient step."""
 
-    def __init__(self, capacity, state_dim, latent_dim, state_mean, state_std, image_shape=None, device="cpu"):
+    def __init__(self, capacity, state_dim, latent_dim, state_mean, state_std, image_shape=None, device="cpu",
+                 flags_dim=0):
         self.capacity, self.size, self.pos, self.device = capacity, 0, 0, device
         self.state_mean, self.state_std = np.asarray(state_mean, np.float32), np.asarray(state_std, np.float32)
         self.data = {
@@ -449,6 +455,9 @@ class ReplayBuffer:
             "next_prior_mu": np.zeros((capacity, latent_dim), np.float32),
             "next_prior_log_sigma": np.zeros((capacity, latent_dim), np.float32),
         }
+        if flags_dim:  # --critic-reward-flags: the env's reward flags at s_t and s_{t+H}, for the critics only
+            self.data["flags"] = np.zeros((capacity, flags_dim), np.float32)
+            self.data["next_flags"] = np.zeros((capacity, flags_dim), np.float32)
         if image_shape is not None:  # np.zeros only commits memory for the rows that get written
             # stored channels-last, (H, W, C): a sampled batch is then already in the memory layout in which the CPU's
             # convolutions run fastest (see make_policy), with no transposing copy at every update
@@ -468,13 +477,16 @@ class ReplayBuffer:
         idx = rng.integers(0, self.size, size=batch_size)
         t = {key: torch.as_tensor(array[idx], device=self.device) for key, array in self.data.items()}
         mean, std = torch.as_tensor(self.state_mean, device=self.device), torch.as_tensor(self.state_std, device=self.device)
-        critic_obs, next_critic_obs = (t["state"] - mean) / std, (t["next_state"] - mean) / std
+        state_obs, next_state_obs = (t["state"] - mean) / std, (t["next_state"] - mean) / std
+        critic_obs, next_critic_obs = state_obs, next_state_obs
+        if "flags" in t:  # --critic-reward-flags: the critics see [normalised state, reward flags]
+            critic_obs, next_critic_obs = torch.cat([state_obs, t["flags"]], -1), torch.cat([next_state_obs, t["next_flags"]], -1)
         images = "image" in t
         if images:  # (B, H, W, C) -> (B, C, H, W) with channels-last strides: a view, no copy
             t["image"], t["next_image"] = (t[k].permute(0, 3, 1, 2) for k in ("image", "next_image"))
         return {
-            "policy_obs": t["image"] if images else critic_obs,
-            "next_policy_obs": t["next_image"] if images else next_critic_obs,
+            "policy_obs": t["image"] if images else state_obs,
+            "next_policy_obs": t["next_image"] if images else next_state_obs,
             "critic_obs": critic_obs, "next_critic_obs": next_critic_obs,
             **{key: t[key] for key in ("skill", "reward", "done", "prior_mu", "prior_log_sigma",
                                        "next_prior_mu", "next_prior_log_sigma")},
@@ -488,6 +500,8 @@ class ReplayBuffer:
         if size > self.capacity:
             raise SetupError(f"saved replay buffer holds {size} transitions, more than --buffer-size {self.capacity}")
         for key, array in self.data.items():
+            if key not in saved:
+                raise SetupError(f"the saved replay buffer has no {key!r}: it was written by a run with other settings")
             if key in ("image", "next_image") and saved[key].shape[1:] != array.shape[1:]:
                 array[:size] = np.moveaxis(saved[key], 1, -1)  # a buffer saved before images were stored (H, W, C)
             else:
@@ -802,7 +816,16 @@ def main(args):
 
     # Alg. 1 line 2: policy (initialised from the prior), twin critics and their targets, alpha
     policy = make_policy(skill_prior, meta, args.prior_init).to(device)
-    critic_kwargs = dict(state_dim=meta["state_dim"], latent_dim=latent_dim, hidden_dim=args.critic_hidden_dim,
+    def reward_flags(info):
+        """--critic-reward-flags: the env's reward flags in info (float32), else an empty array."""
+        if not args.critic_reward_flags:
+            return np.zeros(0, np.float32)
+        if "reward_flags" not in info:
+            raise SetupError(f"--critic-reward-flags: env {args.env} reports no info['reward_flags'] (block_stacking does)")
+        return np.asarray(info["reward_flags"], np.float32)
+
+    flags_dim = len(reward_flags(env.reset(seed=args.seed)[1])) if args.critic_reward_flags else 0
+    critic_kwargs = dict(state_dim=meta["state_dim"] + flags_dim, latent_dim=latent_dim, hidden_dim=args.critic_hidden_dim,
                          num_layers=args.critic_layers, layer_norm=args.critic_layer_norm)
     qf1, qf2 = Critic(**critic_kwargs).to(device), Critic(**critic_kwargs).to(device)
     qf1_target, qf2_target = Critic(**critic_kwargs).to(device), Critic(**critic_kwargs).to(device)
@@ -898,7 +921,7 @@ def main(args):
 
     # Training
     rb = ReplayBuffer(min(args.buffer_size, args.total_env_steps), meta["state_dim"], latent_dim, state_mean, state_std,
-                      meta["image_shape"], device)
+                      meta["image_shape"], device, flags_dim)
     if resume_ckpt is not None:
         policy.load_state_dict(resume_ckpt["policy"])
         for net, key in ((qf1, "qf1"), (qf2, "qf2"), (qf1_target, "qf1_target"), (qf2_target, "qf2_target")):
@@ -966,7 +989,8 @@ def main(args):
         if args.save_replay_buffer:
             save_replay(rb, save_path + ".replay.npz")
 
-    obs, _ = env.reset(seed=args.seed + episodes)
+    obs, reset_info = env.reset(seed=args.seed + episodes)
+    flags = reward_flags(reset_info)
     with torch.no_grad():
         prior_mu, prior_log_sigma = skill_prior(policy_input(obs))
     episode_return, episode_length, episode_metrics = 0.0, 0, []  # episode_metrics: (env step at its end, metric)
@@ -996,6 +1020,7 @@ def main(args):
         z = z[0].cpu().numpy()
         # Alg. 1 line 6: execute the H decoded actions, s_{t+H} ~ p(s_{t+H} | s_t, z_t)
         next_obs, reward, terminated, truncated, info, steps, _ = run_skill(env, obs, z)
+        next_flags = reward_flags(info)
         with torch.no_grad():
             next_prior_mu, next_prior_log_sigma = skill_prior(policy_input(next_obs))
         # Alg. 1 line 7: store (s_t, z_t, r~ = sum of the rewards (times --reward-scale), s_{t+H}, done). done is set
@@ -1004,13 +1029,14 @@ def main(args):
         rb.add(state=obs["state"], next_state=next_obs["state"], skill=z, reward=args.reward_scale * reward, done=float(done),
                prior_mu=prior_mu[0].cpu().numpy(), prior_log_sigma=prior_log_sigma[0].cpu().numpy(),
                next_prior_mu=next_prior_mu[0].cpu().numpy(), next_prior_log_sigma=next_prior_log_sigma[0].cpu().numpy(),
-               **({"image": obs["image"], "next_image": next_obs["image"]} if image_prior else {}))
+               **({"image": obs["image"], "next_image": next_obs["image"]} if image_prior else {}),
+               **({"flags": flags, "next_flags": next_flags} if flags_dim else {}))
         global_step += steps
         skills_collected += 1
         high_level_steps += 1
         episode_return += reward
         episode_length += steps
-        obs, prior_mu, prior_log_sigma = next_obs, next_prior_mu, next_prior_log_sigma
+        obs, prior_mu, prior_log_sigma, flags = next_obs, next_prior_mu, next_prior_log_sigma, next_flags
         if terminated or truncated:
             episodes += 1
             last_return, last_metric = episode_return, float(info.get(metric, 0.0))
@@ -1025,7 +1051,8 @@ def main(args):
                     writer.add_scalar(f"charts/{key}", info[key], global_step)
             if episode_kls:
                 writer.add_scalar(f"charts/kl_{args.kl_reduction}_on_own_states", np.mean(episode_kls), global_step)
-            obs, _ = env.reset(seed=args.seed + episodes)
+            obs, reset_info = env.reset(seed=args.seed + episodes)
+            flags = reward_flags(reset_info)
             with torch.no_grad():
                 prior_mu, prior_log_sigma = skill_prior(policy_input(obs))
             episode_return, episode_length, episode_kls = 0.0, 0, []

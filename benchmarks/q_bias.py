@@ -60,7 +60,8 @@ def load(checkpoint_path, env_seed=0):
     policy.load_state_dict(ckpt["policy"])
     critics = []
     for key in ("qf1", "qf2"):
-        critic = spirl_sac.Critic(state_dim=meta["state_dim"], latent_dim=meta["latent_dim"],
+        flags_dim = 2 * env.unwrapped.num_blocks if run_args.critic_reward_flags else 0  # --critic-reward-flags
+        critic = spirl_sac.Critic(state_dim=meta["state_dim"] + flags_dim, latent_dim=meta["latent_dim"],
                                   hidden_dim=run_args.critic_hidden_dim, num_layers=run_args.critic_layers,
                                   layer_norm=run_args.critic_layer_norm)
         critic.load_state_dict(ckpt[key])
@@ -87,11 +88,12 @@ def episode_rows(checkpoint_path, episodes, seed):
     metric = envs.env_module(run_args.env).METRIC
     generator = torch.Generator().manual_seed(0)
 
-    def skill_at(obs):
-        """z ~ pi(z|s) squashed, min Q(s, z), KL(pi || p_a) at s."""
+    def skill_at(obs, info):
+        """z ~ pi(z|s) squashed, min Q(s, z), KL(pi || p_a) at s (info: the env's, for --critic-reward-flags runs)."""
         policy_obs = (torch.as_tensor(obs["image"]) if image_prior
                       else torch.as_tensor((obs["state"] - mean) / std)).unsqueeze(0)
-        critic_obs = torch.as_tensor((obs["state"] - mean) / std).unsqueeze(0)
+        flags = info["reward_flags"] if run_args.critic_reward_flags else np.zeros(0, np.float32)
+        critic_obs = torch.as_tensor(np.concatenate([(obs["state"] - mean) / std, flags])).unsqueeze(0)
         with torch.no_grad():
             mu, log_sigma = policy(policy_obs)
             z = spirl_sac.squashed_sample(mu, log_sigma, generator)
@@ -101,16 +103,16 @@ def episode_rows(checkpoint_path, episodes, seed):
 
     rows = []
     for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
+        obs, info = env.reset(seed=seed + episode)
         qs, rewards, kls = [], [], []
         while True:
-            z, q, kl = skill_at(obs)
+            z, q, kl = skill_at(obs, info)
             obs, reward, terminated, truncated, info, _, _ = spirl_sac.execute_skill(
                 env, obs, z, decoder, meta["skill_horizon"], mean, std, low, high, bool(meta["state_conditioned_decoder"]))
             qs.append(q), rewards.append(reward_scale * reward), kls.append(kl)  # what the critics were trained on
             if terminated or truncated:
                 break
-        _, last_q, last_kl = skill_at(obs)
+        _, last_q, last_kl = skill_at(obs, info)
         bootstrap = truncated and not terminated and run_args.bootstrap_at_time_limit
         tail = last_q - alpha * last_kl if bootstrap else 0.0
         returns = {name: realised_returns(rewards, kls, alpha, gamma, end) for name, end in (("G", tail), ("own", 0.0))}
@@ -142,8 +144,9 @@ def replay_surface(checkpoint_path, n_states, window, seed=0):
         raise SystemExit(f"{replay_path} has wrapped or holds fewer than the checkpoint's {end} skills")
     rows = np.random.default_rng(seed).choice(np.arange(max(0, end - window), end), min(n_states, window), replace=False)
     mean, std = np.asarray(meta["state_mean"], np.float32), np.asarray(meta["state_std"], np.float32)
-    states = torch.as_tensor((replay["state"][rows] - mean) / std)  # what the critics see
-    policy_obs = states
+    policy_obs = states = torch.as_tensor((replay["state"][rows] - mean) / std)
+    if run_args.critic_reward_flags:  # what the critics see: [state, reward flags]
+        states = torch.cat([states, torch.as_tensor(replay["flags"][rows])], -1)
     if meta["image_shape"] is not None:  # stored channels-last (B, H, W, C), or (B, C, H, W) by runs before session 6
         policy_obs = torch.as_tensor(replay["image"][rows])
         if tuple(policy_obs.shape[1:]) != tuple(meta["image_shape"]):

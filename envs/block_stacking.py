@@ -359,7 +359,14 @@ class BlockStackingEnv(gym.Env):
         if self.image_obs:
             frame = self._frame(state)
             self._frames = [frame, frame]
-        return self._obs(state), self.task_info(state)
+        return self._obs(state), {**self.task_info(state), "reward_flags": self.reward_flags()}
+
+    def reward_flags(self) -> np.ndarray:
+        """(2 * num_blocks,) float32: each block's lifted flag, then its delivered flag (0 / 1), as the reward
+        holds them for the rest of the episode. The reward depends on them but the state does not show them (a
+        block dropped back on the table keeps its flags); ``spirl_sac.py --critic-reward-flags`` gives them to the
+        critics, which otherwise see the same state with and without them."""
+        return np.concatenate([self._lifted_flags, self._delivered_flags]).astype(np.float32)
 
     def step(self, action):
         action = np.asarray(action, dtype=np.float64)
@@ -381,7 +388,7 @@ class BlockStackingEnv(gym.Env):
         heights = tower_heights(state[3:].reshape(-1, 3))  # once per step, for the reward and the info
         reward = self._reward(state, heights)
         info = {**self.task_info(state, heights), "blocks_lifted": int(self._lifted_flags.sum()),
-                "blocks_delivered": int(self._delivered_flags.sum())}
+                "blocks_delivered": int(self._delivered_flags.sum()), "reward_flags": self.reward_flags()}
         truncated = self._t >= self.max_episode_steps
         return self._obs(state), reward, False, truncated, info
 

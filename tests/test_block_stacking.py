@@ -158,6 +158,12 @@ def test_rewards_fire_as_the_authors_env_computes_them_on_a_scripted_episode():
     assert stacked[first_stack:].all() and len(stacked) - first_stack > 5
     np.testing.assert_allclose(rewards[-5:], bs.DELIVERED_REWARD + bs.HEIGHT_REWARD_PER_BLOCK, atol=0.02)
     assert records[-1][2]["blocks_lifted"] == 1 and records[-1][2]["blocks_delivered"] == 1
+    # info["reward_flags"] (what spirl_sac.py --critic-reward-flags feeds the critics): per block lifted, then delivered
+    flags = np.array([r[2]["reward_flags"] for r in records])  # (steps, 2 * num_blocks)
+    assert flags.dtype == np.float32 and flags.shape[1] == 2 * env.num_blocks
+    np.testing.assert_array_equal(flags[:, source], np.arange(len(records)) >= first_lift)
+    np.testing.assert_array_equal(flags[:, env.num_blocks + source], np.arange(len(records)) >= first_delivery)
+    assert flags[:, [target, env.num_blocks + target]].sum() == 0  # the target block was never lifted
     # the flags stick for the episode: put the block back on the ground, the tower term goes, the 2 stays
     state = env.state()
     blocks = state[3:].reshape(-1, 3).copy()
@@ -165,7 +171,9 @@ def test_rewards_fire_as_the_authors_env_computes_them_on_a_scripted_episode():
     place_blocks(env, blocks, gripper_xz=(0.0, 0.5))
     _, reward, _, _, info = env.step(np.array([0.0, 0.0, 1.0]))
     assert info["blocks_stacked"] == 0 and reward == bs.DELIVERED_REWARD
-    env.reset(seed=1)  # a new episode starts without flags
+    np.testing.assert_array_equal(info["reward_flags"], flags[-1])  # the same state as before the carry, other flags
+    _, reset_info = env.reset(seed=1)  # a new episode starts without flags
+    assert not reset_info["reward_flags"].any() and len(reset_info["reward_flags"]) == 2 * env.num_blocks
     _, reward, _, _, info = env.step(np.array([0.0, 0.0, 1.0]))
     assert reward == 0.0 and info["blocks_lifted"] == 0
 

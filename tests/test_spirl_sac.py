@@ -731,6 +731,47 @@ def test_image_closed_loop_decodes_from_the_current_frames_on_maze(tmp_path, mon
         spirl_sac.load_skill_model("skill_icl.pt", "maze", state_only)
 
 
+def test_critic_reward_flags_reach_the_critics_with_each_transition(tmp_path, monkeypatch):
+    """--critic-reward-flags: every stored transition carries the env's reward flags at s_t and s_{t+H}
+    (info["reward_flags"] after the reset and after each skill), the critics' input is [state, flags], a resumed run
+    reads them back from its replay file, and an env without the flags is refused by name."""
+    from envs import block_stacking
+
+    monkeypatch.chdir(tmp_path)
+    env = block_stacking.make_env(seed=0)
+    write_skill_model("skill.pt", "block_stacking", env, prior_input="state", horizon=10)
+    real_execute, skill_flags = spirl_sac.execute_skill, []
+
+    def flag_a_block_at_the_fifth_skill(env, *rest):
+        if len(skill_flags) == 4:
+            env.unwrapped._lifted_flags[3] = True  # as if block 3 had been lifted: the flag sticks from here on
+        out = real_execute(env, *rest)
+        skill_flags.append(out[4]["reward_flags"].copy())  # (obs, reward, terminated, truncated, info, ...)
+        return out
+
+    monkeypatch.setattr(spirl_sac, "execute_skill", flag_a_block_at_the_fifth_skill)
+    args = dict(env="block_stacking", skill_model="skill.pt", learning_starts=10, batch_size=8, eval_interval=0,
+                eval_episodes=1, save_path="run/spirl_sac.pt", run_dir="run", critic_reward_flags=True)
+    spirl_sac.main(spirl_sac.Args(total_env_steps=200, **args))
+    replay = np.load("run/spirl_sac.pt.replay.npz")
+    flags, next_flags = replay["flags"], replay["next_flags"]  # (20, 22): 20 skills of H = 10, 11 blocks
+    assert flags.shape == next_flags.shape == (20, 2 * env.num_blocks)
+    np.testing.assert_array_equal(next_flags, np.array(skill_flags[:20]))
+    np.testing.assert_array_equal(flags[1:], next_flags[:-1])  # one episode: s_{t+H} of a skill is s_t of the next
+    assert not flags[:5].any() and flags[5:, 3].all() and flags.sum() == 15  # after the reset, then block 3 from skill 5
+    ckpt = torch.load("run/spirl_sac.pt", map_location="cpu", weights_only=False)
+    state_dim = env.observation_space["state"].shape[0]
+    assert ckpt["qf1"]["mlp.0.weight"].shape[1] == state_dim + 2 * env.num_blocks + ckpt["skill_model"]["latent_dim"]
+    out = spirl_sac.main(spirl_sac.Args(resume="run/spirl_sac.pt", total_env_steps=300))  # reads the flags back
+    assert out["global_step"] == 300 and np.load("run/spirl_sac.pt.replay.npz")["flags"].shape == (30, 2 * env.num_blocks)
+    q_bias = import_q_bias()  # its critics rebuilt with the flags' width, fed the flags of the episode / the replay
+    assert len(q_bias.episode_rows("run/spirl_sac.pt", 1, 10_001)["episodes"]) == 1
+    assert q_bias.replay_surface("run/spirl_sac.pt", 8, 30)["states"] == 8
+    write_skill_model("maze.pt", "maze", maze_env())
+    with pytest.raises(SetupError, match=r"--critic-reward-flags: env maze reports no info\['reward_flags'\]"):
+        spirl_sac.main(spirl_sac.Args(env="maze", skill_model="maze.pt", critic_reward_flags=True, total_env_steps=20))
+
+
 @pytest.mark.parametrize("bootstrap, reward_scale", [(True, 1.0), (False, 0.01)])
 def test_time_limit_transitions_bootstrap_unless_told_not_to(tmp_path, monkeypatch, bootstrap, reward_scale):
     """A skill that ends in a time-limit truncation is stored with done = 0 (the target bootstraps through it) by
