@@ -52,6 +52,17 @@
 6. (only this) what the scripted policies earn of the authors' reward in 1000-step episodes of the 11-block row:
    the data policy (3 stacks) and the tower reference, holding still with open fingers once the script is done,
    the return split as item 4 splits a policy's (lift flags, delivery flags, height).
+    python benchmarks/block_stacking.py --critic-probe runs/<spirl_sac run>/spirl_sac.pt --critic-probe-episodes 4
+7. (only this) do a trained run's critics know which skill pays where its policy idles? Episodes of the policy (skills
+   sampled from pi, as in training); at each decision where a tower stands (blocks_stacked >= 1) and no block has been
+   lifted for 100 steps (then at most every 50 steps, up to step 850), three groups of candidate skills: 6 of the
+   policy's, the 6 of 256 prior samples the critics value most, 6 plain prior samples. Each candidate is executed from a
+   snapshot of the env (MuJoCo state, reward flags, frames, step count), followed by 12 of the policy's skills, and the
+   env is put back: the realised discounted return (bootstrapped after the 13 skills with the critics' value of the
+   policy's skill there), whether a new block was lifted, the tower's change. Per group: min(Q1, Q2) of the candidates
+   against the policy's mean, and what they realised; per state: the correlation between Q and the realised return
+   over the 18 candidates (critics that rank skills by what they earn: clearly positive; near 0: their differences
+   between skills are noise at those states). Needs a run's checkpoint with its critics (spirl_sac.pt or a kept one).
 """
 
 import os
@@ -96,6 +107,10 @@ class Args:
     """--data-skills: 1000-step episodes in the 11-block row, each run raw and autoencoded"""
     scripted_return: int = 0
     """> 0: measure only the scripted policies' return in this many 1000-step episodes of the row (item 6)"""
+    critic_probe: Optional[str] = None
+    """a spirl_sac.py checkpoint of block stacking: measure only its critics at its policy's idle states (item 7)"""
+    critic_probe_episodes: int = 4
+    """--critic-probe: policy episodes (reset seeds 10 001 on, those of spirl_sac.py's evaluation)"""
     policy_plot: Optional[str] = None
     """--policy-rollouts: also draw the policy's paths to this PNG: per episode the gripper's x over the steps, the
     carries (a block held >= 5 steps) drawn thick, the tallest tower's x and the gripper's reach"""
@@ -304,6 +319,112 @@ def policy_rollouts(checkpoint, episodes):
     return rows, spread
 
 
+def snapshot(env):
+    """Everything a BlockStackingEnv step depends on: MuJoCo's state, the reward flags, the frames, the step count."""
+    data = env.data
+    return (data.qpos.copy(), data.qvel.copy(), data.ctrl.copy(), data.act.copy(), data.time,
+            env._lifted_flags.copy(), env._delivered_flags.copy(), [f.copy() for f in env._frames or []], env._t)
+
+
+def restore(env, saved):
+    """Put env back to a snapshot(); the next step then is the step it would have taken from there."""
+    import mujoco
+
+    data = env.data
+    data.qpos[:], data.qvel[:], data.ctrl[:], data.act[:] = saved[:4]
+    data.time = saved[4]
+    env._lifted_flags, env._delivered_flags = saved[5].copy(), saved[6].copy()
+    env._frames = [f.copy() for f in saved[7]] or None
+    env._t = saved[8]
+    mujoco.mj_forward(env.model, data)
+
+
+def critic_probe(checkpoint, episodes, seed=10_001, min_stacked=1, idle_steps=100, candidates=6, follow_skills=12):
+    """Item 7. Returns one row per probed state: the critics' Q of each candidate group and what the candidates
+    realised in branch rollouts from a snapshot, and the correlation of the two over the state's candidates."""
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import q_bias
+    import spirl_sac
+
+    ckpt, run_args, env, decoder, prior, policy, critics, meta = q_bias.load(checkpoint)
+    if run_args.env != "block_stacking":
+        raise SystemExit(f"--critic-probe: {checkpoint} is a {run_args.env} run, not block_stacking")
+    unwrapped, gamma = env.unwrapped, run_args.gamma
+    mean, std = np.asarray(meta["state_mean"], np.float32), np.asarray(meta["state_std"], np.float32)
+    low, high = np.asarray(meta["action_low"]), np.asarray(meta["action_high"])
+    image_prior = meta["image_shape"] is not None
+    generator = torch.Generator().manual_seed(0)
+
+    def seen(obs):  # what the policy and the prior see, a batch of one
+        return (torch.as_tensor(obs["image"]) if image_prior else torch.as_tensor((obs["state"] - mean) / std)).unsqueeze(0)
+
+    def sample(net, obs, n):
+        with torch.no_grad():
+            mu, log_sigma = net(seen(obs))
+            return spirl_sac.squashed_sample(mu.expand(n, -1), log_sigma.expand(n, -1), generator)
+
+    def min_q(obs, skills):  # the critics' input: the normalised state, and the reward flags if the run gave them
+        flags = unwrapped.reward_flags() if run_args.critic_reward_flags else np.zeros(0, np.float32)
+        critic_obs = torch.as_tensor(np.concatenate([(obs["state"] - mean) / std, flags])).expand(len(skills), -1)
+        with torch.no_grad():
+            return torch.min(critics[0](critic_obs, skills), critics[1](critic_obs, skills)).numpy()
+
+    def run(obs, z):
+        return spirl_sac.execute_skill(env, obs, z, decoder, meta["skill_horizon"], mean, std, low, high,
+                                       bool(meta["state_conditioned_decoder"]))
+
+    def branch(obs, z):
+        """The realised return of skill z then follow_skills of the policy's, from obs; env put back afterwards."""
+        saved, lifted_before = snapshot(unwrapped), int(unwrapped._lifted_flags.sum())
+        obs, reward, terminated, truncated, info, _, _ = run(obs, z)
+        realised, discount = reward, 1.0
+        for _ in range(follow_skills):
+            if terminated or truncated:
+                break
+            discount *= gamma
+            obs, reward, terminated, truncated, info, _, _ = run(obs, sample(policy, obs, 1)[0].numpy())
+            realised += discount * reward
+        if not (terminated or truncated):
+            realised += discount * gamma * float(min_q(obs, sample(policy, obs, 1))[0])
+        result = (realised, int(unwrapped._lifted_flags.sum()) > lifted_before, info["blocks_stacked"])
+        restore(unwrapped, saved)
+        return result
+
+    rows = []
+    for episode in range(episodes):
+        obs, info = env.reset(seed=seed + episode)
+        t, last_lift, best = 0, 0, 0
+        while True:
+            stacked = unwrapped.task_info(obs["state"])["blocks_stacked"]
+            best = max(best, stacked)
+            if best >= min_stacked and t - last_lift >= idle_steps and t <= 850:
+                prior_skills = sample(prior, obs, 256)
+                groups = {"policy": sample(policy, obs, candidates),
+                          "prior, top Q": prior_skills[np.argsort(min_q(obs, prior_skills))[-candidates:]],
+                          "prior": prior_skills[:candidates]}
+                row = {"episode": episode, "step": t, "blocks_stacked": int(stacked),
+                       "q_policy_mean": float(min_q(obs, sample(policy, obs, 64)).mean())}
+                all_q, all_realised = [], []
+                for name, skills in groups.items():
+                    q = min_q(obs, skills)
+                    outcome = np.array([branch(obs, z.numpy()) for z in skills], dtype=float)  # (candidates, 3)
+                    row[name] = {"q": float(q.mean()), "realised": float(outcome[:, 0].mean()),
+                                 "new_lift": float(outcome[:, 1].mean()), "stacked_change": float(outcome[:, 2].mean() - stacked)}
+                    all_q.append(q), all_realised.append(outcome[:, 0])
+                row["corr_q_realised"] = float(np.corrcoef(np.concatenate(all_q), np.concatenate(all_realised))[0, 1])
+                rows.append(row)
+                last_lift = t - idle_steps + 50  # the next probe at least 50 steps later
+            obs, _, terminated, truncated, info, n, visited = run(obs, sample(policy, obs, 1)[0].numpy())
+            t += n
+            if any(unwrapped.task_info(state)["lifted"] for state in visited):
+                last_lift = t
+            if terminated or truncated:
+                break
+    return rows
+
+
 def decision_images(env, states, horizon):
     """The policy's inputs at an episode's skill decisions, re-drawn from its low-dim states (the reset state, then
     one per env step): at every H-th state the two stacked front views (previous step's, current), oldest first,
@@ -472,6 +593,23 @@ if __name__ == "__main__":
               f"episodes with any stack {np.mean(best > 0):.2f}; steps with a block lifted "
               f"{np.mean([r['lifted'] for r in rows]):.3f}, with a block on another {np.mean([r['on_block'] for r in rows]):.3f}; "
               f"{time.perf_counter() - start:.0f} s")
+        sys.exit(0)
+    if args.critic_probe:
+        start = time.perf_counter()
+        rows = critic_probe(args.critic_probe, args.critic_probe_episodes)
+        if not rows:
+            raise SystemExit(f"--critic-probe: the policy of {args.critic_probe} never stood idle by a tower in "
+                             f"{args.critic_probe_episodes} episodes; nothing to probe")
+        print(f"critics of {args.critic_probe} at {len(rows)} idle decision states of {args.critic_probe_episodes} "
+              f"episodes (a tower stands, no block lifted for 100 steps); Q of the policy's skills there "
+              f"{np.mean([r['q_policy_mean'] for r in rows]):.0f}")
+        for name in ("policy", "prior, top Q", "prior"):
+            print(f"  {name:12s}: Q - Q(policy) {np.mean([r[name]['q'] - r['q_policy_mean'] for r in rows]):+7.0f}, "
+                  f"realised {np.mean([r[name]['realised'] for r in rows]):7.0f}, a new block lifted in "
+                  f"{np.mean([r[name]['new_lift'] for r in rows]):.2f}, tower change {np.mean([r[name]['stacked_change'] for r in rows]):+.2f}")
+        corr = np.array([r["corr_q_realised"] for r in rows])
+        print(f"  correlation of Q and the realised return over each state's candidates: mean {np.nanmean(corr):+.2f} "
+              f"(sd {np.nanstd(corr):.2f}); {time.perf_counter() - start:.0f} s")
         sys.exit(0)
     if args.scripted_return > 0:
         start = time.perf_counter()

@@ -596,3 +596,29 @@ def test_prior_mean_skill_rollouts_execute_the_mean_and_sampled_ones_a_sample(mo
     np.testing.assert_array_equal(executed[0][0], sampled[0][0].numpy())
     assert not np.allclose(executed[0][0], executed[0][1])
     assert 0 <= row["final"] <= row["best"] and 0 <= row["lifted"] <= 1
+
+
+def test_snapshot_and_restore_replay_a_branch_exactly():
+    """--critic-probe's branch rollouts: after restore(snapshot) the env takes the same steps as from the snapshot the
+    first time (states, rewards, reward flags, frames, time limit), in the middle of a scripted stack (a block held)."""
+    benchmark = import_block_stacking_benchmark()
+    env = bs.make_env(seed=0, max_episode_steps=160)
+    stacker = bs.ScriptedStacker(env, np.random.default_rng(0), num_stacks=1, action_noise=0.0, subgoal_prob=0.0)
+    obs, _ = env.reset(seed=0)
+    for _ in range(120):
+        obs, *_ = env.step(stacker.act(obs["state"]))
+    saved = benchmark.snapshot(env)
+    rng = np.random.default_rng(1)
+    actions = rng.uniform(env.action_space.low, env.action_space.high, (40, 3))
+
+    def branch():
+        out = [env.step(a) for a in actions]
+        return (np.array([o[0]["state"] for o in out]), np.array([o[0]["image"] for o in out]), [o[1] for o in out],
+                np.array([o[4]["reward_flags"] for o in out]), [o[3] for o in out])
+
+    first = branch()
+    assert first[3][0].any() and first[4][-1] and not any(first[4][:-1])  # flags set by then; the limit at step 160
+    benchmark.restore(env, saved)
+    second = branch()
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -926,3 +926,30 @@ def test_each_training_episode_logs_the_kl_on_the_states_where_the_policy_acted(
     assert [e.step for e in logged] == [40, 60]  # the second and third episodes' ends
     np.testing.assert_allclose([e.value for e in logged], [np.mean(acting_kls[:4]), np.mean(acting_kls[4:])], rtol=1e-6)
     assert min(acting_kls) >= 0 and max(acting_kls) > 0
+
+
+def test_critic_probe_branches_candidate_skills_and_ranks_the_top_q_group_first(tmp_path, monkeypatch):
+    """benchmarks/block_stacking.py --critic-probe on a short block-stacking run (probing every 50 steps here: the tiny
+    policy never builds a tower): per probed state the three candidate groups with their critics' Q and realised
+    returns; the prior's top-Q candidates are the best-valued of the 256 samples the plain prior group is drawn from."""
+    import importlib.util
+
+    from envs import block_stacking
+
+    monkeypatch.chdir(tmp_path)
+    env = block_stacking.make_env(seed=0)
+    write_skill_model("skill.pt", "block_stacking", env, prior_input="state", horizon=10)
+    for critic_reward_flags in (False, True):
+        spirl_sac.main(spirl_sac.Args(env="block_stacking", skill_model="skill.pt", total_env_steps=100,
+                                      learning_starts=5, batch_size=4, eval_interval=0, eval_episodes=1,
+                                      save_path="run/spirl_sac.pt", run_dir="run", critic_reward_flags=critic_reward_flags))
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "block_stacking.py")
+        spec = importlib.util.spec_from_file_location("block_stacking_benchmark", path)
+        benchmark = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(benchmark)
+        rows = benchmark.critic_probe("run/spirl_sac.pt", 1, min_stacked=0, idle_steps=0, candidates=2, follow_skills=1)
+        assert [r["step"] for r in rows] == list(range(0, 851, 50))
+        for row in rows:
+            assert row["prior, top Q"]["q"] >= row["prior"]["q"] - 1e-3
+            for group in ("policy", "prior, top Q", "prior"):
+                assert np.isfinite(row[group]["realised"]) and 0.0 <= row[group]["new_lift"] <= 1.0
