@@ -316,7 +316,8 @@ class Critic(nn.Module):
     """Q(s, z): an MLP over the normalised low-dim state and the skill, built as the authors' builder does:
     an input layer, num_layers hidden blocks and a head (num_layers + 1 hidden layers of hidden_dim), leaky-ReLU,
     no normalisation (layer_norm: our lever, not theirs), Xavier-normal weights and zero biases. The critics see
-    obs["state"] even when the prior and policy see images, as in the authors' maze runs."""
+    obs["state"] even when the prior and policy see images, as in the authors' maze runs (--critic-reward-flags: with
+    the env's reward flags appended)."""
 
     def __init__(self, state_dim, latent_dim, hidden_dim=256, num_layers=2, layer_norm=False):
         super().__init__()
@@ -363,10 +364,10 @@ def sac_update(batch, policy, qf1, qf2, qf1_target, qf2_target, log_alpha,
     """One gradient step of Algorithm 1 (lines 9-13) on a batch of high-level transitions.
 
     batch: dict of tensors -- policy_obs / next_policy_obs (what the policy and prior see), critic_obs /
-    next_critic_obs (normalised low-dim state), skill (B, d), reward (B,) = sum of the H rewards, done (B,)
-    = 1 where the target must not bootstrap (a terminal; a time limit with --no-bootstrap-at-time-limit), and
-    the frozen prior's Gaussian at s and s' (prior_mu, prior_log_sigma, next_prior_mu, next_prior_log_sigma;
-    computed once when the transition was stored). alpha_min: alpha's floor (None: none); log alpha is
+    next_critic_obs (normalised low-dim state; --critic-reward-flags: the reward flags appended), skill (B, d),
+    reward (B,) = sum of the H rewards, done (B,) = 1 where the target must not bootstrap (a terminal; a time limit
+    with --no-bootstrap-at-time-limit), and the frozen prior's Gaussian at s and s' (prior_mu, prior_log_sigma,
+    next_prior_mu, next_prior_log_sigma; computed once when the transition was stored). alpha_min: alpha's floor (None: none); log alpha is
     projected onto it after its step.
     """
     alpha = log_alpha.exp().detach()
@@ -480,7 +481,8 @@ class ReplayBuffer:
         state_obs, next_state_obs = (t["state"] - mean) / std, (t["next_state"] - mean) / std
         critic_obs, next_critic_obs = state_obs, next_state_obs
         if "flags" in t:  # --critic-reward-flags: the critics see [normalised state, reward flags]
-            critic_obs, next_critic_obs = torch.cat([state_obs, t["flags"]], -1), torch.cat([next_state_obs, t["next_flags"]], -1)
+            critic_obs = torch.cat([state_obs, t["flags"]], -1)
+            next_critic_obs = torch.cat([next_state_obs, t["next_flags"]], -1)
         images = "image" in t
         if images:  # (B, H, W, C) -> (B, C, H, W) with channels-last strides: a view, no copy
             t["image"], t["next_image"] = (t[k].permute(0, 3, 1, 2) for k in ("image", "next_image"))
@@ -814,8 +816,6 @@ def main(args):
     def run_skill(env, obs, z):
         return execute_skill(env, obs, z, decoder, H, state_mean, state_std, action_low, action_high, closed_loop)
 
-    # Alg. 1 line 2: policy (initialised from the prior), twin critics and their targets, alpha
-    policy = make_policy(skill_prior, meta, args.prior_init).to(device)
     def reward_flags(info):
         """--critic-reward-flags: the env's reward flags in info (float32), else an empty array."""
         if not args.critic_reward_flags:
@@ -824,9 +824,11 @@ def main(args):
             raise SetupError(f"--critic-reward-flags: env {args.env} reports no info['reward_flags'] (block_stacking does)")
         return np.asarray(info["reward_flags"], np.float32)
 
-    flags_dim = len(reward_flags(env.reset(seed=args.seed)[1])) if args.critic_reward_flags else 0
-    critic_kwargs = dict(state_dim=meta["state_dim"] + flags_dim, latent_dim=latent_dim, hidden_dim=args.critic_hidden_dim,
-                         num_layers=args.critic_layers, layer_norm=args.critic_layer_norm)
+    # Alg. 1 line 2: policy (initialised from the prior), twin critics and their targets, alpha
+    policy = make_policy(skill_prior, meta, args.prior_init).to(device)
+    flags_dim = len(reward_flags(env.reset(seed=args.seed)[1])) if args.critic_reward_flags else 0  # critics' extra input
+    critic_kwargs = dict(state_dim=meta["state_dim"] + flags_dim, latent_dim=latent_dim,
+                         hidden_dim=args.critic_hidden_dim, num_layers=args.critic_layers, layer_norm=args.critic_layer_norm)
     qf1, qf2 = Critic(**critic_kwargs).to(device), Critic(**critic_kwargs).to(device)
     qf1_target, qf2_target = Critic(**critic_kwargs).to(device), Critic(**critic_kwargs).to(device)
     qf1_target.load_state_dict(qf1.state_dict())
