@@ -344,7 +344,7 @@ def critic_probe(checkpoint, episodes, seed=10_001, min_stacked=1, idle_steps=10
     realised in branch rollouts from a snapshot, and the correlation of the two over the state's candidates."""
     import torch
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # after the repository root: its spirl_sac.py wins
     import q_bias
     import spirl_sac
 
