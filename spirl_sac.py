@@ -367,8 +367,8 @@ def sac_update(batch, policy, qf1, qf2, qf1_target, qf2_target, log_alpha,
     next_critic_obs (normalised low-dim state; --critic-reward-flags: the reward flags appended), skill (B, d),
     reward (B,) = sum of the H rewards, done (B,) = 1 where the target must not bootstrap (a terminal; a time limit
     with --no-bootstrap-at-time-limit), and the frozen prior's Gaussian at s and s' (prior_mu, prior_log_sigma,
-    next_prior_mu, next_prior_log_sigma; computed once when the transition was stored). alpha_min: alpha's floor (None: none); log alpha is
-    projected onto it after its step.
+    next_prior_mu, next_prior_log_sigma; computed once when the transition was stored). alpha_min: alpha's floor
+    (None: none); log alpha is projected onto it after its step.
     """
     alpha = log_alpha.exp().detach()
 

@@ -59,8 +59,8 @@ def load(checkpoint_path, env_seed=0):
     policy = spirl_sac.make_policy(prior, meta, prior_init=True)
     policy.load_state_dict(ckpt["policy"])
     critics = []
+    flags_dim = 2 * env.unwrapped.num_blocks if run_args.critic_reward_flags else 0  # --critic-reward-flags
     for key in ("qf1", "qf2"):
-        flags_dim = 2 * env.unwrapped.num_blocks if run_args.critic_reward_flags else 0  # --critic-reward-flags
         critic = spirl_sac.Critic(state_dim=meta["state_dim"] + flags_dim, latent_dim=meta["latent_dim"],
                                   hidden_dim=run_args.critic_hidden_dim, num_layers=run_args.critic_layers,
                                   layer_norm=run_args.critic_layer_norm)
