@@ -209,6 +209,19 @@ def free_blocks_in_view(states):
     return np.array(in_view), np.array(nearest)
 
 
+def graspable_free_blocks(state, start_state):
+    """(free blocks the open fingers can straddle, those of them still where the episode put them): a free block is
+    graspable when every other block low enough to meet the fingers lies more than an open finger's outer face plus
+    half a block away in x. Untouched blocks have never been lifted, so lifting one still earns its flag."""
+    blocks, start = state[3:].reshape(-1, 3), start_state[3:].reshape(-1, 3)
+    free = np.flatnonzero((bs.tower_heights(blocks) == 1) & ~bs.covered_blocks(blocks))
+    clearance = bs.FINGER_OPEN + 2 * bs.FINGER_HALF_T + bs.HALF
+    low = blocks[:, 1] - bs.HALF < bs.HALF + bs.FINGER_TOP  # its bottom below the fingers' top when they grasp a table block
+    graspable = [i for i in free if (np.abs(blocks[low, 0] - blocks[i, 0])[np.flatnonzero(low) != i] > clearance).all()]
+    untouched = [i for i in graspable if np.abs(blocks[i, :2] - start[i, :2]).max() < 0.01]
+    return len(graspable), len(untouched)
+
+
 def parked_low(states):
     """Per state: the gripper is low (below 4 cm) and no block centre lies within 5 cm of it in x, i.e. it is down on
     the table beside the blocks, not around one. The default data never show it; trained policies sit there."""
@@ -304,12 +317,14 @@ def policy_rollouts(checkpoint, episodes):
             blocks_at_best = saved[key][best_at][3:].reshape(-1, 3)
             tower_x = float(blocks_at_best[np.argmax(bs.tower_heights(blocks_at_best)), 0])  # its top block's x
             late = [c for c in carries(saved[key]) if c[0] > best_at and c[1] - c[0] >= 5]
+            graspable_end, untouched_end = graspable_free_blocks(saved[key][-1], saved[key][0])
             rows.append({"gripper_x": saved[key][:, 0], "carries": carries(saved[key]), "best_at": best_at, "free_in_view_after_best": float(in_view.mean()),
                          "nearest_free_at_best": float(nearest[0]),
                          "gripper_x_span_after_best": float(gripper_x.max() - gripper_x.min()),
                          "tower_x": tower_x, "carries_after_best": len(late),
                          "carried_dx_after_best": [round(c[4] - c[3], 3) for c in late],
                          "let_go_from_tower_after_best": [round(c[4] - tower_x, 3) for c in late],
+                         "graspable_free_end": graspable_end, "untouched_graspable_end": untouched_end,
                          "final": int(stacked[-1]), "best": int(stacked.max()), "first_3_block_tower": first_tower,
                          "lifted": float(lifted.mean()), "lifted_last_300": float(lifted[-300:].mean()),
                          "parked": float(parked_low(saved[key]).mean()),
@@ -651,17 +666,22 @@ if __name__ == "__main__":
                   f"the tower's x; dense-reward return {r['return_lift'] + r['return_delivery'] + r['return_height']:.0f} = lift flags "
                   f"{r['return_lift']:.0f} + delivery flags {r['return_delivery']:.0f} + height {r['return_height']:.0f}, "
                   f"{r['blocks_lifted_end']} blocks lifted and {r['blocks_delivered_end']} delivered by the end, "
-                  f"{r['stacked_never_lifted_end']} resting on another block without ever being lifted")
+                  f"{r['stacked_never_lifted_end']} resting on another block without ever being lifted; at the end "
+                  f"{r['graspable_free_end']} free blocks with room for the open fingers, {r['untouched_graspable_end']} of "
+                  f"them never moved")
         final = np.array([r["final"] for r in rows])
         part = {key: np.mean([r[key] for r in rows]) for key in ("return_lift", "return_delivery", "return_height",
                                                                  "blocks_lifted_end", "blocks_delivered_end",
-                                                                 "stacked_never_lifted_end", "parked", "parked_second_half")}
+                                                                 "stacked_never_lifted_end", "parked", "parked_second_half",
+                                                                 "graspable_free_end", "untouched_graspable_end")}
         print(f"policy {args.policy_rollouts}, {len(rows)} episodes: blocks_stacked at the end {final.mean():.2f}; "
               f"mean dense-reward return from lift flags {part['return_lift']:.0f}, delivery flags {part['return_delivery']:.0f}, "
               f"height {part['return_height']:.0f}; blocks lifted {part['blocks_lifted_end']:.1f}, delivered "
               f"{part['blocks_delivered_end']:.1f} by the end; blocks resting on another without ever being lifted "
               f"{part['stacked_never_lifted_end']:.1f}; gripper low beside the blocks {part['parked']:.2f} of the steps "
-              f"({part['parked_second_half']:.2f} of the second halves); {time.perf_counter() - start:.0f} s")
+              f"({part['parked_second_half']:.2f} of the second halves); free blocks with room for the open fingers at the "
+              f"end {part['graspable_free_end']:.1f} ({part['untouched_graspable_end']:.1f} never moved); "
+              f"{time.perf_counter() - start:.0f} s")
         print(f"at its {len(spread['kl_sum'])} skill decisions: the policy's sigma {spread['policy_sigma'].mean():.2f} "
               f"(mean over latent dims, pre-tanh), the prior's {spread['prior_sigma'].mean():.2f}; KL(pi || p_a) summed over "
               f"latent dims {spread['kl_sum'].mean():.2f} (median {np.median(spread['kl_sum']):.2f})")

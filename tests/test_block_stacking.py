@@ -402,6 +402,15 @@ def test_policy_diagnosis_finds_the_carry_and_the_free_blocks_of_a_scripted_stac
     around[0] = 0.5
     assert benchmark.parked_low(np.array([far, beside, around])).tolist() == [False, True, False]
     assert not benchmark.parked_low(states).any()  # the scripted stack goes down only around a block
+    # graspable_free_blocks(): the open fingers (outer faces 6 cm from the centre) need a neighbour on the table more
+    # than 9 cm away; a block on a tower is not free, and one moved since the start is counted but not as untouched
+    assert benchmark.graspable_free_blocks(start, start) == (2, 2)  # 0.4 m apart
+    close = far.copy()
+    close[6] = 0.5 - 0.08  # the second block 8 cm from the first: the fingers cannot go down between them
+    assert benchmark.graspable_free_blocks(close, far) == (0, 0)
+    close[6] = 0.5 - 0.10
+    assert benchmark.graspable_free_blocks(close, far) == (2, 1)
+    assert benchmark.graspable_free_blocks(states[-1], start) == (0, 0)  # one 2-block tower, nothing free
     # reward_parts() replays the states through the env's reward: its parts add up to the return the env paid, the
     # lift part is 1 per step from the lift to the delivery, and both flags are set on the one moved block
     rewards = np.array([r[1] for r in records])
