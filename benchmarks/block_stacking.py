@@ -217,7 +217,8 @@ def graspable_free_blocks(state, start_state):
     free = np.flatnonzero((bs.tower_heights(blocks) == 1) & ~bs.covered_blocks(blocks))
     clearance = bs.FINGER_OPEN + 2 * bs.FINGER_HALF_T + bs.HALF
     low = blocks[:, 1] - bs.HALF < bs.HALF + bs.FINGER_TOP  # its bottom below the fingers' top when they grasp a table block
-    graspable = [i for i in free if (np.abs(blocks[low, 0] - blocks[i, 0])[np.flatnonzero(low) != i] > clearance).all()]
+    low_ids = np.flatnonzero(low)
+    graspable = [i for i in free if (np.abs(blocks[low_ids[low_ids != i], 0] - blocks[i, 0]) > clearance).all()]
     untouched = [i for i in graspable if np.abs(blocks[i, :2] - start[i, :2]).max() < 0.01]
     return len(graspable), len(untouched)
 
