@@ -63,6 +63,13 @@
    against the policy's mean, and what they realised; per state: the correlation between Q and the realised return
    over the 18 candidates (critics that rank skills by what they earn: clearly positive; near 0: their differences
    between skills are noise at those states). Needs a run's checkpoint with its critics (spirl_sac.pt or a kept one).
+    python benchmarks/block_stacking.py --carry-destinations data/block_stacking.hdf5
+8. (only this) is where a carry goes visible when the block is picked up? The policy and the prior see a 0.48 m window
+   around the gripper. For every carry (a block held >= 5 steps) of the data's trajectories: did it end on another
+   block, was that block in the window at the pick-up, and, where a tower of >= 2 blocks stood at the pick-up, was
+   the tower in view and did the carry end on it. --prior-rollouts (11 blocks, sampled skills) and --policy-rollouts
+   print the same line for their episodes: a policy that finishes its carries on the tallest tower only when it
+   sees the tower at the pick-up is limited by its view, not by its skills.
 """
 
 import os
@@ -111,6 +118,9 @@ class Args:
     """a spirl_sac.py checkpoint of block stacking: measure only its critics at its policy's idle states (item 7)"""
     critic_probe_episodes: int = 4
     """--critic-probe: policy episodes (reset seeds 10 001 on, those of spirl_sac.py's evaluation)"""
+    carry_destinations: Optional[str] = None
+    """a block-stacking dataset (envs/block_stacking.py's HDF5): measure only where its carries end, seen from the
+    pick-up (item 8; --prior-rollouts and --policy-rollouts print the same line for their episodes)"""
     policy_plot: Optional[str] = None
     """--policy-rollouts: also draw the policy's paths to this PNG: per episode the gripper's x over the steps, the
     carries (a block held >= 5 steps) drawn thick, the tallest tower's x and the gripper's reach"""
@@ -139,7 +149,7 @@ def prior_rollouts(skill_model, episodes, seed):
     rows = []
     for ep in episodes_states:
         stacked, lifted = stacked_and_lifted(env, ep)
-        rows.append({"final": int(stacked[-1]), "best": int(stacked.max()),
+        rows.append({"final": int(stacked[-1]), "best": int(stacked.max()), "destinations": carry_destinations(ep),
                      "lifted": float(lifted.mean()), "on_block": float(np.mean(stacked > 0))})
     return rows
 
@@ -247,6 +257,51 @@ def carries(states):
     return out
 
 
+def carry_destinations(states, settle=10):
+    """Where an episode's carries (a block held >= 5 steps) end, seen from where they began. Per carry: whether the
+    block rests on another block ``settle`` steps after it is let go; if so, the x distance from the gripper at the
+    pick-up to the block it rests on; the tallest tower standing at the pick-up (>= 2 blocks: the x distance from the
+    gripper to its top block, else None); and whether the carry ended on that tower. The policy and the prior see a
+    window VIEW_W wide around the gripper, so a destination more than VIEW_W / 2 away is out of their view when they
+    pick the block up."""
+    out = []
+    for first, last, block, _, _ in carries(states):
+        if last - first < 5:
+            continue
+        gripper_x, at_pick = states[first][0], states[first][3:].reshape(-1, 3)
+        heights = bs.tower_heights(at_pick)  # the held block is unsupported: height 0, in no tower
+        tower_x = float(at_pick[np.argmax(heights), 0]) if heights.max() >= 2 else None
+        after = states[min(last + settle, len(states) - 1)][3:].reshape(-1, 3)
+        support = np.flatnonzero((np.abs(after[:, 0] - after[block, 0]) < 1.5 * bs.HALF)
+                                 & (np.abs(after[block, 1] - after[:, 1] - 2 * bs.HALF) < 0.012))
+        landed = bool(bs.tower_heights(after)[block] >= 2 and len(support))
+        dest_x = float(after[support[0], 0]) if landed else None
+        out.append({"landed": landed, "dest_dx": None if dest_x is None else abs(dest_x - gripper_x),
+                    "tower_dx": None if tower_x is None else abs(tower_x - gripper_x),
+                    "on_tower": bool(landed and tower_x is not None and abs(dest_x - tower_x) < 1.5 * bs.HALF)})
+    return out
+
+
+def destinations_summary(records):
+    """One line on carry_destinations' records of many episodes."""
+    landed = [r for r in records if r["landed"]]
+    towered = [r for r in records if r["tower_dx"] is not None]
+    seen = [r for r in towered if r["tower_dx"] < bs.VIEW_W / 2]
+    unseen = [r for r in towered if r["tower_dx"] >= bs.VIEW_W / 2]
+
+    def share(part, whole):
+        return f"{len(part)} / {len(whole)}" + (f" ({len(part) / len(whole):.2f})" if whole else "")
+
+    dest = np.array([r["dest_dx"] for r in landed])
+    return (f"{len(records)} carries (>= 5 steps); ended on another block {share(landed, records)}, of those the block "
+            f"it rests on was in the {bs.VIEW_W} m view at the pick-up {share([r for r in landed if r['dest_dx'] < bs.VIEW_W / 2], landed)}"
+            + (f", median {np.median(dest):.2f} m away" if len(dest) else "")
+            + f"; a tower of >= 2 standing at the pick-up {share(towered, records)}: in view {share(seen, towered)}; "
+            f"ended on it when it was in view {share([r for r in seen if r['on_tower']], seen)}, out of view "
+            f"{share([r for r in unseen if r['on_tower']], unseen)}; ended on another block elsewhere "
+            f"{share([r for r in towered if r['landed'] and not r['on_tower']], towered)}")
+
+
 def plot_policy_paths(rows, x_limit, half_width, title, path):
     """One panel per episode: gripper x over the episode, carries thick, the tallest tower's x dashed."""
     import matplotlib
@@ -319,7 +374,8 @@ def policy_rollouts(checkpoint, episodes):
             tower_x = float(blocks_at_best[np.argmax(bs.tower_heights(blocks_at_best)), 0])  # its top block's x
             late = [c for c in carries(saved[key]) if c[0] > best_at and c[1] - c[0] >= 5]
             graspable_end, untouched_end = graspable_free_blocks(saved[key][-1], saved[key][0])
-            rows.append({"gripper_x": saved[key][:, 0], "carries": carries(saved[key]), "best_at": best_at, "free_in_view_after_best": float(in_view.mean()),
+            rows.append({"gripper_x": saved[key][:, 0], "carries": carries(saved[key]), "best_at": best_at,
+                         "destinations": carry_destinations(saved[key]), "free_in_view_after_best": float(in_view.mean()),
                          "nearest_free_at_best": float(nearest[0]),
                          "gripper_x_span_after_best": float(gripper_x.max() - gripper_x.min()),
                          "tower_x": tower_x, "carries_after_best": len(late),
@@ -609,6 +665,17 @@ if __name__ == "__main__":
               f"episodes with any stack {np.mean(best > 0):.2f}; steps with a block lifted "
               f"{np.mean([r['lifted'] for r in rows]):.3f}, with a block on another {np.mean([r['on_block'] for r in rows]):.3f}; "
               f"{time.perf_counter() - start:.0f} s")
+        if "destinations" in rows[0]:
+            print("where the prior's carries end: " + destinations_summary(sum((r["destinations"] for r in rows), [])))
+        sys.exit(0)
+    if args.carry_destinations:
+        import h5py
+
+        with h5py.File(args.carry_destinations, "r") as f:
+            states, ends = f["states"][:], np.flatnonzero(f["timeouts"][:])
+        records = sum((carry_destinations(states[s:e]) for s, e in zip(np.r_[0, ends[:-1] + 1], ends + 1)), [])
+        print(f"where the carries of {args.carry_destinations} ({len(ends)} trajectories, "
+              f"{(states.shape[1] - 3) // 3} blocks) end: " + destinations_summary(records))
         sys.exit(0)
     if args.critic_probe:
         start = time.perf_counter()
@@ -683,6 +750,7 @@ if __name__ == "__main__":
               f"({part['parked_second_half']:.2f} of the second halves); free blocks with room for the open fingers at the "
               f"end {part['graspable_free_end']:.1f} ({part['untouched_graspable_end']:.1f} never moved); "
               f"{time.perf_counter() - start:.0f} s")
+        print("where the policy's carries end: " + destinations_summary(sum((r["destinations"] for r in rows), [])))
         print(f"at its {len(spread['kl_sum'])} skill decisions: the policy's sigma {spread['policy_sigma'].mean():.2f} "
               f"(mean over latent dims, pre-tanh), the prior's {spread['prior_sigma'].mean():.2f}; KL(pi || p_a) summed over "
               f"latent dims {spread['kl_sum'].mean():.2f} (median {np.median(spread['kl_sum']):.2f})")

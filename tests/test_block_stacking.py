@@ -375,6 +375,30 @@ def tiny_skill_checkpoint(model, image_shape=None, prior_input="state", **extra)
             "skill_horizon": 10, "model": model.state_dict(), **extra}
 
 
+def test_carry_destinations_tell_a_delivery_onto_the_tower_from_one_elsewhere():
+    """benchmarks/block_stacking.py's carry_destinations() on hand-made states of three blocks: a 2-block tower at
+    x 0.3 and a block picked up at x 0.1 (0.2 m from the tower: inside the 0.48 m view), carried over and let go
+    either on top of the tower (landed, on the tower) or onto the table beside it (not landed)."""
+    benchmark = import_block_stacking_benchmark()
+
+    def episode(drop_z):
+        states = []
+        for t in range(20):  # held: fingers closed around block 2, which moves from x 0.1 to 0.3 at 0.2 m height
+            x = 0.1 + 0.2 * min(t, 10) / 10
+            states.append([x, 0.2, 0.4, 0.3, H, 0.0, 0.3, 3 * H, 0.0, x, 0.2, 0.0])
+        for _ in range(15):  # let go: fingers open, the block rests at drop_z
+            states.append([0.3, 0.25, 1.0, 0.3, H, 0.0, 0.3, 3 * H, 0.0, 0.3 if drop_z > H else 0.4, drop_z, 0.0])
+        return np.array(states, dtype=np.float32)
+
+    (onto,) = benchmark.carry_destinations(episode(5 * H))
+    assert onto["landed"] and onto["on_tower"]
+    assert abs(onto["dest_dx"] - 0.2) < 1e-6 and abs(onto["tower_dx"] - 0.2) < 1e-6
+    (beside,) = benchmark.carry_destinations(episode(H))
+    assert not beside["landed"] and not beside["on_tower"] and beside["dest_dx"] is None
+    summary = benchmark.destinations_summary([onto, beside])
+    assert "ended on another block 1 / 2" in summary and "ended on it when it was in view 1 / 2" in summary
+
+
 def test_policy_diagnosis_finds_the_carry_and_the_free_blocks_of_a_scripted_stack():
     """benchmarks/block_stacking.py --policy-rollouts: on one scripted stack, carries() reports one carry of the
     source block from its x to the target's, free_blocks_in_view() counts a block as free only while it stands
