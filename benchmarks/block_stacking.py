@@ -272,10 +272,10 @@ def carry_destinations(states, settle=10):
         heights = bs.tower_heights(at_pick)  # the held block is unsupported: height 0, in no tower
         tower_x = float(at_pick[np.argmax(heights), 0]) if heights.max() >= 2 else None
         after = states[min(last + settle, len(states) - 1)][3:].reshape(-1, 3)
-        support = np.flatnonzero((np.abs(after[:, 0] - after[block, 0]) < 1.5 * bs.HALF)
-                                 & (np.abs(after[block, 1] - after[:, 1] - 2 * bs.HALF) < 0.012))
-        landed = bool(bs.tower_heights(after)[block] >= 2 and len(support))
-        dest_x = float(after[support[0], 0]) if landed else None
+        after_heights = bs.tower_heights(after)
+        landed = bool(after_heights[block] >= 2)
+        below = np.flatnonzero(after_heights == after_heights[block] - 1)  # its supporter is the nearest of these in x
+        dest_x = float(after[below[np.argmin(np.abs(after[below, 0] - after[block, 0]))], 0]) if landed else None
         out.append({"landed": landed, "dest_dx": None if dest_x is None else abs(dest_x - gripper_x),
                     "tower_dx": None if tower_x is None else abs(tower_x - gripper_x),
                     "on_tower": bool(landed and tower_x is not None and abs(dest_x - tower_x) < 1.5 * bs.HALF)})
