@@ -399,8 +399,10 @@ def check_runs(runs):
                 raise SystemExit(f"run {run.name} waits on {name}, which is not in the sweep")
 
 
-def select_runs(runs, patterns):
-    """The runs whose names match a glob of `patterns`, with every run they read (transitively), in grid order."""
+def select_runs(runs, patterns, done=frozenset()):
+    """The runs whose names match a glob of `patterns`, with every run they read (transitively), in grid order.
+    A run named in `done` is kept, but what it read is not pulled in: its outputs are there (e.g. a finished skill
+    model does not bring back the skill model it was ordered after)."""
     if not patterns:
         return runs
     by_name = {run.name: run for run in runs}
@@ -412,7 +414,8 @@ def select_runs(runs, patterns):
         name = wanted.pop()
         if name not in keep:
             keep.add(name)
-            wanted.extend(by_name[name].after)
+            if name not in done:
+                wanted.extend(by_name[name].after)
     return [run for run in runs if run.name in keep]
 
 
@@ -760,8 +763,8 @@ def main(args):
     runs = preset_runs(args.preset, args.preset_seeds) if args.preset else custom_runs(args.scripts, args.envs, args.seeds)
     runs = apply_overrides(runs, args.set)
     check_runs(runs)
-    runs = select_runs(runs, args.only)
     sweep_dir = os.path.join(args.root, args.name or args.preset or "custom")
+    runs = select_runs(runs, args.only, {run.name for run in runs if state_of(sweep_dir, run) == "done"})
     if args.dry_run:
         for run in runs:
             state = state_of(sweep_dir, run)

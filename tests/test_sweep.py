@@ -216,6 +216,9 @@ def test_only_selects_runs_with_the_runs_they_read():
     assert {r.algo for r in sweep.select_runs(runs, ("sac__*",))} == {"sac"}  # glob; SAC reads no skill model
     with pytest.raises(SystemExit, match="matches no run"):
         sweep.select_runs(runs, ("nothing*",))
+    # a finished skill model is kept for its RL run, but the one it was ordered after is not brought back
+    chosen = sweep.select_runs(runs, ("spirl_cl__kitchen__1",), done={"skills__kitchen__1__cl"})
+    assert [r.name for r in chosen] == ["skills__kitchen__1__cl", "spirl_cl__kitchen__1"]
 
 
 def test_lever_trials_bins_each_runs_curves_a_resume_dropping_the_stopped_steps(tmp_path, monkeypatch):
