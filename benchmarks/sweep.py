@@ -80,7 +80,7 @@ class Args:
     PATTERN, e.g. "spirl_sac.py=--total-env-steps 200000" or "baselines/*.py=--total-timesteps 50000" (presets too)"""
     only: Tuple[str, ...] = ()
     """run only the runs whose names match one of these globs (e.g. "spirl__kitchen__1"), and the runs they read
-    (a skill model before its RL run); empty: every run of the grid"""
+    (a skill model before its RL run; a finished one without what it read in turn); empty: every run of the grid"""
     name: Optional[str] = None
     """directory name of the sweep under --root; None: the preset's name, or "custom" """
     root: str = "runs/sweeps"
