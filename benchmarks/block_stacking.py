@@ -42,6 +42,9 @@
    where it let go, relative to the tower (a policy that brings blocks but misses the tower shows up here).
    Last, at the episodes' skill decisions: the policy's and the prior's sigma (pre-tanh, mean over latent dims) and
    KL(pi || p_a) summed over latent dims (how sharp the policy's skills may be under the divergence bound delta).
+   With --policy-half-width W the episodes run on a table of half width W (the row unchanged; the gripper reaches
+   further, the frames show the walls at W); with --policy-drawn-half-width W only the frames move the walls to W:
+   does a policy steer by the walls it sees?
     python benchmarks/block_stacking.py --data-skills runs/<skill run>/skill_model.pt --data-skill-episodes 6
 5. (only this) can the skill space carry the data's stacking? The scripted data policy (3 stacks) in the 11-block
    row plans each H-step chunk on a copy of the env; its H actions are encoded (z = the mean of q(z|a)), decoded
@@ -72,6 +75,7 @@
    sees the tower at the pick-up is limited by its view, not by its skills.
 """
 
+import contextlib
 import os
 import platform
 import sys
@@ -121,6 +125,12 @@ class Args:
     carry_destinations: Optional[str] = None
     """a block-stacking dataset (envs/block_stacking.py's HDF5): measure only where its carries end, seen from the
     pick-up (item 8; --prior-rollouts and --policy-rollouts print the same line for their episodes)"""
+    policy_half_width: Optional[float] = None
+    """--policy-rollouts: run the episodes on a table of this half width (m) instead of the row's 0.9, the blocks where
+    they always are; the frames show the wall only beyond it (does the policy steer by the walls?)"""
+    policy_drawn_half_width: Optional[float] = None
+    """--policy-rollouts: draw the walls in the policy's frames at this |x| (m), the physics unchanged (do the walls
+    it sees, or the stop it meets, guide it?)"""
     policy_plot: Optional[str] = None
     """--policy-rollouts: also draw the policy's paths to this PNG: per episode the gripper's x over the steps, the
     carries (a block held >= 5 steps) drawn thick, the tallest tower's x and the gripper's reach"""
@@ -353,41 +363,60 @@ def reward_parts(env, states):
             "stacked_never_lifted_end": int((on_another & ~env._lifted_flags).sum())}
 
 
-def policy_rollouts(checkpoint, episodes):
+@contextlib.contextmanager
+def other_table(half_width=None, drawn_half_width=None):
+    """Inside: ``envs.make_env("block_stacking")`` (what spirl_sac.py builds) makes a table of ``half_width`` (None:
+    the row's default) and every front view draws the walls at |x| = ``drawn_half_width`` (None: at the table's
+    edge), the physics unchanged."""
+    from unittest import mock
+
+    import envs
+
+    make_env, draw = envs.make_env, bs.draw_front_view
+    with mock.patch.object(envs, "make_env", lambda name, **kw: make_env(name, half_width=half_width, **kw)), \
+            mock.patch.object(bs, "draw_front_view", lambda *a, **kw: draw(*a[:5], drawn_half_width or a[5], **kw)):
+        yield
+
+
+def policy_rollouts(checkpoint, episodes, half_width=None, drawn_half_width=None):
     """Per-episode figures of a trained policy's evaluation episodes (spirl_sac.py --evaluate), and the policy's and
-    prior's spread at the episodes' skill decisions (policy_and_prior_spread)."""
+    prior's spread at the episodes' skill decisions (policy_and_prior_spread). ``half_width``: the table's, if not
+    the row's default (spirl_sac.py's envs are built with it for these episodes); ``drawn_half_width``: where the
+    frames draw the walls, if not at the table's edge."""
     import spirl_sac
 
-    env = bs.make_env(seed=0, image_obs=False)
-    out = spirl_sac.main(spirl_sac.Args(evaluate=checkpoint, eval_episodes=episodes))
-    rows = []
-    with np.load(out["path"]) as saved:
+    env = bs.make_env(seed=0, image_obs=False, half_width=half_width)
+    with other_table(half_width, drawn_half_width):
+        out = spirl_sac.main(spirl_sac.Args(evaluate=checkpoint, eval_episodes=episodes))
+        with np.load(out["path"]) as saved:
+            trajectories = [saved[key] for key in sorted(saved.files, key=lambda k: int(k.split("_")[-1]))]
         spread = policy_and_prior_spread(spirl_sac.load_sac_checkpoint(checkpoint, "--policy-rollouts"),
-                                         [saved[key] for key in saved.files])
-        for key in sorted(saved.files, key=lambda k: int(k.split("_")[-1])):
-            stacked, lifted = stacked_and_lifted(env, saved[key])  # the reset state, then one per env step
-            first_tower = int(np.argmax(stacked >= 2)) if (stacked >= 2).any() else None
-            best_at = int(np.argmax(stacked == stacked.max()))  # first step with the episode's best tower
-            in_view, nearest = free_blocks_in_view(saved[key][best_at:])
-            gripper_x = saved[key][best_at:, 0]
-            blocks_at_best = saved[key][best_at][3:].reshape(-1, 3)
-            tower_x = float(blocks_at_best[np.argmax(bs.tower_heights(blocks_at_best)), 0])  # its top block's x
-            late = [c for c in carries(saved[key]) if c[0] > best_at and c[1] - c[0] >= 5]
-            graspable_end, untouched_end = graspable_free_blocks(saved[key][-1], saved[key][0])
-            rows.append({"gripper_x": saved[key][:, 0], "carries": carries(saved[key]), "best_at": best_at,
-                         "destinations": carry_destinations(saved[key]), "free_in_view_after_best": float(in_view.mean()),
-                         "nearest_free_at_best": float(nearest[0]),
-                         "gripper_x_span_after_best": float(gripper_x.max() - gripper_x.min()),
-                         "tower_x": tower_x, "carries_after_best": len(late),
-                         "carried_dx_after_best": [round(c[4] - c[3], 3) for c in late],
-                         "let_go_from_tower_after_best": [round(c[4] - tower_x, 3) for c in late],
-                         "graspable_free_end": graspable_end, "untouched_graspable_end": untouched_end,
-                         "final": int(stacked[-1]), "best": int(stacked.max()), "first_3_block_tower": first_tower,
-                         "lifted": float(lifted.mean()), "lifted_last_300": float(lifted[-300:].mean()),
-                         "parked": float(parked_low(saved[key]).mean()),
-                         "parked_second_half": float(parked_low(saved[key][len(saved[key]) // 2:]).mean()),
-                         "lifted_after_tower": float(lifted[first_tower:].mean()) if first_tower is not None else None,
-                         **reward_parts(env, saved[key])})
+                                         trajectories, half_width)
+    rows = []
+    for states in trajectories:
+        stacked, lifted = stacked_and_lifted(env, states)  # the reset state, then one per env step
+        first_tower = int(np.argmax(stacked >= 2)) if (stacked >= 2).any() else None
+        best_at = int(np.argmax(stacked == stacked.max()))  # first step with the episode's best tower
+        in_view, nearest = free_blocks_in_view(states[best_at:])
+        gripper_x = states[best_at:, 0]
+        blocks_at_best = states[best_at][3:].reshape(-1, 3)
+        tower_x = float(blocks_at_best[np.argmax(bs.tower_heights(blocks_at_best)), 0])  # its top block's x
+        late = [c for c in carries(states) if c[0] > best_at and c[1] - c[0] >= 5]
+        graspable_end, untouched_end = graspable_free_blocks(states[-1], states[0])
+        rows.append({"gripper_x": states[:, 0], "carries": carries(states), "best_at": best_at,
+                     "destinations": carry_destinations(states), "free_in_view_after_best": float(in_view.mean()),
+                     "nearest_free_at_best": float(nearest[0]),
+                     "gripper_x_span_after_best": float(gripper_x.max() - gripper_x.min()),
+                     "tower_x": tower_x, "carries_after_best": len(late),
+                     "carried_dx_after_best": [round(c[4] - c[3], 3) for c in late],
+                     "let_go_from_tower_after_best": [round(c[4] - tower_x, 3) for c in late],
+                     "graspable_free_end": graspable_end, "untouched_graspable_end": untouched_end,
+                     "final": int(stacked[-1]), "best": int(stacked.max()), "first_3_block_tower": first_tower,
+                     "lifted": float(lifted.mean()), "lifted_last_300": float(lifted[-300:].mean()),
+                     "parked": float(parked_low(states).mean()),
+                     "parked_second_half": float(parked_low(states[len(states) // 2:]).mean()),
+                     "lifted_after_tower": float(lifted[first_tower:].mean()) if first_tower is not None else None,
+                     **reward_parts(env, states)})
     return rows, spread
 
 
@@ -505,16 +534,17 @@ def decision_images(env, states, horizon):
     return np.stack([np.concatenate([frames[max(t - 1, 0)], frames[t]]) for t in range(0, len(states) - 1, horizon)])
 
 
-def policy_and_prior_spread(saved, trajectories):
+def policy_and_prior_spread(saved, trajectories, half_width=None):
     """At every skill decision of the episodes (``trajectories``: each episode's states, as --evaluate saves them)
     the spread of a spirl_sac.py checkpoint's policy and of its skill model's prior: sigma of each pre-tanh
     Gaussian (mean over latent dims) and KL(pi || p_a) summed over latent dims, the divergence delta bounds.
-    ``saved``: the checkpoint's dict. Returns per-decision arrays."""
+    ``saved``: the checkpoint's dict; ``half_width``: the episodes' table, if not the row's default. Returns
+    per-decision arrays."""
     import torch
 
     import spirl_sac
 
-    env = bs.make_env(seed=0)
+    env = bs.make_env(seed=0, half_width=half_width)
     _, prior, meta = spirl_sac.build_skill_model(saved["skill_model"], "block_stacking", env)
     if meta["prior_input"] != "image":
         raise SystemExit("--policy-rollouts: the spread is measured for image priors (the block-stacking default)")
@@ -716,9 +746,10 @@ if __name__ == "__main__":
         sys.exit(0)
     if args.policy_rollouts:
         start = time.perf_counter()
-        rows, spread = policy_rollouts(args.policy_rollouts, args.policy_episodes)
+        rows, spread = policy_rollouts(args.policy_rollouts, args.policy_episodes, args.policy_half_width,
+                                       args.policy_drawn_half_width)
         if args.policy_plot:
-            env = bs.make_env(seed=0, image_obs=False)
+            env = bs.make_env(seed=0, image_obs=False, half_width=args.policy_half_width)
             plot_policy_paths(rows, env.x_limit, env.half_width, f"policy paths of {args.policy_rollouts}",
                               args.policy_plot)
         for k, r in enumerate(rows):
@@ -742,7 +773,9 @@ if __name__ == "__main__":
                                                                  "blocks_lifted_end", "blocks_delivered_end",
                                                                  "stacked_never_lifted_end", "parked", "parked_second_half",
                                                                  "graspable_free_end", "untouched_graspable_end")}
-        print(f"policy {args.policy_rollouts}, {len(rows)} episodes: blocks_stacked at the end {final.mean():.2f}; "
+        table = "" if args.policy_half_width is None else f" on a table of half width {args.policy_half_width} m"
+        table += "" if args.policy_drawn_half_width is None else f", walls drawn at |x| = {args.policy_drawn_half_width} m"
+        print(f"policy {args.policy_rollouts}, {len(rows)} episodes{table}: blocks_stacked at the end {final.mean():.2f}; "
               f"mean dense-reward return from lift flags {part['return_lift']:.0f}, delivery flags {part['return_delivery']:.0f}, "
               f"height {part['return_height']:.0f}; blocks lifted {part['blocks_lifted_end']:.1f}, delivered "
               f"{part['blocks_delivered_end']:.1f} by the end; blocks resting on another without ever being lifted "

@@ -552,6 +552,36 @@ def test_decision_images_are_the_frames_the_policy_saw():
     np.testing.assert_array_equal(images, np.array(seen))
 
 
+def test_other_table_moves_the_walls_in_what_spirl_sac_builds_and_sees():
+    """benchmarks/block_stacking.py --policy-half-width / --policy-drawn-half-width (other_table): inside, the env
+    spirl_sac.py builds has the wider table (the gripper reaches further) or, drawn only, the same physics with
+    frames that show no wall where the row's end block stands; outside, the default comes back."""
+    benchmark = import_block_stacking_benchmark()
+    wall = bs.WALL.astype(np.uint8)
+
+    def walls_and_reach(env):  # wall pixels in the frame at the row's end block, then the gripper's leftmost x
+        obs, _ = env.reset(seed=0)
+        for _ in range(60):  # to x = -0.75 m, the end block's x
+            obs = env.step(np.array([np.clip((-0.75 - obs["state"][0]) / 0.025, -1, 1), 0.0, 1.0], np.float32))[0]
+        frame = obs["image"][3:].transpose(1, 2, 0)
+        walls = int(np.all(np.abs(frame.astype(int) - wall) <= 2, axis=-1).sum())
+        for _ in range(60):
+            obs = env.step(np.array([-1.0, 0.0, 1.0], dtype=np.float32))[0]
+        return walls, float(obs["state"][0])
+
+    default_walls, default_reach = walls_and_reach(envs.make_env("block_stacking", seed=0))
+    with benchmark.other_table(half_width=1.2):
+        wide = envs.make_env("block_stacking", seed=0)
+        wide_walls, wide_reach = walls_and_reach(wide)
+    with benchmark.other_table(drawn_half_width=1.2):
+        drawn = envs.make_env("block_stacking", seed=0)
+        drawn_walls, drawn_reach = walls_and_reach(drawn)
+    assert wide.half_width == 1.2 and drawn.half_width == bs.make_env().half_width
+    assert default_walls > 0 and wide_walls == 0 and drawn_walls == 0
+    assert wide_reach < default_reach - 0.2 and abs(drawn_reach - default_reach) < 1e-6
+    assert walls_and_reach(envs.make_env("block_stacking", seed=0)) == (default_walls, default_reach)
+
+
 def test_policy_and_prior_spread_is_zero_for_the_prior_and_the_analytic_kl_otherwise():
     """--policy-rollouts' last line: a policy equal to its prior has the prior's sigma and KL 0 at every decision; another
     policy's KL summed over latent dims equals torch.distributions' KL between the two Gaussians on the same frames."""
