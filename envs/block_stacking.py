@@ -600,14 +600,16 @@ def collect_trajectory(env: BlockStackingEnv, rng: np.random.Generator, random_a
             "final_state": obs["state"], "info": info}
 
 
-def training_env(image_obs: bool = True) -> BlockStackingEnv:
-    """The data-collection env of appendix C: 5 blocks, randomly stacked or placed in between."""
-    return BlockStackingEnv(num_blocks=5, layout="random_stacks", layout_seed=None, image_obs=image_obs)
+def training_env(image_obs: bool = True, half_width: float | None = None) -> BlockStackingEnv:
+    """The data-collection env of appendix C: 5 blocks, randomly stacked or placed in between, on a 0.8 m table
+    (``half_width`` None: 0.4 m)."""
+    return BlockStackingEnv(num_blocks=5, layout="random_stacks", layout_seed=None, image_obs=image_obs,
+                            half_width=half_width)
 
 
 def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, random_fraction: float = 0.0,
                      seed: int = 0, max_steps: int = 400, grasp_miss_prob: float = 0.0,
-                     low_subgoal_prob: float = 0.0) -> str:
+                     low_subgoal_prob: float = 0.0, table_half_width: float | None = None) -> str:
     """Collect ``num_trajectories`` in the training env and write D4RL-style HDF5 to ``out`` atomically.
 
     Keys: states (N, 18) f32, actions (N, 3) f32, terminals (N,) bool (always False: no task end),
@@ -622,7 +624,7 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"--{name} must be in [0, 1], got {value}")
     rng = np.random.default_rng(seed)
-    env = training_env()
+    env = training_env(half_width=table_half_width)
     num_random = int(round(random_fraction * num_trajectories))
     is_random = np.zeros(num_trajectories, bool)
     is_random[rng.choice(num_trajectories, num_random, replace=False)] = True
@@ -655,13 +657,15 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
                     failed_grasps += traj["failed_grasps"]
             f.attrs.update(num_blocks=5, num_trajectories=num_trajectories, random_fraction=random_fraction, seed=seed,
                            grasp_miss_prob=grasp_miss_prob, failed_grasps=failed_grasps, low_subgoal_prob=low_subgoal_prob,
+                           table_half_width=env.half_width,
                            physics_version=PHYSICS_VERSION,
                            stack_success_rate=float(np.mean(outcomes)) if outcomes else float("nan"),
                            mean_final_blocks_stacked=float(np.mean(heights)) if heights else float("nan"),
                            source=(f"{num_trajectories} trajectories ({num_random} random-action) of the noisy scripted "
                                    f"stacking policy in the 5-block training env, envs/block_stacking.py, seed {seed}"
                                    + (f", grasp miss probability {grasp_miss_prob}" if grasp_miss_prob else "")
-                                   + (f", table subgoal probability {low_subgoal_prob}" if low_subgoal_prob else "")))
+                                   + (f", table subgoal probability {low_subgoal_prob}" if low_subgoal_prob else "")
+                                   + (f", table half width {env.half_width} m" if table_half_width is not None else "")))
     except BaseException:  # interrupted or failed: leave no partial file behind
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -774,12 +778,16 @@ def main():
     parser.add_argument("--low-subgoal-prob", type=float, default=0.0,
                         help="probability that a stack starts with a subgoal on the table, away from the blocks, "
                              "and the way back up (0: every subgoal lies above the blocks)")
+    parser.add_argument("--table-half-width", type=float, default=None,
+                        help="half width (m) of the training env's table (default 0.4: 0.8 m; the authors' 1.2 m "
+                             "table for 8 cm blocks is 0.45 m scaled to ours)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.time()
     try:
         out = generate_dataset(args.out, args.num_trajectories, args.random_fraction, args.seed,
-                               grasp_miss_prob=args.grasp_miss_prob, low_subgoal_prob=args.low_subgoal_prob)
+                               grasp_miss_prob=args.grasp_miss_prob, low_subgoal_prob=args.low_subgoal_prob,
+                               table_half_width=args.table_half_width)
     except ValueError as e:
         parser.error(str(e))
     except UnwritablePathError as e:

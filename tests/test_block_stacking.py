@@ -293,6 +293,24 @@ def test_generated_data_round_trips(tmp_path):
     np.testing.assert_array_equal(padded["states"][:, 33:36], states[:, 3:6])
 
 
+def test_data_on_a_wider_training_table_spread_the_blocks_and_draw_its_walls(tmp_path):
+    """--table-half-width: the training env's table (and its walls in the frames) is that wide, its blocks start
+    spread over it, and the file says so; a table too small for 5 blocks is a clear error."""
+    path = tmp_path / "wide.hdf5"
+    bs.generate_dataset(str(path), num_trajectories=2, seed=2, table_half_width=0.6)
+    data = envs.load_dataset("block_stacking", str(path), state_blocks=None)
+    with h5py.File(path) as f:
+        assert f.attrs["table_half_width"] == 0.6 and "table half width 0.6 m" in f.attrs["source"]
+    env = bs.training_env(image_obs=False, half_width=0.6)
+    assert env.half_width == 0.6 and bs.training_env(image_obs=False).half_width == 0.4
+    np.testing.assert_array_equal(data["images"][5, 3:], env._frame(data["states"][5]))
+    spreads = [np.ptp(bs.training_env(image_obs=False, half_width=w).reset(seed=k)[0]["state"][3::3])
+               for w in (0.4, 0.6) for k in range(20)]
+    assert max(spreads[20:]) > 0.68 >= max(spreads[:20])  # the 0.8 m table's blocks span at most 0.68 m
+    with pytest.raises(ValueError, match="too small"):
+        bs.generate_dataset(str(tmp_path / "narrow.hdf5"), num_trajectories=1, table_half_width=0.2)
+
+
 def test_data_from_older_physics_is_refused_and_the_default_file_is_made_again(tmp_path, monkeypatch):
     path = tmp_path / "bs.hdf5"
     bs.generate_dataset(str(path), num_trajectories=1, seed=0)
