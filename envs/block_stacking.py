@@ -601,8 +601,8 @@ def collect_trajectory(env: BlockStackingEnv, rng: np.random.Generator, random_a
 
 
 def training_env(image_obs: bool = True, half_width: float | None = None) -> BlockStackingEnv:
-    """The data-collection env of appendix C: 5 blocks, randomly stacked or placed in between, on a 0.8 m table
-    (``half_width`` None: 0.4 m)."""
+    """The data-collection env of appendix C: 5 blocks, randomly stacked or placed in between, on a table of half
+    width ``half_width`` (None: 0.4 m, a 0.8 m table)."""
     return BlockStackingEnv(num_blocks=5, layout="random_stacks", layout_seed=None, image_obs=image_obs,
                             half_width=half_width)
 
@@ -610,7 +610,8 @@ def training_env(image_obs: bool = True, half_width: float | None = None) -> Blo
 def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, random_fraction: float = 0.0,
                      seed: int = 0, max_steps: int = 400, grasp_miss_prob: float = 0.0,
                      low_subgoal_prob: float = 0.0, table_half_width: float | None = None) -> str:
-    """Collect ``num_trajectories`` in the training env and write D4RL-style HDF5 to ``out`` atomically.
+    """Collect ``num_trajectories`` in the training env (its table of half width ``table_half_width``, None: the
+    default 0.4 m) and write D4RL-style HDF5 to ``out`` atomically.
 
     Keys: states (N, 18) f32, actions (N, 3) f32, terminals (N,) bool (always False: no task end),
     timeouts (N,) bool (True on each trajectory's last step), frames (N, 3, 32, 32) u8 (the newest
