@@ -73,6 +73,15 @@
    the tower in view and did the carry end on it. --prior-rollouts (11 blocks, sampled skills) and --policy-rollouts
    print the same line for their episodes: a policy that finishes its carries on the tallest tower only when it
    sees the tower at the pick-up is limited by its view, not by its skills.
+    python benchmarks/block_stacking.py --nudge-probe runs/<spirl_sac run>/spirl_sac.pt --nudge-probe-episodes 8
+9. (only this) is the trip out to the next block all that a policy idling at its tower lacks? Episodes of the policy
+   (skills sampled from pi, reset seeds 10 001 on); at its first decision where a tower of >= 2 blocks stands and no
+   block has been lifted for 100 steps, the env is snapshotted and two branches of 300 more env steps run from it: the
+   policy alone (control), and a scripted move first (fingers open, up to a height clear of the tallest tower, across
+   to the free block nearest the tower, down to 8 cm above it; at most 80 env steps), after which the policy takes over. Per branch:
+   whether that block was lifted, whether it ended on the tallest tower, the tower's change. A policy that brings the
+   block home once it is put next to it has learned the carry back; what it lacks is the outward trip. With
+   --nudge-probe-actor prior the branches run the run's frozen prior instead: would exploration find the block there?
 """
 
 import contextlib
@@ -122,6 +131,13 @@ class Args:
     """a spirl_sac.py checkpoint of block stacking: measure only its critics at its policy's idle states (item 7)"""
     critic_probe_episodes: int = 4
     """--critic-probe: policy episodes (reset seeds 10 001 on, those of spirl_sac.py's evaluation)"""
+    nudge_probe: Optional[str] = None
+    """a spirl_sac.py checkpoint of block stacking: measure only whether its policy brings a block home once a scripted
+    move puts the gripper above it (item 9)"""
+    nudge_probe_episodes: int = 8
+    """--nudge-probe: policy episodes (reset seeds 10 001 on, those of spirl_sac.py's evaluation)"""
+    nudge_probe_actor: str = "policy"
+    """--nudge-probe: whose skills run the two branches from the idle state: policy, or prior (the run's frozen prior)"""
     carry_destinations: Optional[str] = None
     """a block-stacking dataset (envs/block_stacking.py's HDF5): measure only where its carries end, seen from the
     pick-up (item 8; --prior-rollouts and --policy-rollouts print the same line for their episodes)"""
@@ -526,6 +542,116 @@ def critic_probe(checkpoint, episodes, seed=10_001, min_stacked=1, idle_steps=10
     return rows
 
 
+def tallest(state):
+    """(x of the tallest tower's top block, its height in blocks) in a state of the env."""
+    blocks = state[3:].reshape(-1, 3)
+    heights = bs.tower_heights(blocks)
+    return float(blocks[np.argmax(heights), 0]), int(heights.max())
+
+
+def nudge_outcome(start_state, states, target):
+    """--nudge-probe, one branch (``states``: every state after ``start_state``): was block ``target`` lifted, did it end
+    on top of a tower taller than the tallest one at the start (it extended that tower), the tallest tower's change,
+    where the gripper ended relative to the start's tower, and the share of steps the gripper spent within 5 cm of the
+    block's start x (and how low it went there)."""
+    height_start = tallest(start_state)[1]
+    lifted = any(bs.BlockStackingEnv._lifted_blocks(s, bs.tower_heights(s[3:].reshape(-1, 3)))[target]
+                 for s in states)
+    on_tower = bs.tower_heights(states[-1][3:].reshape(-1, 3))[target] > height_start
+    gripper = np.array([s[:2] for s in states])
+    near = np.abs(gripper[:, 0] - start_state[3 + 3 * target]) < 0.05  # within 5 cm of the block's x
+    return {"lifted": bool(lifted), "on_tower": bool(on_tower), "tower_change": tallest(states[-1])[1] - height_start,
+            "gripper_from_tower_end": float(gripper[-1, 0] - tallest(start_state)[0]),
+            "near_block": float(near.mean()), "lowest_near_block": float(gripper[near, 1].min(initial=np.inf))}
+
+
+def move_gripper(env, obs, waypoints, max_steps):
+    """Scripted carriage moves with the fingers open: straight to each (x, z) waypoint in turn at up to full speed,
+    at most ``max_steps`` env steps. Returns the last observation and the state after every step."""
+    moved = []
+    for waypoint in waypoints:
+        while len(moved) < max_steps:
+            delta = np.asarray(waypoint) - obs["state"][:2]
+            if np.abs(delta).max() < 0.01:
+                break
+            obs, _, _, _, _ = env.step(np.array([*np.clip(delta / bs.STEP_SCALE, -1, 1), 1.0], np.float32))
+            moved.append(obs["state"])
+    return obs, moved
+
+
+def nudge_probe(checkpoint, episodes, seed=10_001, idle_steps=100, follow_steps=300, max_move_steps=80, actor="policy"):
+    """Item 9. One row per episode whose policy stood idle by a tower: the two branches' outcomes (control: the
+    actor alone; nudged: a scripted move to above the free block nearest the tower, then the actor). ``actor``: whose
+    skills the branches run, "policy" or the run's frozen "prior" (the episode up to the idle state is the policy's)."""
+    import torch
+
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # after the repository root: its spirl_sac.py wins
+    import q_bias
+    import spirl_sac
+
+    _, run_args, env, decoder, prior, policy, _, meta = q_bias.load(checkpoint)
+    if run_args.env != "block_stacking":
+        raise SystemExit(f"--nudge-probe: {checkpoint} is a {run_args.env} run, not block_stacking")
+    unwrapped = env.unwrapped
+    mean, std = np.asarray(meta["state_mean"], np.float32), np.asarray(meta["state_std"], np.float32)
+    low, high = np.asarray(meta["action_low"]), np.asarray(meta["action_high"])
+    image_prior = meta["image_shape"] is not None
+    generator = torch.Generator().manual_seed(0)
+
+    def sampled_skill(net, obs):
+        seen = torch.as_tensor(obs["image"]) if image_prior else torch.as_tensor((obs["state"] - mean) / std)
+        with torch.no_grad():
+            mu, log_sigma = net(seen.unsqueeze(0))
+            return spirl_sac.squashed_sample(mu, log_sigma, generator)[0].numpy()
+
+    def run_policy(obs, steps, net=policy):
+        """``net``'s skills for at least ``steps`` env steps; returns the last obs and every state visited."""
+        visited, done = [], False
+        while len(visited) < steps and not done:
+            obs, _, terminated, truncated, _, _, states = spirl_sac.execute_skill(
+                env, obs, sampled_skill(net, obs), decoder, meta["skill_horizon"], mean, std, low, high,
+                bool(meta["state_conditioned_decoder"]))
+            visited += list(states)
+            done = terminated or truncated
+        return obs, visited
+
+    rows = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        t, last_lift = 0, 0
+        while t <= 1000 - follow_steps - max_move_steps:
+            state = obs["state"]
+            tower_x, height = tallest(state)
+            if height >= 2 and t - last_lift >= idle_steps:
+                break
+            obs, visited = run_policy(obs, 1)
+            t += len(visited)
+            if any(unwrapped.task_info(s)["lifted"] for s in visited):
+                last_lift = t
+        else:
+            continue  # never idle by a tower early enough for both branches
+        blocks = state[3:].reshape(-1, 3)
+        free = np.flatnonzero((bs.tower_heights(blocks) == 1) & ~bs.covered_blocks(blocks))
+        target = int(free[np.argmin(np.abs(blocks[free, 0] - tower_x))])
+        saved = snapshot(unwrapped)
+        branch_net = {"policy": policy, "prior": prior}[actor]
+        _, control = run_policy(obs, follow_steps, branch_net)
+        control = nudge_outcome(state, control, target)
+        restore(unwrapped, saved)
+        # the scripted move: fingers open, up to a height clear of the tower, across, then down to 8 cm above the
+        # target block's top (the view then shows it as the data's descents onto a block do)
+        safe_z = max(float(state[1]), (height + 1.5) * 2 * bs.HALF + 0.05)
+        waypoints = [(float(state[0]), safe_z), (float(blocks[target, 0]), safe_z),
+                     (float(blocks[target, 0]), 2 * bs.HALF + 0.08)]
+        obs, moved = move_gripper(env, obs, waypoints, max_move_steps)
+        _, nudged = run_policy(obs, follow_steps, branch_net)
+        nudged = nudge_outcome(state, moved + nudged, target)
+        rows.append({"episode": episode, "step": t, "height": height, "tower_x": tower_x,
+                     "target_dx": float(blocks[target, 0] - tower_x), "gripper_dx": float(state[0] - tower_x),
+                     "move_steps": len(moved), "control": control, "nudged": nudged})
+    return rows
+
+
 def decision_images(env, states, horizon):
     """The policy's inputs at an episode's skill decisions, re-drawn from its low-dim states (the reset state, then
     one per env step): at every H-th state the two stacked front views (previous step's, current), oldest first,
@@ -706,6 +832,29 @@ if __name__ == "__main__":
         records = sum((carry_destinations(states[s:e]) for s, e in zip(np.r_[0, ends[:-1] + 1], ends + 1)), [])
         print(f"where the carries of {args.carry_destinations} ({len(ends)} trajectories, "
               f"{(states.shape[1] - 3) // 3} blocks) end: " + destinations_summary(records))
+        sys.exit(0)
+    if args.nudge_probe:
+        start = time.perf_counter()
+        if args.nudge_probe_actor not in ("policy", "prior"):
+            raise SystemExit(f"--nudge-probe-actor: 'policy' or 'prior', not {args.nudge_probe_actor!r}")
+        rows = nudge_probe(args.nudge_probe, args.nudge_probe_episodes, actor=args.nudge_probe_actor)
+        if not rows:
+            raise SystemExit(f"--nudge-probe: the policy of {args.nudge_probe} never stood idle by a tower of 2 or more "
+                             f"blocks early enough in {args.nudge_probe_episodes} episodes; nothing to probe")
+        for r in rows:
+            print(f"episode {r['episode']}: idle by a {r['height']}-block tower at x = {r['tower_x']:.2f} m from step "
+                  f"{r['step']}, gripper {r['gripper_dx']:+.2f} m from it, nearest free block {r['target_dx']:+.2f} m; "
+                  + "; ".join(f"{name}: block lifted {r[name]['lifted']}, on the tower {r[name]['on_tower']}, tower "
+                              f"{r[name]['tower_change']:+d}, gripper within 5 cm of the block's x in "
+                              f"{r[name]['near_block']:.2f} of the steps (lowest there {r[name]['lowest_near_block']:.2f} m), "
+                              f"at the end {r[name]['gripper_from_tower_end']:+.2f} m from the tower" for name in ("control", "nudged"))
+                  + f" (moved in {r['move_steps']} steps)")
+        for name in ("control", "nudged"):
+            print(f"{name:8s} ({len(rows)} episodes, 300 env steps of the {args.nudge_probe_actor}'s skills after the idle state"
+                  f"{', after the scripted move' if name == 'nudged' else ''}): the nearest free block lifted in "
+                  f"{np.mean([r[name]['lifted'] for r in rows]):.2f}, on the tower in {np.mean([r[name]['on_tower'] for r in rows]):.2f}, "
+                  f"tower change {np.mean([r[name]['tower_change'] for r in rows]):+.2f}")
+        print(f"{time.perf_counter() - start:.0f} s")
         sys.exit(0)
     if args.critic_probe:
         start = time.perf_counter()

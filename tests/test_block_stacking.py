@@ -703,3 +703,31 @@ def test_snapshot_and_restore_replay_a_branch_exactly():
     second = branch()
     for a, b in zip(first, second):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_nudge_probe_moves_above_a_block_without_touching_any_and_scores_the_branch():
+    """--nudge-probe: the scripted move (move_gripper) brings the open gripper over the row to 8 cm above a block's top
+    without moving a block; nudge_outcome tells a block put on the tallest tower (lifted, on the tower, tower +1) from
+    the control's tower left alone."""
+    benchmark = import_block_stacking_benchmark()
+    env = bs.make_env(seed=0, image_obs=False)
+    obs, _ = env.reset(seed=0)
+    start = obs["state"].copy()
+    assert np.abs(start[3::3] - 0.45).min() < 1e-3  # the row has a block at x = 0.45 m
+    waypoints = [(float(start[0]), 0.35), (0.45, 0.35), (0.45, 2 * H + 0.08)]
+    obs, moved = benchmark.move_gripper(env, obs, waypoints, max_steps=80)
+    assert 20 < len(moved) < 80
+    np.testing.assert_allclose(obs["state"][:2], [0.45, 2 * H + 0.08], atol=0.012)
+    assert obs["state"][2] > 0.9  # fingers open
+    np.testing.assert_allclose(obs["state"][3:], start[3:], atol=1e-3)  # no block moved
+
+    # hand-made branch: a 2-block tower at x 0 (blocks 0, 1), block 2 at x 0.3 picked up, carried and put on it
+    tower = [0.0, H, 0.0, 0.0, 3 * H, 0.0]
+    before = np.array([0.3, 0.3, 1.0, *tower, 0.3, H, 0.0], np.float32)
+    carried = [np.array([x, 0.3, 0.4, *tower, x, 0.3, 0.0], np.float32) for x in np.linspace(0.3, 0.0, 10)]
+    placed = [np.array([0.0, 0.3, 1.0, *tower, 0.0, 5 * H, 0.0], np.float32)] * 5
+    done = benchmark.nudge_outcome(before, carried + placed, target=2)
+    assert done["lifted"] and done["on_tower"] and done["tower_change"] == 1
+    assert abs(done["gripper_from_tower_end"]) < 1e-6 and 0 < done["near_block"] < 0.2
+    idle = benchmark.nudge_outcome(before, [before] * 15, target=2)
+    assert not idle["lifted"] and not idle["on_tower"] and idle["tower_change"] == 0 and idle["near_block"] == 1.0
