@@ -76,11 +76,13 @@
     python benchmarks/block_stacking.py --nudge-probe runs/<spirl_sac run>/spirl_sac.pt --nudge-probe-episodes 8
 9. (only this) is the trip out to the next block all that a policy idling at its tower lacks? Episodes of the policy
    (skills sampled from pi, reset seeds 10 001 on); at its first decision where a tower of >= 2 blocks stands and no
-   block has been lifted for 100 steps, the env is snapshotted and two branches of 300 more env steps run from it: the
-   policy alone (control), and a scripted move first (fingers open, up to a height clear of the tallest tower, across
-   to the free block nearest the tower, down to 8 cm above it; at most 80 env steps), after which the policy takes over. Per branch:
-   whether that block was lifted, whether it ended on the tallest tower, the tower's change. A policy that brings the
-   block home once it is put next to it has learned the carry back; what it lacks is the outward trip. With
+   block has been lifted for 100 steps, the env is snapshotted and three branches of 300 more env steps run from it: the
+   policy alone (control); a scripted move first (fingers open, up to a height clear of the tallest tower, across to
+   the free block nearest the tower, down to 8 cm above it; at most 80 env steps), after which the policy takes over;
+   and the same move plus the script's grasp of that block, lifted to carrying height before the hand-over. Per
+   branch: whether that block was lifted, whether it ended on the tallest tower, the tower's change. A policy that
+   brings the block home once it is put next to it lacks only the trip out; one that brings it home only when it is
+   handed the block lacks the pick-up there too. With
    --nudge-probe-actor prior the branches run the run's frozen prior instead: would exploration find the block there?
 """
 
@@ -566,22 +568,27 @@ def nudge_outcome(start_state, states, target):
 
 
 def move_gripper(env, obs, waypoints, max_steps):
-    """Scripted carriage moves with the fingers open: straight to each (x, z) waypoint in turn at up to full speed,
-    at most ``max_steps`` env steps. Returns the last observation and the state after every step."""
+    """Scripted carriage moves: to each waypoint (x, z, grip, tolerance, hold) in turn, straight at up to full speed
+    with the fingers at ``grip`` (1 open, 0 closed), until within ``tolerance`` of (x, z), then ``hold`` more steps
+    there; at most ``max_steps`` env steps in all. Returns the last observation and the state after every step."""
     moved = []
-    for waypoint in waypoints:
-        while len(moved) < max_steps:
-            delta = np.asarray(waypoint) - obs["state"][:2]
-            if np.abs(delta).max() < 0.01:
-                break
-            obs, _, _, _, _ = env.step(np.array([*np.clip(delta / bs.STEP_SCALE, -1, 1), 1.0], np.float32))
+    for x, z, grip, tolerance, hold in waypoints:
+        held = 0
+        while len(moved) < max_steps and held <= hold:
+            delta = np.array([x, z]) - obs["state"][:2]
+            if np.abs(delta).max() < tolerance:
+                if held == hold:
+                    break
+                held += 1
+            obs, _, _, _, _ = env.step(np.array([*np.clip(delta / bs.STEP_SCALE, -1, 1), grip], np.float32))
             moved.append(obs["state"])
     return obs, moved
 
 
 def nudge_probe(checkpoint, episodes, seed=10_001, idle_steps=100, follow_steps=300, max_move_steps=80, actor="policy"):
-    """Item 9. One row per episode whose policy stood idle by a tower: the two branches' outcomes (control: the
-    actor alone; nudged: a scripted move to above the free block nearest the tower, then the actor). ``actor``: whose
+    """Item 9. One row per episode whose policy stood idle by a tower: the three branches' outcomes (control: the
+    actor alone; nudged: a scripted move to above the free block nearest the tower, then the actor; grasped: the same
+    move and the script's grasp of that block, then the actor). ``actor``: whose
     skills the branches run, "policy" or the run's frozen "prior" (the episode up to the idle state is the policy's)."""
     import torch
 
@@ -633,22 +640,29 @@ def nudge_probe(checkpoint, episodes, seed=10_001, idle_steps=100, follow_steps=
         blocks = state[3:].reshape(-1, 3)
         free = np.flatnonzero((bs.tower_heights(blocks) == 1) & ~bs.covered_blocks(blocks))
         target = int(free[np.argmin(np.abs(blocks[free, 0] - tower_x))])
-        saved = snapshot(unwrapped)
+        saved, saved_obs = snapshot(unwrapped), obs
         branch_net = {"policy": policy, "prior": prior}[actor]
         _, control = run_policy(obs, follow_steps, branch_net)
         control = nudge_outcome(state, control, target)
         restore(unwrapped, saved)
         # the scripted move: fingers open, up to a height clear of the tower, across, then down to 8 cm above the
         # target block's top (the view then shows it as the data's descents onto a block do)
-        safe_z = max(float(state[1]), (height + 1.5) * 2 * bs.HALF + 0.05)
-        waypoints = [(float(state[0]), safe_z), (float(blocks[target, 0]), safe_z),
-                     (float(blocks[target, 0]), 2 * bs.HALF + 0.08)]
-        obs, moved = move_gripper(env, obs, waypoints, max_move_steps)
+        bx, safe_z = float(blocks[target, 0]), max(float(state[1]), (height + 1.5) * 2 * bs.HALF + 0.05)
+        above = [(float(state[0]), safe_z, 1.0, 0.01, 0), (bx, safe_z, 1.0, 0.01, 0), (bx, 2 * bs.HALF + 0.08, 1.0, 0.01, 0)]
+        obs, moved = move_gripper(env, obs, above, max_move_steps)
         _, nudged = run_policy(obs, follow_steps, branch_net)
         nudged = nudge_outcome(state, moved + nudged, target)
+        restore(unwrapped, saved)
+        # the same move, then the script's grasp (down to the block, close for 6 steps, up to carrying height over the
+        # tower): the block is in the fingers when the actor takes over
+        grasp = above[:2] + [(bx, bs.HALF, 1.0, 0.004, 0), (bx, bs.HALF, 0.0, 0.004, 6), (bx, safe_z, 0.0, 0.02, 0)]
+        obs, moved_holding = move_gripper(env, saved_obs, grasp, 2 * max_move_steps)
+        holding = bool(bs.BlockStackingEnv._lifted_blocks(obs["state"], bs.tower_heights(obs["state"][3:].reshape(-1, 3)))[target])
+        _, grasped = run_policy(obs, follow_steps, branch_net)
+        grasped = {**nudge_outcome(state, moved_holding + grasped, target), "holding_at_handover": holding}
         rows.append({"episode": episode, "step": t, "height": height, "tower_x": tower_x,
                      "target_dx": float(blocks[target, 0] - tower_x), "gripper_dx": float(state[0] - tower_x),
-                     "move_steps": len(moved), "control": control, "nudged": nudged})
+                     "move_steps": len(moved), "control": control, "nudged": nudged, "grasped": grasped})
     return rows
 
 
@@ -847,11 +861,11 @@ if __name__ == "__main__":
                   + "; ".join(f"{name}: block lifted {r[name]['lifted']}, on the tower {r[name]['on_tower']}, tower "
                               f"{r[name]['tower_change']:+d}, gripper within 5 cm of the block's x in "
                               f"{r[name]['near_block']:.2f} of the steps (lowest there {r[name]['lowest_near_block']:.2f} m), "
-                              f"at the end {r[name]['gripper_from_tower_end']:+.2f} m from the tower" for name in ("control", "nudged"))
-                  + f" (moved in {r['move_steps']} steps)")
-        for name in ("control", "nudged"):
+                              f"at the end {r[name]['gripper_from_tower_end']:+.2f} m from the tower" for name in ("control", "nudged", "grasped"))
+                  + f" (moved in {r['move_steps']} steps; holding the block at the hand-over {r['grasped']['holding_at_handover']})")
+        for name in ("control", "nudged", "grasped"):
             print(f"{name:8s} ({len(rows)} episodes, 300 env steps of the {args.nudge_probe_actor}'s skills after the idle state"
-                  f"{', after the scripted move' if name == 'nudged' else ''}): the nearest free block lifted in "
+                  f"{dict(nudged=', after the scripted move', grasped=', after the scripted move and grasp').get(name, '')}): the nearest free block lifted in "
                   f"{np.mean([r[name]['lifted'] for r in rows]):.2f}, on the tower in {np.mean([r[name]['on_tower'] for r in rows]):.2f}, "
                   f"tower change {np.mean([r[name]['tower_change'] for r in rows]):+.2f}")
         print(f"{time.perf_counter() - start:.0f} s")
