@@ -83,7 +83,14 @@
    branch: whether that block was lifted, whether it ended on the tallest tower, the tower's change. A policy that
    brings the block home once it is put next to it lacks only the trip out; one that brings it home only when it is
    handed the block lacks the pick-up there too. With
-   --nudge-probe-actor prior the branches run the run's frozen prior instead: would exploration find the block there?
+   --nudge-probe-actor prior the branches run the run's frozen prior instead: would exploration find the block there?    python benchmarks/block_stacking.py --view-limited-script 20
+10. (only this) can a policy that sees only what ours sees, and remembers nothing, stack the row? A scripted
+   controller that decides from the frames' content alone (the blocks inside the 0.48 m window around the gripper,
+   the wall when it is in the window, whether a block is in the fingers; no memory, no absolute position) with one
+   landmark rule: the tower goes on the block by the left wall; holding a block it travels left until the wall is in
+   view and puts the block on the column nearest the wall; empty-handed it takes the nearest free block in view, or
+   travels right until one is. 1000-step episodes in the 11-block row (reset seeds from --seed): blocks stacked at the
+   end and at the best, and the authors' dense return.
 """
 
 import contextlib
@@ -133,6 +140,8 @@ class Args:
     """a spirl_sac.py checkpoint of block stacking: measure only its critics at its policy's idle states (item 7)"""
     critic_probe_episodes: int = 4
     """--critic-probe: policy episodes (reset seeds 10 001 on, those of spirl_sac.py's evaluation)"""
+    view_limited_script: int = 0
+    """> 0: measure only the view-limited memoryless scripted controller in this many 1000-step episodes of the row (item 10)"""
     nudge_probe: Optional[str] = None
     """a spirl_sac.py checkpoint of block stacking: measure only whether its policy brings a block home once a scripted
     move puts the gripper above it (item 9)"""
@@ -666,6 +675,68 @@ def nudge_probe(checkpoint, episodes, seed=10_001, idle_steps=100, follow_steps=
     return rows
 
 
+def view_limited_plan(state, half_width):
+    """Item 10: the next few waypoints (x, z, grip, tolerance, hold) of a memoryless controller that decides only from
+    what the policy's frames show: the blocks inside the 0.48 m window around the gripper, the wall when it is in the
+    window, and whether a block is in the fingers. Its one rule of thumb is a landmark and a direction: the tower goes
+    on the block nearest the left wall; with a block in hand it travels left until the wall is in view, empty-handed it
+    takes the nearest free block in view, or travels right until one is."""
+    gx, gz = state[:2]
+    blocks = state[3:].reshape(-1, 3)
+    heights, covered = bs.tower_heights(blocks), bs.covered_blocks(blocks)
+    held = bs.BlockStackingEnv._lifted_blocks(state, heights)
+    visible = ((np.abs(blocks[:, 0] - gx) < bs.VIEW_W / 2) & (blocks[:, 1] > gz - bs.VIEW_BELOW)
+               & (blocks[:, 1] < gz + bs.VIEW_ABOVE))
+    wall_in_view = gx - bs.VIEW_W / 2 < -half_width
+    top = max((blocks[visible & ~held, 1] + bs.HALF).max(initial=0.0), 2 * bs.HALF)  # highest block top in view
+    empty_z = min(top + bs.FINGER_BOTTOM + 0.03, bs.GRIP_Z_MAX)  # open fingers clear every block in view
+    carry_z = min(top + 2 * bs.HALF + 0.04, bs.GRIP_Z_MAX)  # and so does a held block
+    if held.any():
+        others = visible & ~held
+        if not (wall_in_view and others.any()):
+            return [(gx - 0.1, carry_z, 0.0, 0.02, 0)]
+        tx = blocks[others, 0].min()  # the column nearest the wall
+        tz = blocks[others & (np.abs(blocks[:, 0] - tx) < 1.5 * bs.HALF), 1].max()
+        return [(tx, carry_z, 0.0, 0.01, 0), (tx, tz + 2 * bs.HALF + 0.004, 0.0, 0.004, 2),
+                (tx, tz + 2 * bs.HALF + 0.004, 1.0, 0.01, 6), (tx, carry_z, 1.0, 0.02, 0)]
+    free = visible & (heights == 1) & ~covered
+    if wall_in_view:
+        free &= blocks[:, 0] > -half_width + 0.2  # the block by the wall is the tower's base
+    if not free.any():
+        return [(gx + 0.1, empty_z, 1.0, 0.02, 0)]
+    i = np.flatnonzero(free)[np.argmin(np.abs(blocks[free, 0] - gx))]
+    bx, bz = blocks[i, :2]
+    return [(gx, empty_z, 1.0, 0.02, 0), (bx, empty_z, 1.0, 0.01, 0), (bx, bz, 1.0, 0.004, 0), (bx, bz, 0.0, 0.004, 6),
+            (bx, carry_z, 0.0, 0.02, 0)]
+
+
+def view_limited_episodes(episodes, seed, waypoint_limit=60):
+    """Item 10: 1000-step episodes of view_limited_plan's controller in the 11-block row (a waypoint is given up
+    after ``waypoint_limit`` steps); per episode blocks_stacked at the end and at its best, and the return."""
+    env = bs.make_env(seed=seed, image_obs=False)
+    rows = []
+    for episode in range(episodes):
+        obs, info = env.reset(seed=seed + episode)
+        stacked, total, truncated = [], 0.0, False
+        while not truncated:
+            for x, z, grip, tolerance, hold in view_limited_plan(obs["state"], env.half_width):
+                held = steps = 0
+                while not truncated and steps < waypoint_limit and held <= hold:
+                    delta = np.array([x, z]) - obs["state"][:2]
+                    if np.abs(delta).max() < tolerance:
+                        if held == hold:
+                            break
+                        held += 1
+                    obs, reward, _, truncated, info = env.step(
+                        np.array([*np.clip(delta / bs.STEP_SCALE, -1, 1), grip], np.float32))
+                    total, steps = total + reward, steps + 1
+                    stacked.append(info["blocks_stacked"])
+                if truncated:
+                    break
+        rows.append({"final": int(stacked[-1]), "best": int(max(stacked)), "return": float(total)})
+    return rows
+
+
 def decision_images(env, states, horizon):
     """The policy's inputs at an episode's skill decisions, re-drawn from its low-dim states (the reset state, then
     one per env step): at every H-th state the two stacked front views (previous step's, current), oldest first,
@@ -846,6 +917,14 @@ if __name__ == "__main__":
         records = sum((carry_destinations(states[s:e]) for s, e in zip(np.r_[0, ends[:-1] + 1], ends + 1)), [])
         print(f"where the carries of {args.carry_destinations} ({len(ends)} trajectories, "
               f"{(states.shape[1] - 3) // 3} blocks) end: " + destinations_summary(records))
+        sys.exit(0)
+    if args.view_limited_script > 0:
+        start = time.perf_counter()
+        rows = view_limited_episodes(args.view_limited_script, args.seed)
+        final, best = np.array([r["final"] for r in rows]), np.array([r["best"] for r in rows])
+        print(f"view-limited memoryless controller, {len(rows)} episodes of the row: blocks_stacked at the end "
+              f"{final.mean():.2f} {final.tolist()}, best {best.mean():.2f}; dense-reward return "
+              f"{np.mean([r['return'] for r in rows]):.0f}; {time.perf_counter() - start:.0f} s")
         sys.exit(0)
     if args.nudge_probe:
         start = time.perf_counter()

@@ -739,3 +739,30 @@ def test_nudge_probe_moves_above_a_block_without_touching_any_and_scores_the_bra
     assert abs(done["gripper_from_tower_end"]) < 1e-6 and 0 < done["near_block"] < 0.2
     idle = benchmark.nudge_outcome(before, [before] * 15, target=2)
     assert not idle["lifted"] and not idle["on_tower"] and idle["tower_change"] == 0 and idle["near_block"] == 1.0
+
+
+def test_view_limited_controller_decides_from_the_window_and_stacks_the_row():
+    """--view-limited-script: the memoryless controller sees only the blocks in the 0.48 m window, the wall when it is
+    in it, and whether it holds a block. Empty-handed with no free block in view it travels right; with one in view it
+    grasps the nearest; holding a block away from the wall it travels left; at the wall it puts the block on the column
+    nearest the wall. In one 1000-step episode of the row it stacks at least 3 blocks (the issue's goal)."""
+    benchmark = import_block_stacking_benchmark()
+    half_width = 0.9
+
+    def state(gx, gz, opening, blocks):
+        return np.array([gx, gz, opening, *np.ravel(blocks)], np.float32)
+
+    row = [[x, H, 0.0] for x in (-0.75, -0.3, 0.3)]
+    first = benchmark.view_limited_plan(state(0.0, 0.3, 1.0, row), half_width)  # nothing within 0.24 m
+    assert len(first) == 1 and first[0][0] > 0.05 and first[0][2] == 1.0
+    grasp = benchmark.view_limited_plan(state(0.2, 0.3, 1.0, row), half_width)  # the block at 0.3 in view
+    assert abs(grasp[-2][0] - 0.3) < 1e-6 and grasp[-2][2] == 0.0  # closes on it
+    held = [[-0.75, H, 0.0], [-0.3, H, 0.0], [0.0, 0.3, 0.0]]  # block 2 in the closed fingers at x 0
+    carry = benchmark.view_limited_plan(state(0.0, 0.3, 0.4, held), half_width)
+    assert len(carry) == 1 and carry[0][0] < -0.05 and carry[0][2] == 0.0
+    held_at_wall = [[-0.75, H, 0.0], [-0.75, 3 * H, 0.0], [-0.6, H, 0.0], [-0.7, 0.35, 0.0]]
+    place = benchmark.view_limited_plan(state(-0.7, 0.35, 0.4, held_at_wall), half_width)
+    assert abs(place[0][0] + 0.75) < 1e-6 and abs(place[1][1] - (3 * H + 2 * H + 0.004)) < 1e-6 and place[2][2] == 1.0
+
+    (episode,) = benchmark.view_limited_episodes(1, 0)
+    assert episode["best"] >= 3
