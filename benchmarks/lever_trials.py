@@ -128,7 +128,7 @@ def draw(data, path):
         fig.suptitle(data["title"], fontsize=11)
     legend_rows = -(-len(labelled) // 4)
     fig.tight_layout(rect=(0, 0.05 * legend_rows + 0.03, 1, 1))
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # a legend wider than one panel stays whole
     plt.close(fig)
 
 
