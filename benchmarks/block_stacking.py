@@ -90,7 +90,8 @@
    landmark rule: the tower goes on the block by the left wall; holding a block it travels left until the wall is in
    view and puts the block on the column nearest the wall; empty-handed it takes the nearest free block in view, or
    travels right until one is. 1000-step episodes in the 11-block row (reset seeds from --seed): blocks stacked at the
-   end and at the best, and the authors' dense return.
+   end and at the best, and the authors' dense return; once with the visible blocks' exact positions, once with them
+   rounded to the frames' pixel (1.5 cm).
 """
 
 import contextlib
@@ -675,16 +676,20 @@ def nudge_probe(checkpoint, episodes, seed=10_001, idle_steps=100, follow_steps=
     return rows
 
 
-def view_limited_plan(state, half_width):
+def view_limited_plan(state, half_width, pixel=None):
     """Item 10: the next few waypoints (x, z, grip, tolerance, hold) of a memoryless controller that decides only from
     what the policy's frames show: the blocks inside the 0.48 m window around the gripper, the wall when it is in the
     window, and whether a block is in the fingers. Its one rule of thumb is a landmark and a direction: the tower goes
     on the block nearest the left wall; with a block in hand it travels left until the wall is in view, empty-handed it
-    takes the nearest free block in view, or travels right until one is."""
+    takes the nearest free block in view, or travels right until one is. ``pixel`` (m): the blocks' positions relative
+    to the gripper rounded to it (the frames' 0.48 m / 32 = 1.5 cm), towers and holding still read from the state."""
     gx, gz = state[:2]
     blocks = state[3:].reshape(-1, 3)
     heights, covered = bs.tower_heights(blocks), bs.covered_blocks(blocks)
     held = bs.BlockStackingEnv._lifted_blocks(state, heights)
+    if pixel:  # where the blocks are, relative to the gripper, only to the frames' pixel
+        blocks = blocks.copy()
+        blocks[:, :2] = state[:2] + np.round((blocks[:, :2] - state[:2]) / pixel) * pixel
     visible = ((np.abs(blocks[:, 0] - gx) < bs.VIEW_W / 2) & (blocks[:, 1] > gz - bs.VIEW_BELOW)
                & (blocks[:, 1] < gz + bs.VIEW_ABOVE))
     wall_in_view = gx - bs.VIEW_W / 2 < -half_width
@@ -710,7 +715,7 @@ def view_limited_plan(state, half_width):
             (bx, carry_z, 0.0, 0.02, 0)]
 
 
-def view_limited_episodes(episodes, seed, waypoint_limit=60):
+def view_limited_episodes(episodes, seed, waypoint_limit=60, pixel=None):
     """Item 10: 1000-step episodes of view_limited_plan's controller in the 11-block row (a waypoint is given up
     after ``waypoint_limit`` steps); per episode blocks_stacked at the end and at its best, and the return."""
     env = bs.make_env(seed=seed, image_obs=False)
@@ -719,7 +724,7 @@ def view_limited_episodes(episodes, seed, waypoint_limit=60):
         obs, info = env.reset(seed=seed + episode)
         stacked, total, truncated = [], 0.0, False
         while not truncated:
-            for x, z, grip, tolerance, hold in view_limited_plan(obs["state"], env.half_width):
+            for x, z, grip, tolerance, hold in view_limited_plan(obs["state"], env.half_width, pixel):
                 held = steps = 0
                 while not truncated and steps < waypoint_limit and held <= hold:
                     delta = np.array([x, z]) - obs["state"][:2]
@@ -919,12 +924,14 @@ if __name__ == "__main__":
               f"{(states.shape[1] - 3) // 3} blocks) end: " + destinations_summary(records))
         sys.exit(0)
     if args.view_limited_script > 0:
-        start = time.perf_counter()
-        rows = view_limited_episodes(args.view_limited_script, args.seed)
-        final, best = np.array([r["final"] for r in rows]), np.array([r["best"] for r in rows])
-        print(f"view-limited memoryless controller, {len(rows)} episodes of the row: blocks_stacked at the end "
-              f"{final.mean():.2f} {final.tolist()}, best {best.mean():.2f}; dense-reward return "
-              f"{np.mean([r['return'] for r in rows]):.0f}; {time.perf_counter() - start:.0f} s")
+        for pixel in (None, bs.VIEW_W / 32):
+            start = time.perf_counter()
+            rows = view_limited_episodes(args.view_limited_script, args.seed, pixel=pixel)
+            final, best = np.array([r["final"] for r in rows]), np.array([r["best"] for r in rows])
+            print(f"view-limited memoryless controller, block positions {'exact' if pixel is None else f'to {pixel * 100:.1f} cm'}, "
+                  f"{len(rows)} episodes of the row: blocks_stacked at the end {final.mean():.2f} {final.tolist()}, best "
+                  f"{best.mean():.2f}; dense-reward return {np.mean([r['return'] for r in rows]):.0f}; "
+                  f"{time.perf_counter() - start:.0f} s")
         sys.exit(0)
     if args.nudge_probe:
         start = time.perf_counter()
