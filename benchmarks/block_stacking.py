@@ -577,22 +577,25 @@ def nudge_outcome(start_state, states, target):
             "near_block": float(near.mean()), "lowest_near_block": float(gripper[near, 1].min(initial=np.inf))}
 
 
-def move_gripper(env, obs, waypoints, max_steps):
+def move_gripper(env, obs, waypoints, max_steps, waypoint_limit=None):
     """Scripted carriage moves: to each waypoint (x, z, grip, tolerance, hold) in turn, straight at up to full speed
     with the fingers at ``grip`` (1 open, 0 closed), until within ``tolerance`` of (x, z), then ``hold`` more steps
-    there; at most ``max_steps`` env steps in all. Returns the last observation and the state after every step."""
-    moved = []
+    there; at most ``max_steps`` env steps in all, a waypoint given up after ``waypoint_limit`` steps, and none past
+    the episode's end. Returns the last observation, the state after every step, the summed reward, the last info
+    and whether the episode was truncated."""
+    moved, total, info, truncated = [], 0.0, {}, False
     for x, z, grip, tolerance, hold in waypoints:
-        held = 0
-        while len(moved) < max_steps and held <= hold:
+        held = steps = 0
+        while not truncated and len(moved) < max_steps and held <= hold and steps != waypoint_limit:
             delta = np.array([x, z]) - obs["state"][:2]
             if np.abs(delta).max() < tolerance:
                 if held == hold:
                     break
                 held += 1
-            obs, _, _, _, _ = env.step(np.array([*np.clip(delta / bs.STEP_SCALE, -1, 1), grip], np.float32))
+            obs, reward, _, truncated, info = env.step(np.array([*np.clip(delta / bs.STEP_SCALE, -1, 1), grip], np.float32))
             moved.append(obs["state"])
-    return obs, moved
+            total, steps = total + float(reward), steps + 1
+    return obs, moved, total, info, truncated
 
 
 def nudge_probe(checkpoint, episodes, seed=10_001, idle_steps=100, follow_steps=300, max_move_steps=80, actor="policy"):
@@ -659,14 +662,14 @@ def nudge_probe(checkpoint, episodes, seed=10_001, idle_steps=100, follow_steps=
         # target block's top (the view then shows it as the data's descents onto a block do)
         bx, safe_z = float(blocks[target, 0]), max(float(state[1]), (height + 1.5) * 2 * bs.HALF + 0.05)
         above = [(float(state[0]), safe_z, 1.0, 0.01, 0), (bx, safe_z, 1.0, 0.01, 0), (bx, 2 * bs.HALF + 0.08, 1.0, 0.01, 0)]
-        obs, moved = move_gripper(env, obs, above, max_move_steps)
+        obs, moved, *_ = move_gripper(env, obs, above, max_move_steps)
         _, nudged = run_policy(obs, follow_steps, branch_net)
         nudged = nudge_outcome(state, moved + nudged, target)
         restore(unwrapped, saved)
         # the same move, then the script's grasp (down to the block, close for 6 steps, up to carrying height over the
         # tower): the block is in the fingers when the actor takes over
         grasp = above[:2] + [(bx, bs.HALF, 1.0, 0.004, 0), (bx, bs.HALF, 0.0, 0.004, 6), (bx, safe_z, 0.0, 0.02, 0)]
-        obs, moved_holding = move_gripper(env, saved_obs, grasp, 2 * max_move_steps)
+        obs, moved_holding, *_ = move_gripper(env, saved_obs, grasp, 2 * max_move_steps)
         holding = bool(bs.BlockStackingEnv._lifted_blocks(obs["state"], bs.tower_heights(obs["state"][3:].reshape(-1, 3)))[target])
         _, grasped = run_policy(obs, follow_steps, branch_net)
         grasped = {**nudge_outcome(state, moved_holding + grasped, target), "holding_at_handover": holding}
@@ -724,20 +727,10 @@ def view_limited_episodes(episodes, seed, waypoint_limit=60, pixel=None):
         obs, info = env.reset(seed=seed + episode)
         stacked, total, truncated = [], 0.0, False
         while not truncated:
-            for x, z, grip, tolerance, hold in view_limited_plan(obs["state"], env.half_width, pixel):
-                held = steps = 0
-                while not truncated and steps < waypoint_limit and held <= hold:
-                    delta = np.array([x, z]) - obs["state"][:2]
-                    if np.abs(delta).max() < tolerance:
-                        if held == hold:
-                            break
-                        held += 1
-                    obs, reward, _, truncated, info = env.step(
-                        np.array([*np.clip(delta / bs.STEP_SCALE, -1, 1), grip], np.float32))
-                    total, steps = total + reward, steps + 1
-                    stacked.append(info["blocks_stacked"])
-                if truncated:
-                    break
+            obs, moved, reward, _, truncated = move_gripper(env, obs, view_limited_plan(obs["state"], env.half_width, pixel),
+                                                               env.max_episode_steps, waypoint_limit)
+            total += reward
+            stacked += [env.task_info(state)["blocks_stacked"] for state in moved]
         rows.append({"final": int(stacked[-1]), "best": int(max(stacked)), "return": float(total)})
     return rows
 

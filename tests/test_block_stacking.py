@@ -715,7 +715,7 @@ def test_nudge_probe_moves_above_a_block_without_touching_any_and_scores_the_bra
     start = obs["state"].copy()
     assert np.abs(start[3::3] - 0.45).min() < 1e-3  # the row has a block at x = 0.45 m
     waypoints = [(float(start[0]), 0.35, 1.0, 0.01, 0), (0.45, 0.35, 1.0, 0.01, 0), (0.45, 2 * H + 0.08, 1.0, 0.01, 0)]
-    obs, moved = benchmark.move_gripper(env, obs, waypoints, max_steps=80)
+    obs, moved, *_ = benchmark.move_gripper(env, obs, waypoints, max_steps=80)
     assert 20 < len(moved) < 80
     np.testing.assert_allclose(obs["state"][:2], [0.45, 2 * H + 0.08], atol=0.012)
     assert obs["state"][2] > 0.9  # fingers open
@@ -723,7 +723,7 @@ def test_nudge_probe_moves_above_a_block_without_touching_any_and_scores_the_bra
     # the grasp branch's script: down to the block, close for 6 steps, up: the block comes along in the fingers
     target = int(np.argmin(np.abs(start[3::3] - 0.45)))
     grasp = [(0.45, H, 1.0, 0.004, 0), (0.45, H, 0.0, 0.004, 6), (0.45, 0.35, 0.0, 0.02, 0)]
-    obs, moved = benchmark.move_gripper(env, obs, grasp, max_steps=160)
+    obs, moved, *_ = benchmark.move_gripper(env, obs, grasp, max_steps=160)
     assert len(moved) < 160
     state = obs["state"]
     assert bs.BlockStackingEnv._lifted_blocks(state, bs.tower_heights(state[3:].reshape(-1, 3)))[target]
