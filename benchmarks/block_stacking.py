@@ -581,9 +581,9 @@ def move_gripper(env, obs, waypoints, max_steps, waypoint_limit=None):
     """Scripted carriage moves: to each waypoint (x, z, grip, tolerance, hold) in turn, straight at up to full speed
     with the fingers at ``grip`` (1 open, 0 closed), until within ``tolerance`` of (x, z), then ``hold`` more steps
     there; at most ``max_steps`` env steps in all, a waypoint given up after ``waypoint_limit`` steps, and none past
-    the episode's end. Returns the last observation, the state after every step, the summed reward, the last info
-    and whether the episode was truncated."""
-    moved, total, info, truncated = [], 0.0, {}, False
+    the episode's end. Returns the last observation, the state after every step, the summed reward and whether the
+    episode was truncated."""
+    moved, total, truncated = [], 0.0, False
     for x, z, grip, tolerance, hold in waypoints:
         held = steps = 0
         while not truncated and len(moved) < max_steps and held <= hold and steps != waypoint_limit:
@@ -592,10 +592,10 @@ def move_gripper(env, obs, waypoints, max_steps, waypoint_limit=None):
                 if held == hold:
                     break
                 held += 1
-            obs, reward, _, truncated, info = env.step(np.array([*np.clip(delta / bs.STEP_SCALE, -1, 1), grip], np.float32))
+            obs, reward, _, truncated, _ = env.step(np.array([*np.clip(delta / bs.STEP_SCALE, -1, 1), grip], np.float32))
             moved.append(obs["state"])
             total, steps = total + float(reward), steps + 1
-    return obs, moved, total, info, truncated
+    return obs, moved, total, truncated
 
 
 def nudge_probe(checkpoint, episodes, seed=10_001, idle_steps=100, follow_steps=300, max_move_steps=80, actor="policy"):
@@ -724,10 +724,10 @@ def view_limited_episodes(episodes, seed, waypoint_limit=60, pixel=None):
     env = bs.make_env(seed=seed, image_obs=False)
     rows = []
     for episode in range(episodes):
-        obs, info = env.reset(seed=seed + episode)
+        obs, _ = env.reset(seed=seed + episode)
         stacked, total, truncated = [], 0.0, False
         while not truncated:
-            obs, moved, reward, _, truncated = move_gripper(env, obs, view_limited_plan(obs["state"], env.half_width, pixel),
+            obs, moved, reward, truncated = move_gripper(env, obs, view_limited_plan(obs["state"], env.half_width, pixel),
                                                                env.max_episode_steps, waypoint_limit)
             total += reward
             stacked += [env.task_info(state)["blocks_stacked"] for state in moved]
