@@ -72,7 +72,10 @@
    block, was that block in the window at the pick-up, and, where a tower of >= 2 blocks stood at the pick-up, was
    the tower in view and did the carry end on it. --prior-rollouts (11 blocks, sampled skills) and --policy-rollouts
    print the same line for their episodes: a policy that finishes its carries on the tallest tower only when it
-   sees the tower at the pick-up is limited by its view, not by its skills.
+   sees the tower at the pick-up is limited by its view, not by its skills. A second line says what follows each
+   let-go (a carry let go with >= 100 steps left): was a free block in view 10 steps later, and did the gripper pick
+   up another block later in the episode, one out of view at the let-go or not. A policy that never fetches beyond
+   its view picks up nothing after a let-go with nothing in view. --view-limited-script prints it too.
     python benchmarks/block_stacking.py --nudge-probe runs/<spirl_sac run>/spirl_sac.pt --nudge-probe-episodes 8
 9. (only this) is the trip out to the next block all that a policy idling at its tower lacks? Episodes of the policy
    (skills sampled from pi, reset seeds 10 001 on); at its first decision where a tower of >= 2 blocks stands and no
@@ -83,7 +86,8 @@
    branch: whether that block was lifted, whether it ended on the tallest tower, the tower's change. A policy that
    brings the block home once it is put next to it lacks only the trip out; one that brings it home only when it is
    handed the block lacks the pick-up there too. With
-   --nudge-probe-actor prior the branches run the run's frozen prior instead: would exploration find the block there?    python benchmarks/block_stacking.py --view-limited-script 20
+   --nudge-probe-actor prior the branches run the run's frozen prior instead: would exploration find the block there?
+    python benchmarks/block_stacking.py --view-limited-script 20
 10. (only this) can a policy that sees only what ours sees, and remembers nothing, stack the row? A scripted
    controller that decides from the frames' content alone (the blocks inside the 0.48 m window around the gripper,
    the wall when it is in the window, whether a block is in the fingers; no memory, no absolute position) with one
@@ -188,6 +192,7 @@ def prior_rollouts(skill_model, episodes, seed):
     for ep in episodes_states:
         stacked, lifted = stacked_and_lifted(env, ep)
         rows.append({"final": int(stacked[-1]), "best": int(stacked.max()), "destinations": carry_destinations(ep),
+                     "fetches": fetches_after_release(ep),
                      "lifted": float(lifted.mean()), "on_block": float(np.mean(stacked > 0))})
     return rows
 
@@ -279,14 +284,18 @@ def parked_low(states):
     return (states[:, 1] < 0.04) & (nearest > 0.05)
 
 
-def carries(states):
+def carries(states, include_unfinished=False):
     """The episode's carries: (first step, last step, block, x where it was picked, x where it was let go), one per
-    run of consecutive steps in which the same block is held in the air."""
+    run of consecutive steps in which the same block is held in the air; a block still held at the last state counts
+    only with ``include_unfinished`` (then its last step is the episode's)."""
     out, held_before, start = [], None, 0
-    for t, state in enumerate(states):
-        blocks = state[3:].reshape(-1, 3)
-        held = np.flatnonzero(bs.BlockStackingEnv._lifted_blocks(state, bs.tower_heights(blocks)))
-        held = int(held[0]) if len(held) else None
+    for t, state in enumerate([*states, None] if include_unfinished else states):
+        if state is None:  # past the end: whatever is held is let go here
+            held = None
+        else:
+            blocks = state[3:].reshape(-1, 3)
+            held = np.flatnonzero(bs.BlockStackingEnv._lifted_blocks(state, bs.tower_heights(blocks)))
+            held = int(held[0]) if len(held) else None
         if held != held_before:
             if held_before is not None:
                 out.append((start, t - 1, held_before, float(states[start][3 + 3 * held_before]),
@@ -338,6 +347,40 @@ def destinations_summary(records):
             f"ended on it when it was in view {share([r for r in seen if r['on_tower']], seen)}, out of view "
             f"{share([r for r in unseen if r['on_tower']], unseen)}; ended on another block elsewhere "
             f"{share([r for r in towered if r['landed'] and not r['on_tower']], towered)}")
+
+
+def fetches_after_release(states, settle=10, min_left=100):
+    """What follows each let-go of an episode's carries (a block held >= 5 steps, let go with >= ``min_left`` steps of
+    the episode still to come): whether a free block other than the one let go stood in the policy's view window
+    ``settle`` steps after the release, and whether the gripper picked up another block later in the episode (if so,
+    that block's x distance from the gripper at the release). A policy that only ever fetches what its frames show
+    picks up nothing after a release with no free block in view."""
+    out = []
+    picked = [c for c in carries(states, include_unfinished=True) if c[1] - c[0] >= 5]
+    for k, (first, last, block, _, _) in enumerate(picked):
+        if len(states) - 1 - last < min_left:
+            continue
+        after = states[min(last + settle, len(states) - 1)]
+        blocks = after[3:].reshape(-1, 3)
+        free = (bs.tower_heights(blocks) == 1) & ~bs.covered_blocks(blocks)
+        free[block] = False
+        next_pick = next((c for c in picked[k + 1:] if c[2] != block), None)
+        at_release = states[last]
+        out.append({"free_in_view": bool((np.abs(blocks[free, 0] - after[0]) < bs.VIEW_W / 2).any()),
+                    "next_dx": None if next_pick is None else abs(at_release[3 + 3 * next_pick[2]] - at_release[0])})
+    return out
+
+
+def fetches_summary(records):
+    """One line on fetches_after_release's records of many episodes."""
+    def part(rows):
+        fetched = [r for r in rows if r["next_dx"] is not None]
+        far = [r for r in fetched if r["next_dx"] >= bs.VIEW_W / 2]
+        share = f" ({len(fetched) / len(rows):.2f})" if rows else ""
+        return f"{len(rows)}, followed by another pick-up {len(fetched)}{share}, of a block out of view at the release {len(far)}"
+
+    return (f"{len(records)} let-gos (carries >= 5 steps, >= 100 steps left); a free block in view 10 steps later: "
+            f"{part([r for r in records if r['free_in_view']])}; none in view: {part([r for r in records if not r['free_in_view']])}")
 
 
 def plot_policy_paths(rows, x_limit, half_width, title, path):
@@ -432,7 +475,8 @@ def policy_rollouts(checkpoint, episodes, half_width=None, drawn_half_width=None
         late = [c for c in carries(states) if c[0] > best_at and c[1] - c[0] >= 5]
         graspable_end, untouched_end = graspable_free_blocks(states[-1], states[0])
         rows.append({"gripper_x": states[:, 0], "carries": carries(states), "best_at": best_at,
-                     "destinations": carry_destinations(states), "free_in_view_after_best": float(in_view.mean()),
+                     "destinations": carry_destinations(states), "fetches": fetches_after_release(states),
+                     "free_in_view_after_best": float(in_view.mean()),
                      "nearest_free_at_best": float(nearest[0]),
                      "gripper_x_span_after_best": float(gripper_x.max() - gripper_x.min()),
                      "tower_x": tower_x, "carries_after_best": len(late),
@@ -725,13 +769,15 @@ def view_limited_episodes(episodes, seed, waypoint_limit=60, pixel=None):
     rows = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
-        stacked, total, truncated = [], 0.0, False
+        states, total, truncated = [obs["state"]], 0.0, False
         while not truncated:
             obs, moved, reward, truncated = move_gripper(env, obs, view_limited_plan(obs["state"], env.half_width, pixel),
                                                                env.max_episode_steps, waypoint_limit)
             total += reward
-            stacked += [env.task_info(state)["blocks_stacked"] for state in moved]
-        rows.append({"final": int(stacked[-1]), "best": int(max(stacked)), "return": float(total)})
+            states += moved
+        stacked = [env.task_info(state)["blocks_stacked"] for state in states[1:]]
+        rows.append({"final": int(stacked[-1]), "best": int(max(stacked)), "return": float(total),
+                     "fetches": fetches_after_release(np.array(states))})
     return rows
 
 
@@ -906,15 +952,18 @@ if __name__ == "__main__":
               f"{time.perf_counter() - start:.0f} s")
         if "destinations" in rows[0]:
             print("where the prior's carries end: " + destinations_summary(sum((r["destinations"] for r in rows), [])))
+            print("what follows the prior's let-gos: " + fetches_summary(sum((r["fetches"] for r in rows), [])))
         sys.exit(0)
     if args.carry_destinations:
         import h5py
 
         with h5py.File(args.carry_destinations, "r") as f:
             states, ends = f["states"][:], np.flatnonzero(f["timeouts"][:])
-        records = sum((carry_destinations(states[s:e]) for s, e in zip(np.r_[0, ends[:-1] + 1], ends + 1)), [])
+        trajectories = [states[s:e] for s, e in zip(np.r_[0, ends[:-1] + 1], ends + 1)]
+        records = sum((carry_destinations(t) for t in trajectories), [])
         print(f"where the carries of {args.carry_destinations} ({len(ends)} trajectories, "
               f"{(states.shape[1] - 3) // 3} blocks) end: " + destinations_summary(records))
+        print("what follows their let-gos: " + fetches_summary(sum((fetches_after_release(t) for t in trajectories), [])))
         sys.exit(0)
     if args.view_limited_script > 0:
         for pixel in (None, bs.VIEW_W / 32):
@@ -925,6 +974,7 @@ if __name__ == "__main__":
                   f"{len(rows)} episodes of the row: blocks_stacked at the end {final.mean():.2f} {final.tolist()}, best "
                   f"{best.mean():.2f}; dense-reward return {np.mean([r['return'] for r in rows]):.0f}; "
                   f"{time.perf_counter() - start:.0f} s")
+            print("  what follows its let-gos: " + fetches_summary(sum((r["fetches"] for r in rows), [])))
         sys.exit(0)
     if args.nudge_probe:
         start = time.perf_counter()
@@ -1026,6 +1076,7 @@ if __name__ == "__main__":
               f"end {part['graspable_free_end']:.1f} ({part['untouched_graspable_end']:.1f} never moved); "
               f"{time.perf_counter() - start:.0f} s")
         print("where the policy's carries end: " + destinations_summary(sum((r["destinations"] for r in rows), [])))
+        print("what follows the policy's let-gos: " + fetches_summary(sum((r["fetches"] for r in rows), [])))
         print(f"at its {len(spread['kl_sum'])} skill decisions: the policy's sigma {spread['policy_sigma'].mean():.2f} "
               f"(mean over latent dims, pre-tanh), the prior's {spread['prior_sigma'].mean():.2f}; KL(pi || p_a) summed over "
               f"latent dims {spread['kl_sum'].mean():.2f} (median {np.median(spread['kl_sum']):.2f})")
