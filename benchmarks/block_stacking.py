@@ -352,9 +352,10 @@ def destinations_summary(records):
 def fetches_after_release(states, settle=10, min_left=100):
     """What follows each let-go of an episode's carries (a block held >= 5 steps, let go with >= ``min_left`` steps of
     the episode still to come): whether a free block other than the one let go stood in the policy's view window
-    ``settle`` steps after the release, and whether the gripper picked up another block later in the episode (if so,
-    that block's x distance from the gripper at the release). A policy that only ever fetches what its frames show
-    picks up nothing after a release with no free block in view."""
+    ``settle`` steps after the release, whether the gripper picked up another block later in the episode (if so,
+    that block's x distance from the gripper at the release), and how far in x from the release point the gripper got
+    within the next ``min_left`` steps. A policy that only ever fetches what its frames show picks up nothing after a
+    release with no free block in view."""
     out = []
     picked = [c for c in carries(states, include_unfinished=True) if c[1] - c[0] >= 5]
     for k, (first, last, block, _, _) in enumerate(picked):
@@ -367,7 +368,8 @@ def fetches_after_release(states, settle=10, min_left=100):
         next_pick = next((c for c in picked[k + 1:] if c[2] != block), None)
         at_release = states[last]
         out.append({"free_in_view": bool((np.abs(blocks[free, 0] - after[0]) < bs.VIEW_W / 2).any()),
-                    "next_dx": None if next_pick is None else abs(at_release[3 + 3 * next_pick[2]] - at_release[0])})
+                    "next_dx": None if next_pick is None else abs(at_release[3 + 3 * next_pick[2]] - at_release[0]),
+                    "reach": float(np.abs(states[last + 1:last + 1 + min_left, 0] - at_release[0]).max())})
     return out
 
 
@@ -379,8 +381,11 @@ def fetches_summary(records):
         share = f" ({len(fetched) / len(rows):.2f})" if rows else ""
         return f"{len(rows)}, followed by another pick-up {len(fetched)}{share}, of a block out of view at the release {len(far)}"
 
+    reach = np.array([r["reach"] for r in records])
     return (f"{len(records)} let-gos (carries >= 5 steps, >= 100 steps left); a free block in view 10 steps later: "
-            f"{part([r for r in records if r['free_in_view']])}; none in view: {part([r for r in records if not r['free_in_view']])}")
+            f"{part([r for r in records if r['free_in_view']])}; none in view: {part([r for r in records if not r['free_in_view']])}"
+            + (f"; the gripper's farthest x from the let-go point in the next 100 steps: median {np.median(reach):.2f} m, "
+               f"beyond the view's half width ({bs.VIEW_W / 2:.2f} m) in {np.mean(reach > bs.VIEW_W / 2):.2f}" if len(reach) else ""))
 
 
 def plot_policy_paths(rows, x_limit, half_width, title, path):

@@ -420,7 +420,7 @@ def test_carry_destinations_tell_a_delivery_onto_the_tower_from_one_elsewhere():
 def test_fetches_after_release_tell_a_fetch_beyond_the_view_from_staying():
     """benchmarks/block_stacking.py's fetches_after_release() on hand-made states of three blocks: block 1 carried
     onto block 0 at x 0 and let go there, block 2 standing free at x 0.6 (out of the 0.48 m view) or 0.2 (in it);
-    then either the gripper stays, or it goes and picks block 2 up 130 steps after the let-go."""
+    then either the gripper stays, or it goes and picks block 2 up 80 steps after the let-go."""
     benchmark = import_block_stacking_benchmark()
 
     def episode(far_x, fetch):
@@ -428,7 +428,7 @@ def test_fetches_after_release_tell_a_fetch_beyond_the_view_from_staying():
         for t in range(20):  # block 1 in the closed fingers, from x 0.1 to above block 0 at x 0
             x = 0.1 - 0.1 * min(t, 10) / 10
             states.append([x, 0.2, 0.4, 0.0, H, 0.0, x, 0.2, 0.0, far_x, H, 0.0])
-        for _ in range(130):  # let go: block 1 rests on block 0, fingers open
+        for _ in range(80):  # let go: block 1 rests on block 0, fingers open
             states.append([0.0, 0.25, 1.0, 0.0, H, 0.0, 0.0, 3 * H, 0.0, far_x, H, 0.0])
         for _ in range(20):  # at block 2: held in the closed fingers, or the gripper still by the tower
             states.append([far_x, 0.2, 0.4, 0.0, H, 0.0, 0.0, 3 * H, 0.0, far_x, 0.2, 0.0] if fetch else
@@ -436,14 +436,15 @@ def test_fetches_after_release_tell_a_fetch_beyond_the_view_from_staying():
         return np.array(states, dtype=np.float32)
 
     (fetched,) = benchmark.fetches_after_release(episode(0.6, fetch=True))
-    assert not fetched["free_in_view"] and abs(fetched["next_dx"] - 0.6) < 1e-6
+    assert not fetched["free_in_view"] and abs(fetched["next_dx"] - 0.6) < 1e-6 and abs(fetched["reach"] - 0.6) < 1e-6
     (stayed,) = benchmark.fetches_after_release(episode(0.6, fetch=False))
-    assert not stayed["free_in_view"] and stayed["next_dx"] is None
+    assert not stayed["free_in_view"] and stayed["next_dx"] is None and stayed["reach"] == 0.0
     (in_view,) = benchmark.fetches_after_release(episode(0.2, fetch=False))
     assert in_view["free_in_view"] and in_view["next_dx"] is None
-    assert benchmark.fetches_after_release(episode(0.6, fetch=True)[:100]) == []  # < 100 steps left after the let-go
+    assert benchmark.fetches_after_release(episode(0.6, fetch=True)[:110]) == []  # < 100 steps left after the let-go
     summary = benchmark.fetches_summary([fetched, stayed, in_view])
     assert "none in view: 2, followed by another pick-up 1 (0.50), of a block out of view at the release 1" in summary
+    assert "median 0.00 m, beyond the view's half width (0.24 m) in 0.33" in summary
 
 
 def test_policy_diagnosis_finds_the_carry_and_the_free_blocks_of_a_scripted_stack():
