@@ -74,8 +74,9 @@
    print the same line for their episodes: a policy that finishes its carries on the tallest tower only when it
    sees the tower at the pick-up is limited by its view, not by its skills. A second line says what follows each
    let-go (a carry let go with >= 100 steps left): was a free block in view 10 steps later, and did the gripper pick
-   up another block later in the episode, one out of view at the let-go or not. A policy that never fetches beyond
-   its view picks up nothing after a let-go with nothing in view. --view-limited-script prints it too.
+   up another block later in the episode, one out of view at the let-go or not, and how far in x the gripper got
+   from the let-go point within 100 steps. A policy that never fetches beyond its view picks up nothing after a
+   let-go with nothing in view. --view-limited-script prints it too.
     python benchmarks/block_stacking.py --nudge-probe runs/<spirl_sac run>/spirl_sac.pt --nudge-probe-episodes 8
 9. (only this) is the trip out to the next block all that a policy idling at its tower lacks? Episodes of the policy
    (skills sampled from pi, reset seeds 10 001 on); at its first decision where a tower of >= 2 blocks stands and no
