@@ -374,8 +374,9 @@ def fetches_after_release(states, settle=10, min_left=100):
     return out
 
 
-def fetches_summary(records):
-    """One line on fetches_after_release's records of many episodes."""
+def fetches_summary(records, settle=10, min_left=100):
+    """One line on fetches_after_release's records of many episodes (``settle`` and ``min_left``: the values they
+    were measured with, for the text)."""
     def part(rows):
         fetched = [r for r in rows if r["next_dx"] is not None]
         far = [r for r in fetched if r["next_dx"] >= bs.VIEW_W / 2]
@@ -383,9 +384,9 @@ def fetches_summary(records):
         return f"{len(rows)}, followed by another pick-up {len(fetched)}{share}, of a block out of view at the release {len(far)}"
 
     reach = np.array([r["reach"] for r in records])
-    return (f"{len(records)} let-gos (carries >= 5 steps, >= 100 steps left); a free block in view 10 steps later: "
+    return (f"{len(records)} let-gos (carries >= 5 steps, >= {min_left} steps left); a free block in view {settle} steps later: "
             f"{part([r for r in records if r['free_in_view']])}; none in view: {part([r for r in records if not r['free_in_view']])}"
-            + (f"; the gripper's farthest x from the let-go point in the next 100 steps: median {np.median(reach):.2f} m, "
+            + (f"; the gripper's farthest x from the let-go point in the next {min_left} steps: median {np.median(reach):.2f} m, "
                f"beyond the view's half width ({bs.VIEW_W / 2:.2f} m) in {np.mean(reach > bs.VIEW_W / 2):.2f}" if len(reach) else ""))
 
 

@@ -445,6 +445,8 @@ def test_fetches_after_release_tell_a_fetch_beyond_the_view_from_staying():
     summary = benchmark.fetches_summary([fetched, stayed, in_view])
     assert "none in view: 2, followed by another pick-up 1 (0.50), of a block out of view at the release 1" in summary
     assert "median 0.00 m, beyond the view's half width (0.24 m) in 0.33" in summary
+    assert "0 let-gos (carries >= 5 steps, >= 50 steps left); a free block in view 5 steps later" in \
+        benchmark.fetches_summary([], settle=5, min_left=50)  # the text names the values measured with
 
 
 def test_policy_diagnosis_finds_the_carry_and_the_free_blocks_of_a_scripted_stack():
