@@ -28,12 +28,15 @@ class Args:
     results_json: str = "docs/results.json"
     """the aggregated runs (`python benchmarks/sweep.py --aggregate`)"""
     variants: Tuple[str, ...] = ("paper settings=table1", "critic LayerNorm=table1-critic-ln",
-                                 "critic LayerNorm, fixed physics=table1-carriage8n-critic-ln")
+                                 "critic LayerNorm, fixed physics=table1-carriage8n-critic-ln",
+                                 "closed-loop 3-step skills, critic LayerNorm, fixed physics=table1-cl-h3-critic-ln")
     """rows of the table: LABEL=SWEEP, a sweep of the table1 preset; every seed of its SPiRL runs is read"""
     same_run: Tuple[str, ...] = (
         "table1-critic-ln/random0=fig4-blocks-critic-ln/spirl__block_stacking__1",
         "table1-carriage8n-critic-ln/random0=fig4-blocks-carriage8n-critic-ln/spirl__block_stacking__1",
-        "table1-carriage8n-critic-ln/random0=fig4-blocks-carriage8n-critic-ln/spirl__block_stacking__2")
+        "table1-carriage8n-critic-ln/random0=fig4-blocks-carriage8n-critic-ln/spirl__block_stacking__2",
+        "table1-cl-h3-critic-ln/random0=fig4-blocks-cl-h3-critic-ln/spirl_cl__block_stacking__1",
+        "table1-cl-h3-critic-ln/random0=fig4-blocks-cl-h3-critic-ln/spirl_cl__block_stacking__2")
     """SWEEP/randomP=SWEEP/RUN: where a variant's P % run of RUN's seed is missing, read RUN cut at the table's budget
     (same data, skill model, seed and flags, only a longer budget); one entry per seed"""
     budget: int = 500_000
@@ -100,7 +103,7 @@ def write(rows, budget, out_md, out_png):
              "Written by `python benchmarks/table1.py` from docs/results.json. SPiRL, "
              f"{budget // 1000} k env steps, blocks stacked in the highest tower, mean over the training episodes "
              "of the last 10 %; with several seeds, their mean ± std and each seed's value in seed order. Commands "
-             "and the reading: docs/results.md (sweeps table1, table1-critic-ln).", "",
+             "and the reading: docs/results.md (the sweeps named in the runs column).", "",
              "| % random data | " + " | ".join(f"{p} %" for p in PERCENTS) + " | runs |",
              "|---|" + "---:|" * len(PERCENTS) + "---|",
              "| paper (Table 1) | " + " | ".join(f"{PAPER[p]}" for p in PERCENTS) + " | |"]
