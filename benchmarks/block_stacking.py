@@ -730,47 +730,8 @@ def nudge_probe(checkpoint, episodes, seed=10_001, idle_steps=100, follow_steps=
     return rows
 
 
-def view_limited_plan(state, half_width, pixel=None):
-    """Item 10: the next few waypoints (x, z, grip, tolerance, hold) of a memoryless controller that decides only from
-    what the policy's frames show: the blocks inside the 0.48 m window around the gripper, the wall when it is in the
-    window, and whether a block is in the fingers. Its one rule of thumb is a landmark and a direction: the tower goes
-    on the block nearest the left wall; with a block in hand it travels left until the wall is in view, empty-handed it
-    takes the nearest free block in view, or travels right until one is. ``pixel`` (m): the blocks' positions relative
-    to the gripper rounded to it (the frames' 0.48 m / 32 = 1.5 cm), towers and holding still read from the state."""
-    gx, gz = state[:2]
-    blocks = state[3:].reshape(-1, 3)
-    heights, covered = bs.tower_heights(blocks), bs.covered_blocks(blocks)
-    held = bs.BlockStackingEnv._lifted_blocks(state, heights)
-    if pixel:  # where the blocks are, relative to the gripper, only to the frames' pixel
-        blocks = blocks.copy()
-        blocks[:, :2] = state[:2] + np.round((blocks[:, :2] - state[:2]) / pixel) * pixel
-    visible = ((np.abs(blocks[:, 0] - gx) < bs.VIEW_W / 2) & (blocks[:, 1] > gz - bs.VIEW_BELOW)
-               & (blocks[:, 1] < gz + bs.VIEW_ABOVE))
-    wall_in_view = gx - bs.VIEW_W / 2 < -half_width
-    top = max((blocks[visible & ~held, 1] + bs.HALF).max(initial=0.0), 2 * bs.HALF)  # highest block top in view
-    empty_z = min(top + bs.FINGER_BOTTOM + 0.03, bs.GRIP_Z_MAX)  # open fingers clear every block in view
-    carry_z = min(top + 2 * bs.HALF + 0.04, bs.GRIP_Z_MAX)  # and so does a held block
-    if held.any():
-        others = visible & ~held
-        if not (wall_in_view and others.any()):
-            return [(gx - 0.1, carry_z, 0.0, 0.02, 0)]
-        tx = blocks[others, 0].min()  # the column nearest the wall
-        tz = blocks[others & (np.abs(blocks[:, 0] - tx) < 1.5 * bs.HALF), 1].max()
-        return [(tx, carry_z, 0.0, 0.01, 0), (tx, tz + 2 * bs.HALF + 0.004, 0.0, 0.004, 2),
-                (tx, tz + 2 * bs.HALF + 0.004, 1.0, 0.01, 6), (tx, carry_z, 1.0, 0.02, 0)]
-    free = visible & (heights == 1) & ~covered
-    if wall_in_view:
-        free &= blocks[:, 0] > -half_width + 0.2  # the block by the wall is the tower's base
-    if not free.any():
-        return [(gx + 0.1, empty_z, 1.0, 0.02, 0)]
-    i = np.flatnonzero(free)[np.argmin(np.abs(blocks[free, 0] - gx))]
-    bx, bz = blocks[i, :2]
-    return [(gx, empty_z, 1.0, 0.02, 0), (bx, empty_z, 1.0, 0.01, 0), (bx, bz, 1.0, 0.004, 0), (bx, bz, 0.0, 0.004, 6),
-            (bx, carry_z, 0.0, 0.02, 0)]
-
-
 def view_limited_episodes(episodes, seed, waypoint_limit=60, pixel=None):
-    """Item 10: 1000-step episodes of view_limited_plan's controller in the 11-block row (a waypoint is given up
+    """Item 10: 1000-step episodes of envs/block_stacking.py's view_limited_plan controller in the 11-block row (a waypoint is given up
     after ``waypoint_limit`` steps); per episode blocks_stacked at the end and at its best, and the return."""
     env = bs.make_env(seed=seed, image_obs=False)
     rows = []
@@ -778,7 +739,7 @@ def view_limited_episodes(episodes, seed, waypoint_limit=60, pixel=None):
         obs, _ = env.reset(seed=seed + episode)
         states, total, truncated = [obs["state"]], 0.0, False
         while not truncated:
-            obs, moved, reward, truncated = move_gripper(env, obs, view_limited_plan(obs["state"], env.half_width, pixel),
+            obs, moved, reward, truncated = move_gripper(env, obs, bs.view_limited_plan(obs["state"], env.half_width, pixel),
                                                                env.max_episode_steps, waypoint_limit)
             total += reward
             states += moved

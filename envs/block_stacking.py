@@ -49,6 +49,7 @@ ours, as the dense reward does, only blocks the agent has lifted (a block pushed
 Data: ``python -m envs.block_stacking --num-trajectories N --out PATH [--random-fraction F]`` runs the
 noisy scripted stacking policy (pick, lift, carry, lower, release; 3 consecutive stacks on one tower,
 pseudo-random subgoals between and within stacks) in the training env and writes D4RL-style HDF5.
+``--script view-limited`` (ours) collects with a memoryless script that decides only from the prior's window instead.
 """
 
 import argparse
@@ -70,6 +71,7 @@ METRIC = "blocks_stacked"
 DEFAULT_PRIOR_INPUT = "image"  # appendix C: the prior sees two stacked 32x32 front views
 DEFAULT_DATASET = Path("data") / "block_stacking.hdf5"  # relative to the current directory, like runs/ and checkpoints/
 DEFAULT_NUM_TRAJECTORIES = 400
+SCRIPTS = ("chain", "view-limited")  # the data policies: ScriptedStacker, ViewLimitedStacker
 LIFTED_REWARD, DELIVERED_REWARD = 1.0, 2.0  # per step and per block, from the first lift / delivery on (authors)
 HEIGHT_REWARD_PER_BLOCK = 4.0  # the authors' 50 per metre of tower height x their 8 cm blocks
 SPARSE_REWARD_PER_BLOCK = 0.08  # reward="sparse": the authors' 1 per metre of tower height x their 8 cm blocks
@@ -556,6 +558,87 @@ class ScriptedStacker:
                        self.env.action_space.high)
 
 
+def view_limited_plan(state, half_width, pixel=None):
+    """The next few waypoints (x, z, grip, tolerance, hold) of a memoryless controller that decides only from
+    what the policy's frames show: the blocks inside the 0.48 m window around the gripper, the wall when it is in the
+    window, and whether a block is in the fingers. Its one rule of thumb is a landmark and a direction: the tower goes
+    on the block nearest the left wall; with a block in hand it travels left until the wall is in view, empty-handed it
+    takes the nearest free block in view, or travels right until one is. ``pixel`` (m): the blocks' positions relative
+    to the gripper rounded to it (the frames' 0.48 m / 32 = 1.5 cm), towers and holding still read from the state."""
+    gx, gz = state[:2]
+    blocks = state[3:].reshape(-1, 3)
+    heights, covered = tower_heights(blocks), covered_blocks(blocks)
+    held = BlockStackingEnv._lifted_blocks(state, heights)
+    if pixel:  # where the blocks are, relative to the gripper, only to the frames' pixel
+        blocks = blocks.copy()
+        blocks[:, :2] = state[:2] + np.round((blocks[:, :2] - state[:2]) / pixel) * pixel
+    visible = ((np.abs(blocks[:, 0] - gx) < VIEW_W / 2) & (blocks[:, 1] > gz - VIEW_BELOW)
+               & (blocks[:, 1] < gz + VIEW_ABOVE))
+    wall_in_view = gx - VIEW_W / 2 < -half_width
+    top = max((blocks[visible & ~held, 1] + HALF).max(initial=0.0), 2 * HALF)  # highest block top in view
+    empty_z = min(top + FINGER_BOTTOM + 0.03, GRIP_Z_MAX)  # open fingers clear every block in view
+    carry_z = min(top + 2 * HALF + 0.04, GRIP_Z_MAX)  # and so does a held block
+    if held.any():
+        others = visible & ~held
+        if not (wall_in_view and others.any()):
+            return [(gx - 0.1, carry_z, 0.0, 0.02, 0)]
+        tx = blocks[others, 0].min()  # the column nearest the wall
+        tz = blocks[others & (np.abs(blocks[:, 0] - tx) < 1.5 * HALF), 1].max()
+        return [(tx, carry_z, 0.0, 0.01, 0), (tx, tz + 2 * HALF + 0.004, 0.0, 0.004, 2),
+                (tx, tz + 2 * HALF + 0.004, 1.0, 0.01, 6), (tx, carry_z, 1.0, 0.02, 0)]
+    free = visible & (heights == 1) & ~covered
+    if wall_in_view:
+        free &= blocks[:, 0] > -half_width + 0.2  # the block by the wall is the tower's base
+    if not free.any():
+        return [(gx + 0.1, empty_z, 1.0, 0.02, 0)]
+    i = np.flatnonzero(free)[np.argmin(np.abs(blocks[free, 0] - gx))]
+    bx, bz = blocks[i, :2]
+    return [(gx, empty_z, 1.0, 0.02, 0), (bx, empty_z, 1.0, 0.01, 0), (bx, bz, 1.0, 0.004, 0), (bx, bz, 0.0, 0.004, 6),
+            (bx, carry_z, 0.0, 0.02, 0)]
+
+
+class ViewLimitedStacker:
+    """Noisy memoryless stacking policy that decides only from what the prior's frames show (``--script
+    view-limited``; ours, not the paper's data policy): ``view_limited_plan``'s waypoints, planned again from the
+    current state whenever the last plan is done, followed as ScriptedStacker follows its own (per-trajectory speed,
+    Gaussian noise on all but the precise descents, a waypoint given up after ``waypoint_limit`` steps). Its data
+    show the routine a policy with two local frames and no memory can follow: fetch the nearest block in view, or
+    travel right until one is; carry it left until the wall is in view; put it on the column nearest the wall. It
+    finishes when its plan is a trip past the end of the gripper's range (empty-handed at the right end with no free
+    block in view, or holding a block at the left end with none to put it on), else a trajectory runs to
+    ``max_steps``."""
+
+    def __init__(self, env: BlockStackingEnv, rng: np.random.Generator, action_noise: float = 0.1,
+                 waypoint_limit: int = 60):
+        self.env, self.rng, self.action_noise, self.waypoint_limit = env, rng, action_noise, waypoint_limit
+        self.gain = rng.uniform(0.5, 1.0)  # per-trajectory speed, for diverse skills
+        self.waypoints, self.hold, self.waypoint_steps, self.finished = [], 0, 0, False
+        self.attempts, self.failed_grasps = [], 0  # ScriptedStacker's bookkeeping, empty: no planned (source, target)
+
+    def done(self) -> bool:
+        return self.finished
+
+    def act(self, state) -> np.ndarray:
+        if not self.waypoints:
+            self.waypoints = view_limited_plan(state, self.env.half_width)
+            (x, *_), = self.waypoints[:1]
+            if len(self.waypoints) == 1 and abs(x) > self.env.x_limit and abs(state[0]) > self.env.x_limit - 0.03:
+                self.finished = True  # a trip past a wall: nothing left that the window shows
+        x, z, grip, tol, hold = self.waypoints[0]
+        err = np.array([x - state[0], z - state[1]])
+        self.waypoint_steps += 1
+        if np.abs(err).max() < tol:
+            self.hold += 1
+        if self.hold > hold or self.waypoint_steps > self.waypoint_limit:
+            self.waypoints.pop(0)
+            self.hold = self.waypoint_steps = 0
+        move = np.clip(err / STEP_SCALE * self.gain, -1, 1)
+        if tol > 0.005:  # no noise on the precise descents, so grasps and placements line up
+            move = move + self.rng.normal(0, self.action_noise, 2)
+        return np.clip(np.array([move[0], move[1], grip], np.float32), self.env.action_space.low,
+                       self.env.action_space.high)
+
+
 def stack_succeeded(state, source: int, target: int) -> bool:
     """Whether block ``source`` rests on block ``target`` in ``state``."""
     blocks = state[3:].reshape(-1, 3)
@@ -564,9 +647,11 @@ def stack_succeeded(state, source: int, target: int) -> bool:
 
 
 def collect_trajectory(env: BlockStackingEnv, rng: np.random.Generator, random_actions: bool = False,
-                       max_steps: int = 400, grasp_miss_prob: float = 0.0, low_subgoal_prob: float = 0.0) -> dict:
-    """One data trajectory in ``env``: the noisy scripted policy doing 3 consecutive stacks, or, with
-    ``random_actions``, 100-250 uniformly random actions (appendix G's low-quality data).
+                       max_steps: int = 400, grasp_miss_prob: float = 0.0, low_subgoal_prob: float = 0.0,
+                       script: str = "chain") -> dict:
+    """One data trajectory in ``env``: the noisy scripted policy doing 3 consecutive stacks (``script="chain"``;
+    ``"view-limited"``: ViewLimitedStacker until it finishes), or, with ``random_actions``, 100-250 uniformly random
+    actions (appendix G's low-quality data).
 
     Returns states (T, S), actions (T, A), frames (T, 3, 32, 32) (the newest frame of each
     observation), stack_outcomes (one bool per stack attempt), attempts ((source, target) per stack),
@@ -574,8 +659,13 @@ def collect_trajectory(env: BlockStackingEnv, rng: np.random.Generator, random_a
     """
     obs, info = env.reset(seed=int(rng.integers(2**31)))
     states, actions, frames, outcomes = [], [], [], []
-    policy = None if random_actions else ScriptedStacker(env, rng, num_stacks=3, grasp_miss_prob=grasp_miss_prob,
-                                                         low_subgoal_prob=low_subgoal_prob)
+    if random_actions:
+        policy = None
+    elif script == "view-limited":
+        policy = ViewLimitedStacker(env, rng)
+    else:
+        policy = ScriptedStacker(env, rng, num_stacks=3, grasp_miss_prob=grasp_miss_prob,
+                                 low_subgoal_prob=low_subgoal_prob)
     length = int(rng.integers(100, 251)) if random_actions else max_steps
     for _ in range(length):
         if random_actions:
@@ -609,9 +699,10 @@ def training_env(image_obs: bool = True, half_width: float | None = None) -> Blo
 
 def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, random_fraction: float = 0.0,
                      seed: int = 0, max_steps: int = 400, grasp_miss_prob: float = 0.0,
-                     low_subgoal_prob: float = 0.0, table_half_width: float | None = None) -> str:
+                     low_subgoal_prob: float = 0.0, table_half_width: float | None = None, script: str = "chain") -> str:
     """Collect ``num_trajectories`` in the training env (its table of half width ``table_half_width``, None: the
-    default 0.4 m) and write D4RL-style HDF5 to ``out`` atomically.
+    default 0.4 m) with the data policy ``script`` ("chain": ScriptedStacker, "view-limited": ViewLimitedStacker)
+    and write D4RL-style HDF5 to ``out`` atomically.
 
     Keys: states (N, 18) f32, actions (N, 3) f32, terminals (N,) bool (always False: no task end),
     timeouts (N,) bool (True on each trajectory's last step), frames (N, 3, 32, 32) u8 (the newest
@@ -621,6 +712,8 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
         raise ValueError(f"--num-trajectories must be >= 1, got {num_trajectories}")
     if not 0.0 <= random_fraction <= 1.0:
         raise ValueError(f"--random-fraction must be in [0, 1], got {random_fraction}")
+    if script not in SCRIPTS:
+        raise ValueError(f"--script must be one of {', '.join(SCRIPTS)}, got {script!r}")
     for name, value in (("grasp-miss-prob", grasp_miss_prob), ("low-subgoal-prob", low_subgoal_prob)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"--{name} must be in [0, 1], got {value}")
@@ -644,7 +737,8 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
             outcomes, heights, failed_grasps = [], [], 0
             for i in tqdm(range(num_trajectories), desc="block_stacking data", unit="traj"):
                 traj = collect_trajectory(env, rng, random_actions=bool(is_random[i]), max_steps=max_steps,
-                                          grasp_miss_prob=grasp_miss_prob, low_subgoal_prob=low_subgoal_prob)
+                                          grasp_miss_prob=grasp_miss_prob, low_subgoal_prob=low_subgoal_prob,
+                                          script=script)
                 T = len(traj["actions"])
                 ends = np.zeros(T, bool)
                 ends[-1] = True
@@ -658,12 +752,13 @@ def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES,
                     failed_grasps += traj["failed_grasps"]
             f.attrs.update(num_blocks=5, num_trajectories=num_trajectories, random_fraction=random_fraction, seed=seed,
                            grasp_miss_prob=grasp_miss_prob, failed_grasps=failed_grasps, low_subgoal_prob=low_subgoal_prob,
-                           table_half_width=env.half_width,
+                           table_half_width=env.half_width, script=script,
                            physics_version=PHYSICS_VERSION,
                            stack_success_rate=float(np.mean(outcomes)) if outcomes else float("nan"),
                            mean_final_blocks_stacked=float(np.mean(heights)) if heights else float("nan"),
                            source=(f"{num_trajectories} trajectories ({num_random} random-action) of the noisy scripted "
                                    f"stacking policy in the 5-block training env, envs/block_stacking.py, seed {seed}"
+                                   + (", the view-limited memoryless script" if script == "view-limited" else "")
                                    + (f", grasp miss probability {grasp_miss_prob}" if grasp_miss_prob else "")
                                    + (f", table subgoal probability {low_subgoal_prob}" if low_subgoal_prob else "")
                                    + (f", table half width {env.half_width} m" if table_half_width is not None else "")))
@@ -782,13 +877,16 @@ def main():
     parser.add_argument("--table-half-width", type=float, default=None,
                         help="half width (m) of the training env's table (default 0.4: 0.8 m; the authors' 1.2 m "
                              "table for 8 cm blocks is 0.45 m scaled to ours)")
+    parser.add_argument("--script", default="chain", choices=SCRIPTS,
+                        help="data policy: chain (the default: 3 stacks on one tower, as the authors' generator) or "
+                             "view-limited (ours: a memoryless script that decides only from the prior's 0.48 m window)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.time()
     try:
         out = generate_dataset(args.out, args.num_trajectories, args.random_fraction, args.seed,
                                grasp_miss_prob=args.grasp_miss_prob, low_subgoal_prob=args.low_subgoal_prob,
-                               table_half_width=args.table_half_width)
+                               table_half_width=args.table_half_width, script=args.script)
     except ValueError as e:
         parser.error(str(e))
     except UnwritablePathError as e:
@@ -797,7 +895,8 @@ def main():
         parser.error(f"cannot write {args.out!r}: {e}")
     with h5py.File(out, "r") as f:
         print(f"wrote {out}: {len(f['actions'])} steps, {args.num_trajectories} trajectories, scripted stack "
-              f"success {f.attrs['stack_success_rate']:.2f}, failed grasps {f.attrs['failed_grasps']}, "
+              f"success {f.attrs['stack_success_rate']:.2f}, final blocks stacked "
+              f"{f.attrs['mean_final_blocks_stacked']:.2f}, failed grasps {f.attrs['failed_grasps']}, "
               f"{time.time() - start:.0f} s")
 
 

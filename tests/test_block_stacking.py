@@ -261,6 +261,30 @@ def test_data_stacks_build_one_tower_as_the_authors_generator_chains_them():
         assert traj["info"]["blocks_stacked"] == heights.max() - 1
 
 
+def test_view_limited_data_policy_carries_to_the_left_wall_and_the_file_says_so(tmp_path):
+    """--script view-limited: each trajectory of the memoryless script builds its tower on the block by the left wall
+    (every carry it ends goes there), its only grasps are of blocks in the window, it stops when its plan is a trip past
+    a wall, and the file records the script; an unknown script is a clear error."""
+    env, rng = bs.training_env(image_obs=False), np.random.default_rng(0)
+    stacked = []
+    for _ in range(6):
+        traj = bs.collect_trajectory(env, rng, script="view-limited")
+        states = np.concatenate([traj["states"], traj["final_state"][None]])
+        assert traj["attempts"] == [] and traj["stack_outcomes"] == []
+        assert len(traj["actions"]) == 400 or abs(states[-1, 0]) > env.x_limit - 0.06  # ran out, or ended at a wall
+        held = np.array([bs.BlockStackingEnv._lifted_blocks(s, bs.tower_heights(s[3:].reshape(-1, 3))) for s in states])
+        for t in np.flatnonzero(held[:-1].any(1) & ~held[1:].any(1)):  # let-gos: all by the left end of the table
+            assert states[t, 0] < -env.half_width + bs.VIEW_W / 2 + 0.02
+        stacked.append(traj["info"]["blocks_stacked"])
+    assert np.mean(stacked) >= 2  # the scripted chain's data: 2.73 at the end
+    path = tmp_path / "vl.hdf5"
+    bs.generate_dataset(str(path), num_trajectories=2, seed=1, script="view-limited")
+    with h5py.File(path) as f:
+        assert f.attrs["script"] == "view-limited" and "view-limited" in f.attrs["source"]
+    with pytest.raises(ValueError, match="--script"):
+        bs.generate_dataset(str(tmp_path / "x.hdf5"), num_trajectories=1, script="tower")
+
+
 def test_generated_data_round_trips(tmp_path):
     path = tmp_path / "bs.hdf5"
     bs.generate_dataset(str(path), num_trajectories=3, random_fraction=1 / 3, seed=1)
@@ -785,15 +809,15 @@ def test_view_limited_controller_decides_from_the_window_and_stacks_the_row():
         return np.array([gx, gz, opening, *np.ravel(blocks)], np.float32)
 
     row = [[x, H, 0.0] for x in (-0.75, -0.3, 0.3)]
-    first = benchmark.view_limited_plan(state(0.0, 0.3, 1.0, row), half_width)  # nothing within 0.24 m
+    first = bs.view_limited_plan(state(0.0, 0.3, 1.0, row), half_width)  # nothing within 0.24 m
     assert len(first) == 1 and first[0][0] > 0.05 and first[0][2] == 1.0
-    grasp = benchmark.view_limited_plan(state(0.2, 0.3, 1.0, row), half_width)  # the block at 0.3 in view
+    grasp = bs.view_limited_plan(state(0.2, 0.3, 1.0, row), half_width)  # the block at 0.3 in view
     assert abs(grasp[-2][0] - 0.3) < 1e-6 and grasp[-2][2] == 0.0  # closes on it
     held = [[-0.75, H, 0.0], [-0.3, H, 0.0], [0.0, 0.3, 0.0]]  # block 2 in the closed fingers at x 0
-    carry = benchmark.view_limited_plan(state(0.0, 0.3, 0.4, held), half_width)
+    carry = bs.view_limited_plan(state(0.0, 0.3, 0.4, held), half_width)
     assert len(carry) == 1 and carry[0][0] < -0.05 and carry[0][2] == 0.0
     held_at_wall = [[-0.75, H, 0.0], [-0.75, 3 * H, 0.0], [-0.6, H, 0.0], [-0.7, 0.35, 0.0]]
-    place = benchmark.view_limited_plan(state(-0.7, 0.35, 0.4, held_at_wall), half_width)
+    place = bs.view_limited_plan(state(-0.7, 0.35, 0.4, held_at_wall), half_width)
     assert abs(place[0][0] + 0.75) < 1e-6 and abs(place[1][1] - (3 * H + 2 * H + 0.004)) < 1e-6 and place[2][2] == 1.0
 
     (episode,) = benchmark.view_limited_episodes(1, 0)
