@@ -621,8 +621,8 @@ class ViewLimitedStacker:
     def act(self, state) -> np.ndarray:
         if not self.waypoints:
             self.waypoints = view_limited_plan(state, self.env.half_width)
-            (x, *_), = self.waypoints[:1]
-            if len(self.waypoints) == 1 and abs(x) > self.env.x_limit and abs(state[0]) > self.env.x_limit - 0.03:
+            travel_x = self.waypoints[0][0]  # a one-waypoint plan is a trip left or right, 0.1 m a time
+            if len(self.waypoints) == 1 and abs(travel_x) > self.env.x_limit and abs(state[0]) > self.env.x_limit - 0.03:
                 self.finished = True  # a trip past a wall: nothing left that the window shows
         x, z, grip, tol, hold = self.waypoints[0]
         err = np.array([x - state[0], z - state[1]])
