@@ -731,8 +731,9 @@ def nudge_probe(checkpoint, episodes, seed=10_001, idle_steps=100, follow_steps=
 
 
 def view_limited_episodes(episodes, seed, waypoint_limit=60, pixel=None):
-    """Item 10: 1000-step episodes of envs/block_stacking.py's view_limited_plan controller in the 11-block row (a waypoint is given up
-    after ``waypoint_limit`` steps); per episode blocks_stacked at the end and at its best, and the return."""
+    """Item 10: 1000-step episodes of the view_limited_plan controller (envs/block_stacking.py) in the 11-block row (a
+    waypoint is given up after ``waypoint_limit`` steps); per episode blocks_stacked at the end and at its best, and the
+    return."""
     env = bs.make_env(seed=seed, image_obs=False)
     rows = []
     for episode in range(episodes):
