@@ -622,7 +622,8 @@ class ViewLimitedStacker:
         if not self.waypoints:
             self.waypoints = view_limited_plan(state, self.env.half_width)
             travel_x = self.waypoints[0][0]  # a one-waypoint plan is a trip left or right, 0.1 m a time
-            if len(self.waypoints) == 1 and abs(travel_x) > self.env.x_limit and abs(state[0]) > self.env.x_limit - 0.03:
+            at_wall = abs(state[0]) > self.env.x_limit - 0.03
+            if len(self.waypoints) == 1 and abs(travel_x) > self.env.x_limit and at_wall:
                 self.finished = True  # a trip past a wall: nothing left that the window shows
         x, z, grip, tol, hold = self.waypoints[0]
         err = np.array([x - state[0], z - state[1]])
@@ -699,7 +700,8 @@ def training_env(image_obs: bool = True, half_width: float | None = None) -> Blo
 
 def generate_dataset(out: str, num_trajectories: int = DEFAULT_NUM_TRAJECTORIES, random_fraction: float = 0.0,
                      seed: int = 0, max_steps: int = 400, grasp_miss_prob: float = 0.0,
-                     low_subgoal_prob: float = 0.0, table_half_width: float | None = None, script: str = "chain") -> str:
+                     low_subgoal_prob: float = 0.0, table_half_width: float | None = None,
+                     script: str = "chain") -> str:
     """Collect ``num_trajectories`` in the training env (its table of half width ``table_half_width``, None: the
     default 0.4 m) with the data policy ``script`` ("chain": ScriptedStacker, "view-limited": ViewLimitedStacker)
     and write D4RL-style HDF5 to ``out`` atomically.
@@ -878,8 +880,9 @@ def main():
                         help="half width (m) of the training env's table (default 0.4: 0.8 m; the authors' 1.2 m "
                              "table for 8 cm blocks is 0.45 m scaled to ours)")
     parser.add_argument("--script", default="chain", choices=SCRIPTS,
-                        help="data policy: chain (the default: 3 stacks on one tower, as the authors' generator) or "
-                             "view-limited (ours: a memoryless script that decides only from the prior's 0.48 m window)")
+                        help="data policy: chain (the default: 3 stacks on one tower, as the authors' generator) "
+                             "or view-limited (ours: a memoryless script that decides only from the prior's 0.48 m "
+                             "window)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.time()
