@@ -416,6 +416,17 @@ def make_env(seed=None, render_mode=None, num_blocks: int = 11, **kwargs) -> Blo
     return env
 
 
+def waypoint_action(env: BlockStackingEnv, rng: np.random.Generator, err, grip: float, tol: float, gain: float,
+                    action_noise: float) -> np.ndarray:
+    """The scripted policies' action toward a waypoint ``err`` (dx, dz) m away: the carriage moves at ``gain`` of the
+    speed that would close the gap in one step, Gaussian noise is added on all but the precise moves (``tol`` <= 5
+    mm, so grasps and placements line up), and the fingers are set to ``grip``."""
+    move = np.clip(err / STEP_SCALE * gain, -1, 1)
+    if tol > 0.005:
+        move = move + rng.normal(0, action_noise, 2)
+    return np.clip(np.array([move[0], move[1], grip], np.float32), env.action_space.low, env.action_space.high)
+
+
 class ScriptedStacker:
     """Noisy hand-coded stacking policy (appendix C) acting on the env's state vector.
 
@@ -551,11 +562,7 @@ class ScriptedStacker:
             self.hold = self.waypoint_steps = 0
             if check:
                 self._check_grasp(state)
-        move = np.clip(err / STEP_SCALE * self.gain, -1, 1)
-        if tol > 0.005:  # no noise on the precise descents, so grasps and placements line up
-            move = move + self.rng.normal(0, self.action_noise, 2)
-        return np.clip(np.array([move[0], move[1], grip], np.float32), self.env.action_space.low,
-                       self.env.action_space.high)
+        return waypoint_action(self.env, self.rng, err, grip, tol, self.gain, self.action_noise)
 
 
 def view_limited_plan(state, half_width, pixel=None):
@@ -633,11 +640,7 @@ class ViewLimitedStacker:
         if self.hold > hold or self.waypoint_steps > self.waypoint_limit:
             self.waypoints.pop(0)
             self.hold = self.waypoint_steps = 0
-        move = np.clip(err / STEP_SCALE * self.gain, -1, 1)
-        if tol > 0.005:  # no noise on the precise descents, so grasps and placements line up
-            move = move + self.rng.normal(0, self.action_noise, 2)
-        return np.clip(np.array([move[0], move[1], grip], np.float32), self.env.action_space.low,
-                       self.env.action_space.high)
+        return waypoint_action(self.env, self.rng, err, grip, tol, self.gain, self.action_noise)
 
 
 def stack_succeeded(state, source: int, target: int) -> bool:
