@@ -29,14 +29,18 @@ class Args:
     """the aggregated runs (`python benchmarks/sweep.py --aggregate`)"""
     variants: Tuple[str, ...] = ("paper settings=table1", "critic LayerNorm=table1-critic-ln",
                                  "critic LayerNorm, fixed physics=table1-carriage8n-critic-ln",
-                                 "closed-loop 3-step skills, critic LayerNorm, fixed physics=table1-cl-h3-critic-ln")
+                                 "closed-loop 3-step skills, critic LayerNorm, fixed physics=table1-cl-h3-critic-ln",
+                                 "closed-loop skills, view-limited data (ours), critic LayerNorm, fixed physics="
+                                 "table1-cl-h10-viewlimited-critic-ln")
     """rows of the table: LABEL=SWEEP, a sweep of the table1 preset; every seed of its SPiRL runs is read"""
     same_run: Tuple[str, ...] = (
         "table1-critic-ln/random0=fig4-blocks-critic-ln/spirl__block_stacking__1",
         "table1-carriage8n-critic-ln/random0=fig4-blocks-carriage8n-critic-ln/spirl__block_stacking__1",
         "table1-carriage8n-critic-ln/random0=fig4-blocks-carriage8n-critic-ln/spirl__block_stacking__2",
         "table1-cl-h3-critic-ln/random0=fig4-blocks-cl-h3-critic-ln/spirl_cl__block_stacking__1",
-        "table1-cl-h3-critic-ln/random0=fig4-blocks-cl-h3-critic-ln/spirl_cl__block_stacking__2")
+        "table1-cl-h3-critic-ln/random0=fig4-blocks-cl-h3-critic-ln/spirl_cl__block_stacking__2",
+        "table1-cl-h10-viewlimited-critic-ln/random0=fig4-blocks-cl-h10-viewlimited-critic-ln/spirl_cl__block_stacking__1",
+        "table1-cl-h10-viewlimited-critic-ln/random0=fig4-blocks-cl-h10-viewlimited-critic-ln/spirl_cl__block_stacking__2")
     """SWEEP/randomP=SWEEP/RUN: where a variant's P % run of RUN's seed is missing, read RUN cut at the table's budget
     (same data, skill model, seed and flags, only a longer budget); one entry per seed"""
     budget: int = 500_000
