@@ -487,10 +487,18 @@ def execute_slurm(runs, sweep_dir, executor, keep_replay=False):
 
 def read_scalars(run_dir, tags):
     """{tag: [(step, value), ...]} of a run's tensorboard events (a resumed run's purged steps dropped)."""
+    import logging
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
-    events.Reload()
+    tensorboard_logger = logging.getLogger("tensorboard")
+    level = tensorboard_logger.level
+    tensorboard_logger.setLevel(logging.ERROR)  # its "out of order event.step" warning is a resumed run's intended purge
+    try:
+        events.Reload()
+    finally:
+        tensorboard_logger.setLevel(level)
     present = events.Tags()["scalars"]
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in tags if tag in present}
 
