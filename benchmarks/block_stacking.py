@@ -140,6 +140,9 @@ class Args:
     """an open-loop block-stacking skill model: measure only how the scripted data policy stacks through it (item 5)"""
     data_skill_episodes: int = 6
     """--data-skills: 1000-step episodes in the 11-block row, each run raw and autoencoded"""
+    data_skill_script: str = "chain"
+    """--data-skills: the data policy, as `python -m envs.block_stacking --script` names it: "chain" (the default
+    data's 3 consecutive stacks) or "view-limited" (ViewLimitedStacker, until it finishes)"""
     scripted_return: int = 0
     """> 0: measure only the scripted policies' return in this many 1000-step episodes of the row (item 6)"""
     critic_probe: Optional[str] = None
@@ -783,10 +786,11 @@ def policy_and_prior_spread(saved, trajectories, half_width=None):
             "kl_sum": kl.numpy()}
 
 
-def data_skills(skill_model, episodes, seed):
+def data_skills(skill_model, episodes, seed, script="chain"):
     """Item 5: per mode ("raw", "autoencoded") the scripted data policy's blocks_stacked at each episode's end and
     best, and for "autoencoded" the mean |decoded - planned| action per action dim. ``skill_model``: a checkpoint
-    path or dict of an open-loop model (spirl_vae.py)."""
+    path or dict of an open-loop model (spirl_vae.py); ``script``: "chain" (ScriptedStacker, 3 stacks) or
+    "view-limited" (ViewLimitedStacker)."""
     import copy
 
     import torch
@@ -798,6 +802,8 @@ def data_skills(skill_model, episodes, seed):
         raise SystemExit("--data-skills: an open-loop skill model is needed (this one decodes closed loop)")
     model = spirl_vae.build_model(ckpt).eval()
     horizon, low, high = ckpt["skill_horizon"], ckpt["action_low"], ckpt["action_high"]
+    if script not in ("chain", "view-limited"):
+        raise SystemExit(f"--data-skill-script: 'chain' or 'view-limited', not {script!r}")
     out = {}
     for mode in ("raw", "autoencoded"):
         rng = np.random.default_rng(seed)  # the same episodes and the same script noise in both modes
@@ -805,7 +811,8 @@ def data_skills(skill_model, episodes, seed):
         finals, bests, errors = [], [], []
         for _ in range(episodes):
             obs, info = env.reset(seed=int(rng.integers(2**31)))
-            policy, best, steps = bs.ScriptedStacker(env, rng, num_stacks=3), 0, 0
+            policy = bs.ScriptedStacker(env, rng, num_stacks=3) if script == "chain" else bs.ViewLimitedStacker(env, rng)
+            best, steps = 0, 0
             while steps < env.max_episode_steps and not policy.done():
                 sim, planner, plan, planned_obs = copy.deepcopy(env), copy.deepcopy(policy), [], obs
                 for _ in range(horizon):  # the script's next H actions, planned on a copy of the env
@@ -999,9 +1006,9 @@ if __name__ == "__main__":
         sys.exit(0)
     if args.data_skills:
         start = time.perf_counter()
-        for mode, r in data_skills(args.data_skills, args.data_skill_episodes, args.seed).items():
+        for mode, r in data_skills(args.data_skills, args.data_skill_episodes, args.seed, args.data_skill_script).items():
             error = "" if r["error"] is None else f"; mean |decoded - planned| per action dim {[round(float(e), 3) for e in r['error']]}"
-            print(f"scripted data policy through {args.data_skills}, {mode}, {len(r['final'])} episodes in the 11-block row: "
+            print(f"{args.data_skill_script} data policy through {args.data_skills}, {mode}, {len(r['final'])} episodes in the 11-block row: "
                   f"blocks_stacked at the end {np.mean(r['final']):.2f} {r['final']}, best {np.mean(r['best']):.2f}{error}")
         print(f"{time.perf_counter() - start:.0f} s")
         sys.exit(0)

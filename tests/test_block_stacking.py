@@ -598,6 +598,24 @@ def test_data_skills_replay_the_script_raw_and_through_a_skill_model():
         benchmark.data_skills({**ckpt, "state_conditioned_decoder": True}, episodes=1, seed=0)
 
 
+def test_data_skills_runs_the_view_limited_script_and_refuses_an_unknown_one():
+    """--data-skills --data-skill-script view-limited: the raw mode is ViewLimitedStacker in the row, which builds a
+    tower at the wall (7 blocks stacked in this seed's first episode); an unknown script name is refused."""
+    import torch
+
+    import spirl_vae
+
+    benchmark = import_block_stacking_benchmark()
+    torch.manual_seed(0)
+    model = spirl_vae.SkillModel(state_dim=36, action_dim=3, latent_dim=4, hidden_dim=16, prior_layers=2)
+    ckpt = tiny_skill_checkpoint(model, action_low=np.array([-1, -1, 0], np.float32), action_high=np.ones(3, np.float32))
+    out = benchmark.data_skills(ckpt, episodes=1, seed=0, script="view-limited")
+    assert out["raw"]["final"][0] >= 3 and out["raw"]["error"] is None
+    assert out["autoencoded"]["error"].shape == (3,)
+    with pytest.raises(SystemExit, match="view-limited"):
+        benchmark.data_skills(ckpt, episodes=1, seed=0, script="tower")
+
+
 def test_scripted_return_is_split_into_the_rewards_parts_and_the_data_policy_stacks():
     """benchmarks/block_stacking.py --scripted-return: one 1000-step episode of the data policy in the row; its return
     is the sum of the lift, delivery and height parts, and its 3 stacks stand at the end."""
