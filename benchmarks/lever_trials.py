@@ -47,6 +47,9 @@ class Args:
     """the figure's title"""
     max_env_steps: Optional[int] = None
     """keep only the bins that start before this many env steps (compare a longer run over a shorter budget)"""
+    reference: List[str] = field(default_factory=list)
+    """`label=value` per level to mark in the first tag's panel as a dashed line (e.g. "paper, SPiRL=3.5": a
+    number read off the paper's figure, which has no curve here)"""
 
 
 def read_scalars(run_dir, tags):
@@ -116,6 +119,9 @@ def draw(data, path):
                         color=colors[k % len(colors)])
         if tag in LOG_SCALE_TAGS:
             ax.set_yscale("symlog", linthresh=1e-2 if tag == "losses/alpha" else 1.0)
+        if tag == tags[0]:
+            for level in data.get("reference", []):
+                ax.axhline(level["value"], color="grey", linestyle="--", linewidth=1, label=level["label"])
         ax.set_title(tag.split("/", 1)[1], fontsize=10)
         ax.set_xlabel(f"env steps (k; mean per {data['bin'] // 1000} k)")
         ax.grid(alpha=0.3)
@@ -146,8 +152,17 @@ if __name__ == "__main__":
         if args.max_env_steps is not None:
             curves = {tag: [point for point in curve if point[0] < args.max_env_steps] for tag, curve in curves.items()}
         runs.append({"label": label, "run_dir": run_dir, "curves": curves})
+    reference = []
+    for entry in args.reference:
+        label, sep, value = entry.rpartition("=")
+        try:
+            reference.append({"label": label, "value": float(value)})
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise SystemExit(f"--reference takes label=value (a number), got {entry!r}")
     data = {"command": "python " + shlex.join(sys.argv), "bin": args.bin, "tags": args.tags, "title": args.title,
-            "runs": runs}
+            "runs": runs, "reference": reference}
     with open(args.json_out, "w") as f:
         json.dump(data, f, indent=1)
     draw(data, os.path.splitext(args.json_out)[0] + ".png")

@@ -255,9 +255,16 @@ def test_lever_trials_bins_each_runs_curves_a_resume_dropping_the_stopped_steps(
     assert [(r["label"], r["curves"]["losses/alpha"]) for r in again["runs"]] == [("B then", b), ("A", a)]
     # --max-env-steps: a longer run over a shorter budget keeps the bins that start before it
     monkeypatch.setattr(sys, "argv", ["lever_trials.py", "--runs", f"A={tmp_path / 'a'}", "--tags", "losses/alpha",
-                                      "--bin", "50", "--max-env-steps", "100", "--json-out", str(tmp_path / "cut.json")])
+                                      "--bin", "50", "--max-env-steps", "100", "--json-out", str(tmp_path / "cut.json"),
+                                      "--reference", "paper=3.5"])
     runpy.run_path(os.path.join(ROOT, "benchmarks", "lever_trials.py"), run_name="__main__")
-    assert json.load(open(tmp_path / "cut.json"))["runs"][0]["curves"]["losses/alpha"] == a[:2]
+    cut = json.load(open(tmp_path / "cut.json"))
+    assert cut["runs"][0]["curves"]["losses/alpha"] == a[:2]
+    assert cut["reference"] == [{"label": "paper", "value": 3.5}]  # --reference: a level drawn as a dashed line
+    monkeypatch.setattr(sys, "argv", ["lever_trials.py", "--runs", f"A={tmp_path / 'a'}", "--json-out",
+                                      str(tmp_path / "bad.json"), "--reference", "paper"])
+    with pytest.raises(SystemExit, match="label=value"):
+        runpy.run_path(os.path.join(ROOT, "benchmarks", "lever_trials.py"), run_name="__main__")
     monkeypatch.setattr(sys, "argv", ["lever_trials.py", "--runs", f"C={tmp_path / 'out.json'}#C", "--tags", "losses/alpha",
                                       "--bin", "50", "--json-out", str(tmp_path / "bad.json")])
     with pytest.raises(SystemExit, match="has no run labelled 'C': it has 'A', 'B'"):
