@@ -40,7 +40,8 @@ class Args:
         "table1-cl-h3-critic-ln/random0=fig4-blocks-cl-h3-critic-ln/spirl_cl__block_stacking__1",
         "table1-cl-h3-critic-ln/random0=fig4-blocks-cl-h3-critic-ln/spirl_cl__block_stacking__2",
         "table1-cl-h10-viewlimited-critic-ln/random0=fig4-blocks-cl-h10-viewlimited-critic-ln/spirl_cl__block_stacking__1",
-        "table1-cl-h10-viewlimited-critic-ln/random0=fig4-blocks-cl-h10-viewlimited-critic-ln/spirl_cl__block_stacking__2")
+        "table1-cl-h10-viewlimited-critic-ln/random0=fig4-blocks-cl-h10-viewlimited-critic-ln/spirl_cl__block_stacking__2",
+        "table1-cl-h10-viewlimited-critic-ln/random0=fig4-blocks-cl-h10-viewlimited-critic-ln/spirl_cl__block_stacking__3")
     """SWEEP/randomP=SWEEP/RUN: where a variant's P % run of RUN's seed is missing, read RUN cut at the table's budget
     (same data, skill model, seed and flags, only a longer budget); one entry per seed"""
     budget: int = 500_000
