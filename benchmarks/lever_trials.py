@@ -154,13 +154,11 @@ if __name__ == "__main__":
         runs.append({"label": label, "run_dir": run_dir, "curves": curves})
     reference = []
     for entry in args.reference:
-        label, sep, value = entry.rpartition("=")
+        label, _, value = entry.rpartition("=")
         try:
             reference.append({"label": label, "value": float(value)})
         except ValueError:
-            sep = ""
-        if not sep:
-            raise SystemExit(f"--reference takes label=value (a number), got {entry!r}")
+            raise SystemExit(f"--reference takes label=value (a number), got {entry!r}") from None
     data = {"command": "python " + shlex.join(sys.argv), "bin": args.bin, "tags": args.tags, "title": args.title,
             "runs": runs, "reference": reference}
     with open(args.json_out, "w") as f:
