@@ -5,6 +5,7 @@ SAC: Haarnoja et al. 2018 (twin critics, automatic entropy tuning). Hyperparamet
 
     python baselines/sac.py --env kitchen            # one of maze, block_stacking, kitchen
     python baselines/sac.py --env Pendulum-v1        # any gymnasium Box-action env id (validation)
+    python baselines/sac.py --evaluate runs/<run>/agent.pt --eval-episodes 8   # episodes of a saved policy
 
 Inputs: the critics see obs["state"], the low-dimensional state. So does the policy (--obs auto = state in
 every env), as in the authors' flat-SAC configs for maze, block stacking and kitchen (an MLP policy on the
@@ -100,6 +101,13 @@ class Args:
     """also save the replay buffer (<checkpoint>.replay.npz) so that --resume continues exactly"""
     resume: Optional[str] = None
     """continue the run of this checkpoint (agent.pt); pass the run's other flags unchanged, --total-timesteps may grow"""
+    evaluate: Optional[str] = None
+    """only run --eval-episodes episodes of this checkpoint's policy (agent.pt) on its run's env and task, print each
+    episode's return and task metric, write <checkpoint>_evaluate.npz (each episode's states), then exit"""
+    eval_episodes: int = 2
+    """episodes of --evaluate, seeded --seed + 10 000 + k as spirl_sac.py's evaluations"""
+    eval_deterministic: bool = False
+    """--evaluate with the mean action; default: actions sampled from pi(a|s), as in training"""
     track: bool = False
     """log to Weights & Biases too (pip install wandb; WANDB_MODE=offline works without a network)"""
     wandb_project_name: str = "spirl"
@@ -313,8 +321,60 @@ def set_rng_state(state, rng, env):
     env.action_space.np_random.bit_generator.state = state["action_space"]
 
 
+def evaluate_checkpoint(args):
+    """--evaluate: episodes of a saved policy on the env and task of its run (--goal-radius, if given, overrides the
+    maze's). Returns the episodes' returns, task metrics (nan for a gymnasium env) and the path of their states."""
+    if args.eval_episodes < 1:
+        raise SystemExit(f"error: --eval-episodes must be >= 1, got {args.eval_episodes}")
+    if not os.path.isfile(args.evaluate):
+        raise SystemExit(f"--evaluate {args.evaluate}: no such checkpoint (this script writes <run_dir>/agent.pt)")
+    ckpt = torch.load(args.evaluate, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise SystemExit(f"--evaluate {args.evaluate}: not a checkpoint of this script ({CHECKPOINT_FORMAT}) but "
+                         f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}: evaluate it with the "
+                         f"script that wrote it")
+    saved = ckpt["args"]
+    out = os.path.splitext(args.evaluate)[0] + "_evaluate.npz"
+    try:
+        envs.ensure_writable(out, "evaluation output")
+    except envs.UnwritablePathError as e:
+        raise SystemExit(f"error: {e}")
+    goal_radius = saved.get("goal_radius") if args.goal_radius is None else args.goal_radius
+    env, metric, obs_key = make_env(saved["env"], args.seed + 10_000, saved["obs"], goal_radius,
+                                    saved.get("sparse_reward", False))
+    obs, _ = env.reset(seed=args.seed + 10_000)
+    actor = Actor(obs[obs_key].shape, env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32),
+                  saved["hidden_dim"], saved["policy_layers"])
+    actor.load_state_dict(ckpt["actor"])
+    torch.manual_seed(args.seed + 10_000)  # the sampled actions: the same episodes for the same --seed
+    returns, metrics, trajectories = [], [], []
+    for episode in range(args.eval_episodes):
+        obs, _ = env.reset(seed=args.seed + 10_000 + episode)
+        states, episode_return, done, info = [obs["state"]], 0.0, False, {}
+        while not done:
+            with torch.no_grad():
+                action, _, mean_action = actor.get_action(torch.as_tensor(obs[obs_key]).unsqueeze(0))
+            obs, reward, terminated, truncated, info = env.step((mean_action if args.eval_deterministic else action)[0].numpy())
+            states.append(obs["state"])
+            episode_return += float(reward)
+            done = terminated or truncated
+        returns.append(episode_return)
+        metrics.append(float(info[metric]) if metric is not None else float("nan"))
+        trajectories.append(np.stack(states))  # (T + 1, state_dim)
+    env.close()
+    save_atomic({f"episode_{k}": t for k, t in enumerate(trajectories)}, out, save_npz)
+    print(f"evaluate {args.evaluate} (trained {ckpt['global_step']} env steps): {args.eval_episodes} episodes on "
+          f"{saved['env']}, mean return {np.mean(returns):.2f}" + (f", mean {metric} {np.mean(metrics):.2f}; per episode: "
+          + ", ".join(f"{k}: {m:g}" for k, m in enumerate(metrics)) if metric is not None else ""))
+    print(f"wrote {out} (each episode's states)")
+    return returns, metrics, out
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    if args.evaluate:
+        evaluate_checkpoint(args)
+        sys.exit(0)
     resume_ckpt = load_resume_checkpoint(args.resume, args) if args.resume else None
     run_dir = args.run_dir or (os.path.dirname(args.resume) if args.resume else
                                f"runs/{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}")

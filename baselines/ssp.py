@@ -10,6 +10,7 @@ rewards, H-step transitions replace transitions. It is then trained with standar
 
     python baselines/ssp.py --env kitchen                 # loads checkpoints/skill_model_kitchen.pt
     python baselines/ssp.py --env kitchen --prior-init    # appendix E: policy starts as the skill prior
+    python baselines/ssp.py --evaluate runs/<run>/agent.pt --eval-episodes 8   # episodes of a saved policy
 
 The policy has the skill prior's architecture (appendix B.2: the policy mirrors the prior) and sees
 what the prior sees (normalised state, or the stacked images); the critics see the normalised state.
@@ -102,6 +103,14 @@ class Args:
     """also save the replay buffer (<checkpoint>.replay.npz) so that --resume continues exactly"""
     resume: Optional[str] = None
     """continue the run of this checkpoint (agent.pt); pass the run's other flags unchanged, --total-timesteps may grow"""
+    evaluate: Optional[str] = None
+    """only run --eval-episodes episodes of this checkpoint's policy (agent.pt) on its run's env and task, its skills
+    decoded by the run's skill model (--skill-model, if given, replaces the saved path), print each episode's return
+    and task metric, write <checkpoint>_evaluate.npz (each episode's states), then exit"""
+    eval_episodes: int = 2
+    """episodes of --evaluate, seeded --seed + 10 000 + k as spirl_sac.py's evaluations"""
+    eval_deterministic: bool = False
+    """--evaluate with the mean skill max_skill * tanh(mu(s)); default: skills sampled from pi(z|s), as in training"""
     track: bool = False
     """log to Weights & Biases too (pip install wandb; WANDB_MODE=offline works without a network)"""
     wandb_project_name: str = "spirl"
@@ -375,8 +384,88 @@ def set_rng_state(state, rng, env):
     rng.bit_generator.state = state["generator"]
     env.action_space.np_random.bit_generator.state = state["action_space"]
 
+def evaluate_checkpoint(args):
+    """--evaluate: episodes of a saved skill policy on the env and task of its run (--goal-radius, if given, overrides
+    the maze's), each skill decoded into H actions as in training. Returns the episodes' returns, task metrics and
+    the path of their states."""
+    if args.eval_episodes < 1:
+        raise SystemExit(f"error: --eval-episodes must be >= 1, got {args.eval_episodes}")
+    if not os.path.isfile(args.evaluate):
+        raise SystemExit(f"--evaluate {args.evaluate}: no such checkpoint (this script writes <run_dir>/agent.pt)")
+    run = torch.load(args.evaluate, map_location="cpu", weights_only=False)
+    if not isinstance(run, dict) or run.get("format") != RUN_CHECKPOINT_FORMAT:
+        raise SystemExit(f"--evaluate {args.evaluate}: not a checkpoint of this script ({RUN_CHECKPOINT_FORMAT}) but "
+                         f"{run.get('format') if isinstance(run, dict) else type(run).__name__!r}: evaluate it with the "
+                         f"script that wrote it")
+    saved = run["args"]
+    out = os.path.splitext(args.evaluate)[0] + "_evaluate.npz"
+    try:
+        envs.ensure_writable(out, "evaluation output")
+    except envs.UnwritablePathError as e:
+        raise SystemExit(f"error: {e}")
+    env_name = saved["env"]
+    ckpt, decoder, policy = load_skill_model(args.skill_model or saved["skill_model"] or
+                                             f"checkpoints/skill_model_{env_name}.pt", env_name)
+    policy.load_state_dict(run["policy"])  # the policy has the skill prior's architecture (appendix B.2)
+    policy.eval()
+    state_mean, state_std = torch.as_tensor(ckpt["state_mean"]), torch.as_tensor(ckpt["state_std"])
+    action_low, action_high = np.asarray(ckpt["action_low"]), np.asarray(ckpt["action_high"])
+    use_image = ckpt["prior_input"] == "image"
+    goal_radius = saved.get("goal_radius") if args.goal_radius is None else args.goal_radius
+    options = {} if goal_radius is None else {"goal_radius": goal_radius}
+    if saved.get("sparse_reward", False):
+        options["reward"] = "sparse"
+    env, metric = envs.make_env(env_name, seed=args.seed + 10_000, **options), envs.env_module(env_name).METRIC
+    state_dim = env.reset(seed=args.seed + 10_000)[0]["state"].shape[0]
+    if state_dim != ckpt["state_dim"] or env.action_space.shape[0] != ckpt["action_dim"]:
+        raise SystemExit(f"skill model has state_dim {ckpt['state_dim']}, action_dim {ckpt['action_dim']}, the env "
+                         f"{state_dim}, {env.action_space.shape[0]}: pass the run's --skill-model")
+
+    def normalise(state):
+        return (torch.as_tensor(state, dtype=torch.float32) - state_mean) / state_std
+
+    torch.manual_seed(args.seed + 10_000)  # the sampled actions: the same episodes for the same --seed
+    returns, metrics, trajectories = [], [], []
+    for episode in range(args.eval_episodes):
+        obs, _ = env.reset(seed=args.seed + 10_000 + episode)
+        states, episode_return, done, info = [obs["state"]], 0.0, False, {}
+        while not done:
+            with torch.no_grad():
+                seen = torch.as_tensor(obs["image"]) if use_image else normalise(obs["state"])
+                mu, log_sigma = policy(seen.unsqueeze(0))
+                z = saved["max_skill"] * torch.tanh(mu) if args.eval_deterministic else \
+                    sample_skill(mu, log_sigma, saved["max_skill"])[0]
+            hidden = None
+            for _ in range(ckpt["skill_horizon"]):  # the skill's H actions, decoded as in training
+                with torch.no_grad():
+                    cond = None
+                    if ckpt["state_conditioned_decoder"]:  # closed loop: what the decoder sees of the current obs
+                        seen = torch.as_tensor(obs["image"]) if decoder.image_encoder is not None else normalise(obs["state"])
+                        cond = decoder.condition(seen.unsqueeze(0))
+                    action, hidden = decoder.decode_step(z, cond, hidden)
+                obs, reward, terminated, truncated, info = env.step(np.clip(action[0].numpy(), action_low, action_high))
+                states.append(obs["state"])
+                episode_return += float(reward)
+                done = terminated or truncated
+                if done:
+                    break
+        returns.append(episode_return)
+        metrics.append(float(info[metric]))
+        trajectories.append(np.stack(states))  # (T + 1, state_dim)
+    env.close()
+    save_atomic({f"episode_{k}": t for k, t in enumerate(trajectories)}, out, save_npz)
+    print(f"evaluate {args.evaluate} (trained {run['global_step']} env steps): {args.eval_episodes} episodes on "
+          f"{env_name}, mean return {np.mean(returns):.2f}, mean {metric} {np.mean(metrics):.2f}; per episode: "
+          + ", ".join(f"{k}: {m:g}" for k, m in enumerate(metrics)))
+    print(f"wrote {out} (each episode's states)")
+    return returns, metrics, out
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    if args.evaluate:
+        evaluate_checkpoint(args)
+        sys.exit(0)
     if args.env not in envs.ENV_NAMES:
         raise SystemExit(f"unknown env {args.env!r}: choose one of {', '.join(envs.ENV_NAMES)}")
     if args.goal_radius is not None and (args.env != "maze" or args.goal_radius <= 0):

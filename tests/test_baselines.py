@@ -297,6 +297,14 @@ def test_flat_sac_improves_on_pendulum(tmp_path, monkeypatch, capsys):
     returns = [e.value for e in EventAccumulator(str(next((tmp_path / "runs").iterdir()))).Reload().Scalars("charts/episodic_return")]
     assert "step 3000/3000" in out
     assert np.mean(returns[-3:]) > np.mean(returns[:3]) + 200, returns
+    # --evaluate loads the trained policy: its mean-action episodes beat the random warm-up ones too
+    run_dir = next((tmp_path / "runs").iterdir())
+    with pytest.raises(SystemExit):
+        run_script("sac", ["--evaluate", str(run_dir / "agent.pt"), "--eval-episodes", "3", "--eval-deterministic"],
+                   monkeypatch, tmp_path, capsys)
+    evaluated = sac.evaluate_checkpoint(sac.Args(evaluate=str(run_dir / "agent.pt"), eval_episodes=3,
+                                                 eval_deterministic=True))[0]
+    assert np.mean(evaluated) > np.mean(returns[:3]) + 200, (evaluated, returns)
 
 
 # ---------------------------------------------------------------------------------------------------- --resume
@@ -373,6 +381,39 @@ def test_interrupted_run_resumes_exactly(script, tmp_path, monkeypatch, capsys):
                monkeypatch, tmp_path, capsys)
     rest = torch.load(tmp_path / "rest" / "agent.pt", weights_only=False)
     assert int(rest["q_optimizer"]["state"][0]["step"]) - int(straight["q_optimizer"]["state"][0]["step"]) == updates
+
+
+@pytest.mark.parametrize("script", ["sac", "bc_sac", "flat_prior", "ssp"])
+def test_evaluate_runs_the_saved_policy_on_its_runs_env(script, tmp_path, monkeypatch, capsys):
+    """--evaluate plays --eval-episodes episodes of the checkpoint's policy on the env of its run (none of the run's
+    flags repeated), writes each episode's states, gives the same episodes for the same seed, refuses other files."""
+    episode = 280 if script == "ssp" else 200  # kitchen / Pendulum-v1 episode lengths
+    argv = small_run_argv(script, tmp_path) + (["--learning-starts", "100"] if script == "ssp" else [])
+    run_script(script, [*argv, "--total-timesteps", str(episode), "--run-dir", "run"], monkeypatch, tmp_path, capsys)
+    evaluate = ["--evaluate", "run/agent.pt", "--eval-episodes", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(script, evaluate, monkeypatch, tmp_path, capsys)
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    env_name = "kitchen" if script == "ssp" else "Pendulum-v1"
+    assert f"evaluate run/agent.pt (trained {episode} env steps): 2 episodes on {env_name}" in out
+    if script == "ssp":
+        assert "mean subtasks_completed" in out
+    with np.load(tmp_path / "run" / "agent_evaluate.npz") as saved:
+        first = {k: saved[k] for k in saved.files}
+    assert sorted(first) == ["episode_0", "episode_1"]
+    assert first["episode_0"].shape == (episode + 1, 60 if script == "ssp" else 3)  # the states of a whole episode
+    assert not np.array_equal(first["episode_0"], first["episode_1"])  # two episodes, two start states
+    with pytest.raises(SystemExit):
+        run_script(script, evaluate, monkeypatch, tmp_path, capsys)
+    with np.load(tmp_path / "run" / "agent_evaluate.npz") as again:
+        assert all(np.array_equal(first[k], again[k]) for k in first)
+    other = "ssp" if script != "ssp" else "sac"
+    torch.save({"format": f"baselines-{other}-v1", "args": {}}, tmp_path / "other.pt")
+    with pytest.raises(SystemExit, match="not a checkpoint of this script"):
+        run_script(script, ["--evaluate", "other.pt"], monkeypatch, tmp_path, capsys)
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        run_script(script, ["--evaluate", "missing.pt"], monkeypatch, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("script", ["sac", "bc_sac", "flat_prior", "ssp"])
