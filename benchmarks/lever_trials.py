@@ -10,12 +10,13 @@ earlier output of this script, or `label=docs/results.json#sweep/run` for a run 
 metric's curve only, as charts/<metric>; git ignores runs/, so a new checkout compares against what the docs kept). For
 every tag, the mean of its scalars in each bin of --bin env steps. The figure (next to the JSON, .png) is drawn
 from the JSON: one panel per tag, one line per run, values on a symmetric log scale where they span decades (Q,
-alpha, the critics' loss).
+alpha, the critics' loss); runs labelled "<setting>, seed <n>" share the setting's colour, one line style per seed.
 """
 
 import glob
 import json
 import os
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -102,6 +103,18 @@ def binned(points, bin_size):
     return [[start, float(np.mean(values))] for start, values in sorted(bins.items())]
 
 
+def line_styles(labels):
+    """(colour index, line style) per run: labels that differ only in a trailing ", seed <n>" are seeds of one setting
+    and share its colour, told apart by the line style; every other label is a setting of its own."""
+    settings, seen, styles = {}, {}, []
+    for label in labels:
+        setting = re.sub(r",\s*seed \d+$", "", label)
+        colour = settings.setdefault(setting, len(settings))
+        seen[setting] = seen.get(setting, -1) + 1
+        styles.append((colour, ("-", "--", ":", "-.")[seen[setting] % 4]))
+    return styles
+
+
 def draw(data, path):
     import matplotlib
 
@@ -111,12 +124,13 @@ def draw(data, path):
     tags = data["tags"]
     fig, axes = plt.subplots(1, len(tags), figsize=(4.2 * len(tags), 3.4), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = line_styles([run["label"] for run in data["runs"]])
     for ax, tag in zip(axes[0], tags):
-        for k, run in enumerate(data["runs"]):  # one colour per run in every panel, also where a run lacks a tag
+        for run, (colour, linestyle) in zip(data["runs"], styles):  # the same style in every panel, also where a run lacks a tag
             curve = np.asarray(run["curves"][tag]).reshape(-1, 2)
             if len(curve):
                 ax.plot((curve[:, 0] + data["bin"] / 2) / 1e3, curve[:, 1], marker=".", label=run["label"],
-                        color=colors[k % len(colors)])
+                        color=colors[colour % len(colors)], linestyle=linestyle)
         if tag in LOG_SCALE_TAGS:
             ax.set_yscale("symlog", linthresh=1e-2 if tag == "losses/alpha" else 1.0)
         if tag == tags[0]:

@@ -2,6 +2,7 @@
 end to end (run, skip on rerun, resume of an interrupted run, aggregation into results.json and a PNG); and of
 benchmarks/lever_trials.py, which bins lever trials' tensorboard curves."""
 
+import importlib.util
 import json
 import os
 import runpy
@@ -219,6 +220,16 @@ def test_only_selects_runs_with_the_runs_they_read():
     # a finished skill model is kept for its RL run, but the one it was ordered after is not brought back
     chosen = sweep.select_runs(runs, ("spirl_cl__kitchen__1",), done={"skills__kitchen__1__cl"})
     assert [r.name for r in chosen] == ["skills__kitchen__1__cl", "spirl_cl__kitchen__1"]
+
+
+def test_lever_trials_draws_the_seeds_of_one_setting_in_its_colour():
+    """Runs labelled "<setting>, seed <n>" share the setting's colour and differ in line style; other labels each
+    get a colour of their own."""
+    spec = importlib.util.spec_from_file_location("lever_trials", os.path.join(ROOT, "benchmarks", "lever_trials.py"))
+    lever_trials = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lever_trials)
+    labels = ["SPiRL, seed 1", "SPiRL, seed 2", "SSP", "SPiRL, seed 3", "seed 4", "SSP, seed 1"]
+    assert lever_trials.line_styles(labels) == [(0, "-"), (0, "--"), (1, "-"), (0, ":"), (2, "-"), (1, "--")]
 
 
 def test_lever_trials_bins_each_runs_curves_a_resume_dropping_the_stopped_steps(tmp_path, monkeypatch):
