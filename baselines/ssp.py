@@ -288,6 +288,17 @@ def sample_skill(mu, log_sigma, max_skill):
     return max_skill * squashed, log_prob.sum(-1, keepdim=True)
 
 
+def next_skill_action(decoder, z, obs, hidden, state_conditioned, normalise):
+    """The decoder's next action of skill z (1, latent_dim) and its LSTM state; a closed-loop decoder
+    (state_conditioned) also sees the current obs: its stacked frames, or its state through `normalise`."""
+    with torch.no_grad():
+        cond = None
+        if state_conditioned:
+            seen = torch.as_tensor(obs["image"]) if decoder.image_encoder is not None else normalise(obs["state"])
+            cond = decoder.condition(seen.unsqueeze(0))
+        return decoder.decode_step(z, cond, hidden)
+
+
 def soft_q_target(rewards, terminated, next_q, next_log_prob, alpha, gamma):
     """SAC target on skill transitions: r~ + gamma * (1 - terminated) * (min_i Q_target_i(s', z') - alpha * log pi(z'|s')),
     r~ the H-step summed reward (section 3.3). The entropy bonus -log pi is KL to a *uniform* skill prior."""
@@ -437,12 +448,7 @@ def evaluate_checkpoint(args):
                     sample_skill(mu, log_sigma, saved["max_skill"])[0]
             hidden = None
             for _ in range(ckpt["skill_horizon"]):  # the skill's H actions, decoded as in training
-                with torch.no_grad():
-                    cond = None
-                    if ckpt["state_conditioned_decoder"]:  # closed loop: what the decoder sees of the current obs
-                        seen = torch.as_tensor(obs["image"]) if decoder.image_encoder is not None else normalise(obs["state"])
-                        cond = decoder.condition(seen.unsqueeze(0))
-                    action, hidden = decoder.decode_step(z, cond, hidden)
+                action, hidden = next_skill_action(decoder, z, obs, hidden, ckpt["state_conditioned_decoder"], normalise)
                 obs, reward, terminated, truncated, info = env.step(np.clip(action[0].numpy(), action_low, action_high))
                 states.append(obs["state"])
                 episode_return += float(reward)
@@ -593,12 +599,7 @@ if __name__ == "__main__":
             z, _ = sample_skill(*policy(torch.as_tensor(skill_obs).unsqueeze(0)), args.max_skill)
         skill_reward, hidden = 0.0, None
         for _ in range(horizon):
-            with torch.no_grad():
-                cond = None
-                if ckpt["state_conditioned_decoder"]:  # closed loop: what the decoder sees of the current obs
-                    seen = torch.as_tensor(obs["image"]) if decoder.image_encoder is not None else normalise(obs["state"])
-                    cond = decoder.condition(seen.unsqueeze(0))
-                action, hidden = decoder.decode_step(z, cond, hidden)
+            action, hidden = next_skill_action(decoder, z, obs, hidden, ckpt["state_conditioned_decoder"], normalise)
             action = np.clip(action[0].numpy(), action_low, action_high)
             step_start = time.time()
             obs, reward, terminated, truncated, info = env.step(action)
