@@ -397,6 +397,7 @@ def evaluate_checkpoint(args):
     maze's). Returns the episodes' returns, task metrics (nan for a gymnasium env) and the path of their states."""
     if args.eval_episodes < 1:
         raise SystemExit(f"error: --eval-episodes must be >= 1, got {args.eval_episodes}")
+    torch.set_num_threads(args.torch_threads)  # as in training: small networks run fastest on one thread
     if not os.path.isfile(args.evaluate):
         raise SystemExit(f"--evaluate {args.evaluate}: no such checkpoint (this script writes <run_dir>/agent.pt)")
     ckpt = torch.load(args.evaluate, map_location="cpu", weights_only=False)
