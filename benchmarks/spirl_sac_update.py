@@ -21,6 +21,13 @@ reference commit back to back with the same settings, and reports their env step
 
 times the same updates (and the real run, with spirl_sac.py's --cuda) on a GPU: ms per update and FLOPs; the
 CPU's GEMM floor does not apply there.
+
+Two references are timed with every repeat on the CPU, interleaved with the updates, against the same floor:
+- "plain critic step": the simplest eager training step of the config's critic network (forward, backward and a
+  fused Adam step of a regression onto fixed targets). Its ratio is what eager PyTorch gets from this network on
+  this machine at this moment; the SPiRL step's ratio divided by it drifts far less with the machine's speed.
+- "GEMMs replayed": every matmul the current update computes (recorded once, with its shapes, strides and
+  operand reuse), run again back to back with nothing else: what the update's matmuls alone cost.
 """
 
 import importlib.util
@@ -36,6 +43,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 import tyro
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,6 +146,64 @@ def build(module, config, batch_size, seed=0, device="cpu"):
     return update
 
 
+def plain_critic_step(module, config, batch_size, seed=0):
+    """The simplest eager training step of the config's critic: 0.5 * squared error to fixed targets, backward,
+    fused Adam (as spirl_sac.py's optimizers). What eager PyTorch gets from this network here, for reference."""
+    torch.manual_seed(seed)
+    c = CONFIGS[config]
+    critic = module.Critic(c["state_dim"], c["latent_dim"], 256, c["critic_blocks"])
+    optimizer = module.make_adam(critic.parameters(), 3e-4)
+    state, skill = torch.randn(batch_size, c["state_dim"]), torch.randn(batch_size, c["latent_dim"])
+    target = torch.randn(batch_size)
+
+    def step():
+        optimizer.zero_grad()
+        (0.5 * (critic(state, skill) - target) ** 2).mean().backward()
+        optimizer.step()
+    return step
+
+
+class RecordMatmuls(TorchDispatchMode):
+    """Records every mm / addmm below autograd (forward and backward): the op, each tensor operand's shape, strides,
+    offset and storage, and the other arguments."""
+    OPS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.OPS:
+            operands = [(a.shape, a.stride(), a.storage_offset(), a.untyped_storage().data_ptr(),
+                         a.untyped_storage().nbytes()) if isinstance(a, torch.Tensor) else a for a in args]
+            self.calls.append((func, operands, kwargs))
+        return func(*args, **kwargs)
+
+
+def matmul_replay(update):
+    """The update's matmuls alone: recorded from one call of `update`, then replayed on random float32 operands that
+    share storage where the update's did (a weight in its forward and backward products, an activation reused)."""
+    with RecordMatmuls() as recorder:
+        update()
+    buffers, calls = {}, []
+    for func, operands, kwargs in recorder.calls:
+        args = []
+        for operand in operands:
+            if isinstance(operand, tuple):
+                shape, stride, offset, pointer, nbytes = operand
+                if buffers.get(pointer, torch.empty(0)).numel() < nbytes // 4:
+                    buffers[pointer] = torch.randn(nbytes // 4)
+                operand = buffers[pointer].as_strided(shape, stride, offset)
+            args.append(operand)
+        calls.append((func, args, kwargs))
+
+    def replay():
+        for func, args, kwargs in calls:
+            func(*args, **kwargs)
+    return replay
+
+
 def count_flops(update):
     with FlopCounterMode(display=False) as counter:
         update()
@@ -214,13 +280,22 @@ def main(args):
         flops = {name: count_flops(update) for name, update in updates.items()}
         for update in updates.values():
             time_updates(update, 20, args.device)
-        times = {name: [] for name in updates}
+        references = {}  # CPU only: what eager PyTorch gets here from the critic alone, and the update's matmuls alone
+        if args.device == "cpu":
+            references = {"plain critic step": plain_critic_step(modules["current"], config, args.batch_size),
+                          "GEMMs replayed": matmul_replay(updates["current"])}
+            for name, step in references.items():
+                flops[name] = count_flops(step)
+                time_updates(step, 20)
+        times = {name: [] for name in flops}
         rates = []
         for _ in range(args.repeats):  # interleaved, so every version sees the same load
             if args.device == "cpu":  # the floor's GEMM rate, a CPU measure
                 rates.append(gemm_gflops(0.5))
             for name, update in updates.items():
                 times[name].append(time_updates(update, args.updates, args.device))
+            for name, step in references.items():
+                times[name].append(time_updates(step, args.updates))
         if args.device != "cpu":  # no CPU floor on a GPU: the time and the FLOPs it got through
             row = {}
             for name in updates:
@@ -232,7 +307,7 @@ def main(args):
             results["configs"][config] = row
             continue
         rate = float(np.median(rates))
-        floor_flops = min(flops.values())  # the fewest FLOPs any version needs for the same maths
+        floor_flops = min(flops[name] for name in updates)  # the fewest FLOPs any version needs for the same maths
         row = {"gemm_gflops": rate, "floor_ms": 1e3 * floor_flops / (rate * 1e9)}
         for name in updates:
             ms = 1e3 * float(np.median(times[name]))
@@ -241,6 +316,18 @@ def main(args):
                          "ratio_to_floor": ms / row["floor_ms"]}
             print(f"{config:8s} {name:>18s}: {ms:6.1f} ms/update | {flops[name] / 1e9:.2f} GFLOP/update | "
                   f"GEMM {rate:.0f} GFLOP/s | floor {row['floor_ms']:.1f} ms | ratio {ms / row['floor_ms']:.2f}", flush=True)
+        for name in references:  # each against its own FLOPs at the same GEMM rate
+            ms = 1e3 * float(np.median(times[name]))
+            own_floor = 1e3 * flops[name] / (rate * 1e9)
+            row[name] = {"ms": ms, "gflop": flops[name] / 1e9, "ratio_to_own_floor": ms / own_floor,
+                         "share_of_update_flops": flops[name] / flops["current"]}
+            print(f"{config:8s} {name:>18s}: {ms:6.1f} ms | {flops[name] / 1e9:.2f} GFLOP "
+                  f"({100 * flops[name] / flops['current']:.0f} % of the update's) | ratio {ms / own_floor:.2f}", flush=True)
+        if references:  # how far the update is from what eager PyTorch gets from its critic alone, on this machine now
+            row["current_ratio_over_plain_critic_step"] = (row["current"]["ratio_to_floor"]
+                                                          / row["plain critic step"]["ratio_to_own_floor"])
+            print(f"{config:8s} update's ratio / plain critic step's ratio: "
+                  f"{row['current_ratio_over_plain_critic_step']:.2f}", flush=True)
         results["configs"][config] = row
     if args.real_run_env_steps > 0:
         results["real_kitchen_runs"] = real_runs(args, modules)

@@ -953,3 +953,30 @@ def test_critic_probe_branches_candidate_skills_and_ranks_the_top_q_group_first(
             assert row["prior, top Q"]["q"] >= row["prior"]["q"] - 1e-3
             for group in ("policy", "prior, top Q", "prior"):
                 assert np.isfinite(row[group]["realised"]) and 0.0 <= row[group]["new_lift"] <= 1.0
+
+
+def test_update_benchmark_replays_every_matmul_of_the_update():
+    """benchmarks/spirl_sac_update.py's references: the matmul replay of a kitchen update does exactly the update's
+    FLOPs (the kitchen update has no convolutions), reuses storage where the update did (far fewer buffers than
+    operands), and the plain critic step trains its critic (the regression loss falls)."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import spirl_sac_update
+    update = spirl_sac_update.build(spirl_sac, "kitchen", 8)
+    update()
+    replay = spirl_sac_update.matmul_replay(update)
+    assert spirl_sac_update.count_flops(replay) == spirl_sac_update.count_flops(update)
+    recorder = spirl_sac_update.RecordMatmuls()
+    with recorder:
+        update()
+    pointers = {operand[3] for _, operands, _ in recorder.calls for operand in operands if isinstance(operand, tuple)}
+    operands = sum(isinstance(operand, tuple) for _, operands, _ in recorder.calls for operand in operands)
+    assert len(recorder.calls) > 50 and len(pointers) < operands / 2
+
+    step = spirl_sac_update.plain_critic_step(spirl_sac, "kitchen", 8)
+    free = {name: cell.cell_contents for name, cell in zip(step.__code__.co_freevars, step.__closure__)}
+    loss = lambda: float(0.5 * ((free["critic"](free["state"], free["skill"]) - free["target"]) ** 2).mean().detach())  # noqa: E731
+    before = loss()
+    for _ in range(50):
+        step()
+    assert loss() < 0.5 * before
