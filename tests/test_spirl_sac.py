@@ -975,7 +975,8 @@ def test_update_benchmark_replays_every_matmul_of_the_update():
 
     step = spirl_sac_update.plain_critic_step(spirl_sac, "kitchen", 8)
     free = {name: cell.cell_contents for name, cell in zip(step.__code__.co_freevars, step.__closure__)}
-    loss = lambda: float(0.5 * ((free["critic"](free["state"], free["skill"]) - free["target"]) ** 2).mean().detach())  # noqa: E731
+    def loss():
+        return float(0.5 * ((free["critic"](free["state"], free["skill"]) - free["target"]) ** 2).mean().detach())
     before = loss()
     for _ in range(50):
         step()
