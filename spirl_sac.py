@@ -323,9 +323,7 @@ class Critic(nn.Module):
         super().__init__()
         def hidden(in_dim):  # --critic-layer-norm puts a LayerNorm between the Linear and its activation
             norm = [nn.LayerNorm(hidden_dim)] if layer_norm else []
-            # in place: the activation overwrites the Linear's (or LayerNorm's) output, which no backward pass needs,
-            # instead of writing a fresh (B, 256) tensor; same numbers, less memory traffic (~0.6 ms per update)
-            return [nn.Linear(in_dim, hidden_dim), *norm, nn.LeakyReLU(0.2, inplace=True)]
+            return [nn.Linear(in_dim, hidden_dim), *norm, nn.LeakyReLU(0.2)]
         layers = hidden(state_dim + latent_dim)
         for _ in range(num_layers):
             layers += hidden(hidden_dim)
