@@ -26,8 +26,8 @@ Two references are timed with every repeat on the CPU, interleaved with the upda
 - "plain critic step": the simplest eager training step of the config's critic network (forward, backward and a
   fused Adam step of a regression onto fixed targets). Its ratio is what eager PyTorch gets from this network on
   this machine at this moment; the SPiRL step's ratio divided by it drifts far less with the machine's speed.
-- "GEMMs replayed": every matmul the current update computes (recorded once, with its shapes, strides and
-  operand reuse), run again back to back with nothing else: what the update's matmuls alone cost.
+- "GEMMs replayed": every matmul and convolution the current update computes, forward and backward (recorded once,
+  with shapes, strides and operand reuse), run again back to back with nothing else: what they alone cost.
 """
 
 import importlib.util
@@ -164,9 +164,10 @@ def plain_critic_step(module, config, batch_size, seed=0):
 
 
 class RecordMatmuls(TorchDispatchMode):
-    """Records every mm / addmm below autograd (forward and backward): the op, each tensor operand's shape, strides,
-    offset and storage, and the other arguments."""
-    OPS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+    """Records every mm / addmm / convolution below autograd (forward and backward): the op, each tensor operand's
+    shape, strides, offset and storage, and the other arguments."""
+    OPS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.convolution.default,
+           torch.ops.aten.convolution_backward.default)
 
     def __init__(self):
         super().__init__()
@@ -176,14 +177,16 @@ class RecordMatmuls(TorchDispatchMode):
         kwargs = kwargs or {}
         if func in self.OPS:
             operands = [(a.shape, a.stride(), a.storage_offset(), a.untyped_storage().data_ptr(),
-                         a.untyped_storage().nbytes()) if isinstance(a, torch.Tensor) else a for a in args]
+                         a.untyped_storage().nbytes() // a.element_size(), a.dtype) if isinstance(a, torch.Tensor)
+                        else a for a in args]
             self.calls.append((func, operands, kwargs))
         return func(*args, **kwargs)
 
 
 def matmul_replay(update):
-    """The update's matmuls alone: recorded from one call of `update`, then replayed on random float32 operands that
-    share storage where the update's did (a weight in its forward and backward products, an activation reused)."""
+    """The update's matmuls and convolutions alone: recorded from one call of `update`, then replayed on random operands
+    of the same dtypes that share storage where the update's did (a weight in its forward and backward products, an
+    activation reused)."""
     with RecordMatmuls() as recorder:
         update()
     buffers, calls = {}, []
@@ -191,9 +194,9 @@ def matmul_replay(update):
         args = []
         for operand in operands:
             if isinstance(operand, tuple):
-                shape, stride, offset, pointer, nbytes = operand
-                if buffers.get(pointer, torch.empty(0)).numel() < nbytes // 4:
-                    buffers[pointer] = torch.randn(nbytes // 4)
+                shape, stride, offset, pointer, numel, dtype = operand
+                if buffers.get(pointer, torch.empty(0)).numel() < numel:
+                    buffers[pointer] = torch.randn(numel, dtype=dtype)
                 operand = buffers[pointer].as_strided(shape, stride, offset)
             args.append(operand)
         calls.append((func, args, kwargs))

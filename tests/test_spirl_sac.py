@@ -956,16 +956,17 @@ def test_critic_probe_branches_candidate_skills_and_ranks_the_top_q_group_first(
 
 
 def test_update_benchmark_replays_every_matmul_of_the_update():
-    """benchmarks/spirl_sac_update.py's references: the matmul replay of a kitchen update does exactly the update's
-    FLOPs (the kitchen update has no convolutions), reuses storage where the update did (far fewer buffers than
-    operands), and the plain critic step trains its critic (the regression loss falls)."""
+    """benchmarks/spirl_sac_update.py's references: the replay of a kitchen and of a maze update (with its image
+    encoder's convolutions) does exactly the update's FLOPs, reuses storage where the update did (far fewer buffers
+    than operands), and the plain critic step trains its critic (the regression loss falls)."""
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
     import spirl_sac_update
-    update = spirl_sac_update.build(spirl_sac, "kitchen", 8)
-    update()
-    replay = spirl_sac_update.matmul_replay(update)
-    assert spirl_sac_update.count_flops(replay) == spirl_sac_update.count_flops(update)
+    for config in ("maze", "kitchen"):
+        update = spirl_sac_update.build(spirl_sac, config, 8)
+        update()
+        replay = spirl_sac_update.matmul_replay(update)
+        assert spirl_sac_update.count_flops(replay) == spirl_sac_update.count_flops(update)
     recorder = spirl_sac_update.RecordMatmuls()
     with recorder:
         update()
