@@ -283,7 +283,7 @@ def main(args):
         flops = {name: count_flops(update) for name, update in updates.items()}
         for update in updates.values():
             time_updates(update, 20, args.device)
-        references = {}  # CPU only: what eager PyTorch gets here from the critic alone, and the update's matmuls alone
+        references = {}  # CPU only: what eager PyTorch gets here from the critic alone; the update's matmuls and convs alone
         if args.device == "cpu":
             references = {"plain critic step": plain_critic_step(modules["current"], config, args.batch_size),
                           "GEMMs replayed": matmul_replay(updates["current"])}
