@@ -28,6 +28,11 @@ Two references are timed with every repeat on the CPU, interleaved with the upda
   this machine at this moment; the SPiRL step's ratio divided by it drifts far less with the machine's speed.
 - "GEMMs replayed": every matmul and convolution the current update computes, forward and backward (recorded once,
   with shapes, strides and operand reuse), run again back to back with nothing else: what they alone cost.
+
+    python benchmarks/spirl_sac_update.py --plot docs/spirl_sac_update_speed_session*_idle.json \
+        docs/spirl_sac_update_speed_session44_references.json --plot-out docs/spirl_sac_update_speed_history.png
+
+measures nothing: it draws the kitchen step's ratio (and the references' where a file has them) from earlier JSONs.
 """
 
 import importlib.util
@@ -64,6 +69,10 @@ class Args:
     """high-level transitions per update (B.2)"""
     json_out: Optional[str] = None
     """write the results as JSON here"""
+    plot: Tuple[str, ...] = ()
+    """instead of measuring: JSON files of earlier runs to draw the kitchen ratios of (with --plot-out)"""
+    plot_out: str = "docs/spirl_sac_update_speed_history.png"
+    """where --plot draws its figure"""
     real_run_env_steps: int = 0
     """> 0: also time a real kitchen training run of this many env steps (current vs --reference-commit)"""
     real_run_warmup_env_steps: int = 1000
@@ -269,7 +278,42 @@ def real_runs(args, modules):
         os.chdir(cwd)
 
 
+def plot_history(paths, out):
+    """The kitchen step's ratio to its floor in each JSON (in the order given), the plain critic step's and the
+    replayed GEMMs' where the file has them, and the 1.5x goal."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = []
+    for path in paths:
+        with open(path) as f:
+            kitchen = json.load(f)["configs"]["kitchen"]
+        label = os.path.basename(path).replace("spirl_sac_update_speed_", "").replace(".json", "").replace("_", " ")
+        rows.append((label, kitchen["current"]["ratio_to_floor"],
+                     kitchen.get("plain critic step", {}).get("ratio_to_own_floor"),
+                     kitchen.get("GEMMs replayed", {}).get("ratio_to_own_floor")))
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(rows) + 2), 4))
+    ax.plot(x, [r[1] for r in rows], "o", color="C0", label="SPiRL kitchen step")
+    for column, color, name in ((2, "C1", "plain critic step (same runs)"), (3, "C2", "its GEMMs replayed (same runs)")):
+        points = [(i, r[column]) for i, r in enumerate(rows) if r[column] is not None]
+        if points:
+            ax.plot(*zip(*points), "s", color=color, label=name)
+    ax.axhline(1.5, color="k", linestyle="--", linewidth=1, label="goal 1.5x")
+    ax.set_xticks(x)
+    ax.set_xticklabels([r[0] for r in rows], rotation=45, ha="right")
+    ax.set_ylabel("ratio: ms / (FLOPs / GEMM rate)")
+    ax.set_title("kitchen gradient step vs this CPU's arithmetic floor (medians of repeats)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
 def main(args):
+    if args.plot:
+        plot_history(args.plot, args.plot_out)
+        return None
     torch.set_num_threads(1)
     modules = {"current": load_module(None)}
     if args.reference_commit:

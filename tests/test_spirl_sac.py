@@ -982,3 +982,24 @@ def test_update_benchmark_replays_every_matmul_of_the_update():
     for _ in range(50):
         step()
     assert loss() < 0.5 * before
+
+
+def test_update_benchmark_plot_draws_the_ratios_of_earlier_runs(tmp_path):
+    """benchmarks/spirl_sac_update.py --plot: measures nothing, draws the kitchen ratios of the JSONs it is given
+    (one without references, one with) into a PNG."""
+    import json
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import spirl_sac_update
+    plain = {"configs": {"kitchen": {"current": {"ratio_to_floor": 1.6}}}}
+    with_references = {"configs": {"kitchen": {"current": {"ratio_to_floor": 1.62},
+                                               "plain critic step": {"ratio_to_own_floor": 1.57},
+                                               "GEMMs replayed": {"ratio_to_own_floor": 1.23}}}}
+    paths = []
+    for name, data in (("a.json", plain), ("b.json", with_references)):
+        paths.append(str(tmp_path / name))
+        with open(paths[-1], "w") as f:
+            json.dump(data, f)
+    out = tmp_path / "history.png"
+    assert spirl_sac_update.main(spirl_sac_update.Args(plot=tuple(paths), plot_out=str(out))) is None
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
