@@ -764,7 +764,7 @@ def test_critic_reward_flags_reach_the_critics_with_each_transition(tmp_path, mo
     assert ckpt["qf1"]["mlp.0.weight"].shape[1] == state_dim + 2 * env.num_blocks + ckpt["skill_model"]["latent_dim"]
     out = spirl_sac.main(spirl_sac.Args(resume="run/spirl_sac.pt", total_env_steps=300))  # reads the flags back
     assert out["global_step"] == 300 and np.load("run/spirl_sac.pt.replay.npz")["flags"].shape == (30, 2 * env.num_blocks)
-    q_bias = import_q_bias()  # its critics rebuilt with the flags' width, fed the flags of the episode / the replay
+    q_bias = import_benchmark("q_bias")  # its critics rebuilt with the flags' width, fed the flags of the episode / the replay
     assert len(q_bias.episode_rows("run/spirl_sac.pt", 1, 10_001)["episodes"]) == 1
     assert q_bias.replay_surface("run/spirl_sac.pt", 8, 30)["states"] == 8
     write_skill_model("maze.pt", "maze", maze_env())
@@ -808,12 +808,12 @@ def test_time_limit_transitions_bootstrap_unless_told_not_to(tmp_path, monkeypat
     np.testing.assert_allclose(stored_rewards, [reward_scale * r for r in rewards[:12]])
 
 
-def import_q_bias():
-    """benchmarks/q_bias.py as a module (benchmarks/ is not a package)."""
+def import_benchmark(name):
+    """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    import importlib
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    import q_bias
-    return q_bias
+    return importlib.import_module(name)
 
 
 def short_maze_run(tmp_path, monkeypatch, total_env_steps=100, **flags):
@@ -829,7 +829,7 @@ def short_maze_run(tmp_path, monkeypatch, total_env_steps=100, **flags):
 def test_q_bias_realised_returns_unroll_the_q_target(tmp_path, monkeypatch):
     """benchmarks/q_bias.py: G_t = r_t + gamma (G_{t+1} - alpha KL_{t+1}), G_{T-1} = r_{T-1} + gamma tail (by hand);
     on a maze checkpoint the tail is the critics' soft value at the last state only if the run bootstrapped there."""
-    q_bias = import_q_bias()
+    q_bias = import_benchmark("q_bias")
 
     np.testing.assert_allclose(q_bias.realised_returns([1.0, 2.0, 3.0], [0.5, 1.0, 2.0], alpha=2.0, gamma=0.9, tail=10.0),
                                [1 + 0.9 * (9.2 - 2 * 1.0), 2 + 0.9 * (12 - 2 * 2.0), 3 + 0.9 * 10])
@@ -867,14 +867,14 @@ def test_critic_layer_norm_bounds_q_far_from_the_data_and_travels_with_the_check
     assert ckpt["args"]["critic_layer_norm"] and "mlp.1.weight" in ckpt["qf1"]  # the LayerNorm's gain
     out = spirl_sac.main(spirl_sac.Args(resume="run/sac.pt", total_env_steps=150))
     assert out["global_step"] == 150
-    q_bias = import_q_bias()
+    q_bias = import_benchmark("q_bias")
     assert isinstance(q_bias.load("run/sac.pt")[6][0].mlp[1], torch.nn.LayerNorm)
 
 
 def test_q_bias_replay_surface_reads_the_skills_stored_before_the_checkpoint(tmp_path, monkeypatch):
     """q_bias.py --replay-states: Q at the stored skills equals min(Q1, Q2) of the checkpoint's critics recomputed
     by hand on the same replay rows, which all lie before the checkpoint's step; a missing replay is a clear error."""
-    q_bias = import_q_bias()
+    q_bias = import_benchmark("q_bias")
 
     short_maze_run(tmp_path, monkeypatch, total_env_steps=200, save_path="run/spirl_sac.pt")
     surface = q_bias.replay_surface("run/spirl_sac.pt", n_states=30, window=35, seed=3)
@@ -959,9 +959,7 @@ def test_update_benchmark_replays_every_matmul_of_the_update():
     """benchmarks/spirl_sac_update.py's references: the replay of a kitchen and of a maze update (with its image
     encoder's convolutions) does exactly the update's FLOPs, reuses storage where the update did (far fewer buffers
     than operands), and the plain critic step trains its critic (the regression loss falls)."""
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    import spirl_sac_update
+    spirl_sac_update = import_benchmark("spirl_sac_update")
     for config in ("maze", "kitchen"):
         update = spirl_sac_update.build(spirl_sac, config, 8)
         update()
@@ -988,9 +986,7 @@ def test_update_benchmark_plot_draws_the_ratios_of_earlier_runs(tmp_path):
     """benchmarks/spirl_sac_update.py --plot: measures nothing, draws the kitchen ratios of the JSONs it is given
     (one without references, one with) into a PNG."""
     import json
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    import spirl_sac_update
+    spirl_sac_update = import_benchmark("spirl_sac_update")
     plain = {"configs": {"kitchen": {"current": {"ratio_to_floor": 1.6}}}}
     with_references = {"configs": {"kitchen": {"current": {"ratio_to_floor": 1.62},
                                                "plain critic step": {"ratio_to_own_floor": 1.57},
